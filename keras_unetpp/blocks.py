@@ -1,0 +1,152 @@
+"""Building blocks of the UNet++ graph: the convolution unit H, U and pooling.
+
+Every function here takes a Keras tensor and a name prefix and returns a Keras
+tensor. All layers are core Keras layers named after the prefix, so that a
+model built from these blocks saves and reloads with
+`keras.saving.load_model(path)` in safe mode and needs no custom objects.
+"""
+
+import keras
+
+NORMALIZATIONS = ("batch", "group", "none")
+UPSAMPLINGS = ("transpose", "resize")
+
+# Momentum of the batch-normalization moving statistics. Keras' default (0.99)
+# averages over about 100 steps; a UNet++ trained for a few hundred steps then
+# runs in inference mode with statistics that lag far behind its weights (the
+# "batch norm trap": good training IoU, poor inference IoU). 0.9 averages over
+# about 10 steps, which keeps the moving statistics close to the final weights.
+BATCH_NORM_MOMENTUM = 0.9
+
+
+def _normalization(x, normalization, name):
+    if normalization == "batch":
+        return keras.layers.BatchNormalization(
+            momentum=BATCH_NORM_MOMENTUM, name=name
+        )(x)
+    if normalization == "group":
+        channels = x.shape[-1]
+        groups = min(8, channels)
+        while channels % groups:
+            groups -= 1
+        return keras.layers.GroupNormalization(groups=groups, name=name)(x)
+    return x
+
+
+def conv_unit(
+    x,
+    filters,
+    name,
+    convs=2,
+    kernel_size=3,
+    activation="relu",
+    normalization="batch",
+    dropout=0.0,
+    kernel_initializer="he_normal",
+):
+    """The convolution unit H of a node X(i,j).
+
+    `convs` times: 3x3 convolution, optional normalization, activation and
+    optional dropout. The convolution has a bias only when no normalization
+    follows it (a bias before a normalization layer is redundant).
+
+    Args:
+        x: Keras tensor, channels last.
+        filters: int, number of output channels.
+        name: str, prefix of the layer names, e.g. `"x_2_1"` gives
+            `x_2_1_conv1`, `x_2_1_bn1`, `x_2_1_act1`, ...
+        convs: int, number of convolutions. Defaults to `2`.
+        kernel_size: int, convolution kernel size. Defaults to `3`.
+        activation: str, Keras activation name. Defaults to `"relu"`.
+        normalization: one of `"batch"`, `"group"`, `"none"`.
+            Defaults to `"batch"`.
+        dropout: float, dropout rate after each activation (0 disables it).
+            Defaults to `0.0`.
+        kernel_initializer: str, Keras initializer name.
+            Defaults to `"he_normal"`.
+
+    Returns:
+        The Keras tensor of the node's output.
+    """
+    norm_suffix = {"batch": "bn", "group": "gn"}.get(normalization)
+    for k in range(1, convs + 1):
+        x = keras.layers.Conv2D(
+            filters,
+            kernel_size,
+            padding="same",
+            use_bias=normalization == "none",
+            kernel_initializer=kernel_initializer,
+            name=f"{name}_conv{k}",
+        )(x)
+        if norm_suffix:
+            x = _normalization(x, normalization, f"{name}_{norm_suffix}{k}")
+        x = keras.layers.Activation(activation, name=f"{name}_act{k}")(x)
+        if dropout:
+            x = keras.layers.Dropout(dropout, name=f"{name}_drop{k}")(x)
+    return x
+
+
+def upsample(x, filters, name, mode="transpose", kernel_initializer="he_normal"):
+    """The up-sampling U: doubles the spatial size and sets the channels.
+
+    Args:
+        x: Keras tensor, channels last.
+        filters: int, output channels (the width of the level it feeds).
+        name: str, layer name (`"x_0_1_up"` for the U feeding X(0,1)).
+        mode: `"transpose"` for a 2x2 stride-2 transposed convolution (the
+            paper's choice), or `"resize"` for bilinear resizing followed by
+            a 3x3 convolution (no checkerboard artefacts). Defaults to
+            `"transpose"`.
+        kernel_initializer: str, Keras initializer name.
+            Defaults to `"he_normal"`.
+
+    Returns:
+        The up-sampled Keras tensor.
+    """
+    if mode == "transpose":
+        return keras.layers.Conv2DTranspose(
+            filters,
+            2,
+            strides=2,
+            padding="same",
+            kernel_initializer=kernel_initializer,
+            name=name,
+        )(x)
+    x = keras.layers.UpSampling2D(
+        2, interpolation="bilinear", name=f"{name}_resize"
+    )(x)
+    return keras.layers.Conv2D(
+        filters,
+        3,
+        padding="same",
+        kernel_initializer=kernel_initializer,
+        name=name,
+    )(x)
+
+
+def downsample(x, name):
+    """2x2 max pooling with stride 2, as in U-Net and UNet++."""
+    return keras.layers.MaxPooling2D(2, name=name)(x)
+
+
+def output_head(x, num_classes, activation, name):
+    """A 1x1 convolution head with a float32 output.
+
+    The head is a 1x1 convolution named `f"{name}_logits"` followed by an
+    activation layer named `name` that computes in float32, so that
+    mixed-precision models still return float32 probabilities (or logits
+    when `activation` is `None`).
+
+    Args:
+        x: Keras tensor X(0,j).
+        num_classes: int, output channels.
+        activation: `"sigmoid"`, `"softmax"` or `None` (logits).
+        name: str, the output name, e.g. `"output_l3"`.
+
+    Returns:
+        The head's Keras tensor.
+    """
+    logits = keras.layers.Conv2D(num_classes, 1, name=f"{name}_logits")(x)
+    return keras.layers.Activation(
+        activation or "linear", dtype="float32", name=name
+    )(logits)

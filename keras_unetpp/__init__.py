@@ -4,8 +4,13 @@ The public API is declared here and only here.
 """
 
 from keras_unetpp.flops import count_flops
-from keras_unetpp.losses import BCEDiceLoss, CategoricalCEDiceLoss, bce_dice
-from keras_unetpp.losses import categorical_ce_dice, soft_dice
+from keras_unetpp.losses import (
+    BCEDiceLoss,
+    CategoricalCEDiceLoss,
+    bce_dice,
+    categorical_ce_dice,
+    soft_dice,
+)
 from keras_unetpp.metrics import DiceScore, IoUScore
 from keras_unetpp.model import build, build_unet, node_name, output_name
 from keras_unetpp.padding import pad_to_multiple, predict_padded

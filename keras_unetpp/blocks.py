@@ -21,9 +21,9 @@ BATCH_NORM_MOMENTUM = 0.9
 
 def _normalization(x, normalization, name):
     if normalization == "batch":
-        return keras.layers.BatchNormalization(
-            momentum=BATCH_NORM_MOMENTUM, name=name
-        )(x)
+        return keras.layers.BatchNormalization(momentum=BATCH_NORM_MOMENTUM, name=name)(
+            x
+        )
     if normalization == "group":
         channels = x.shape[-1]
         groups = min(8, channels)
@@ -112,9 +112,7 @@ def upsample(x, filters, name, mode="transpose", kernel_initializer="he_normal")
             kernel_initializer=kernel_initializer,
             name=name,
         )(x)
-    x = keras.layers.UpSampling2D(
-        2, interpolation="bilinear", name=f"{name}_resize"
-    )(x)
+    x = keras.layers.UpSampling2D(2, interpolation="bilinear", name=f"{name}_resize")(x)
     return keras.layers.Conv2D(
         filters,
         3,
@@ -147,6 +145,6 @@ def output_head(x, num_classes, activation, name):
         The head's Keras tensor.
     """
     logits = keras.layers.Conv2D(num_classes, 1, name=f"{name}_logits")(x)
-    return keras.layers.Activation(
-        activation or "linear", dtype="float32", name=name
-    )(logits)
+    return keras.layers.Activation(activation or "linear", dtype="float32", name=name)(
+        logits
+    )

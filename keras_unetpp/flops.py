@@ -37,7 +37,8 @@ def count_flops(model, height, width):
     flops = 0
     for layer in clone.layers:
         if isinstance(layer, (keras.layers.Conv2D, keras.layers.Conv2DTranspose)):
-            kh, kw, cin, cout = layer.kernel.shape
+            kh, kw = layer.kernel_size
+            cin, cout = layer.input.shape[-1], layer.filters
             if isinstance(layer, keras.layers.Conv2DTranspose):
                 # Every input pixel scatters a kh x kw x cout patch.
                 positions = _spatial(layer.input.shape)

@@ -32,8 +32,10 @@ def _validate(from_logits, smooth, per_image, bce_weight, dice_weight):
         ("bce_weight", bce_weight),
         ("dice_weight", dice_weight),
     ):
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or (
-            value < 0
+        if (
+            isinstance(value, bool)
+            or not isinstance(value, (int, float))
+            or (value < 0)
         ):
             raise ValueError(
                 f"`{arg}` must be a non-negative number. Received: {arg}={value!r}"
@@ -68,9 +70,7 @@ def soft_dice(y_true, y_prob, smooth=1.0, per_image=True):
     denominator = total + smooth
     # Empty target and empty prediction: perfect overlap, and no 0/0.
     safe = ops.maximum(denominator, _EPSILON)
-    dice = ops.where(
-        denominator > _EPSILON, (2.0 * intersection + smooth) / safe, 1.0
-    )
+    dice = ops.where(denominator > _EPSILON, (2.0 * intersection + smooth) / safe, 1.0)
     dice = ops.reshape(dice, (ops.shape(dice)[0], ops.shape(dice)[-1]))
     if not per_image:
         dice = ops.broadcast_to(dice, (ops.shape(y_true)[0], ops.shape(dice)[-1]))

@@ -27,8 +27,10 @@ class _OverlapScore(keras.metrics.Metric):
         name=None,
         dtype=None,
     ):
-        if isinstance(num_classes, bool) or not isinstance(num_classes, int) or (
-            num_classes < 1
+        if (
+            isinstance(num_classes, bool)
+            or not isinstance(num_classes, int)
+            or (num_classes < 1)
         ):
             raise ValueError(
                 "`num_classes` must be a positive int. "

@@ -42,9 +42,7 @@ def _check_int(value, arg, low, high):
 
 def _check_choice(value, arg, choices):
     if value not in choices:
-        raise ValueError(
-            f"`{arg}` must be one of {choices}. Received: {arg}={value!r}"
-        )
+        raise ValueError(f"`{arg}` must be one of {choices}. Received: {arg}={value!r}")
     return value
 
 
@@ -114,8 +112,10 @@ def _check_arguments(
             )
     _check_choice(normalization, "normalization", blocks.NORMALIZATIONS)
     _check_choice(upsampling, "upsampling", blocks.UPSAMPLINGS)
-    if isinstance(dropout, bool) or not isinstance(dropout, numbers.Real) or not (
-        0.0 <= dropout < 1.0
+    if (
+        isinstance(dropout, bool)
+        or not isinstance(dropout, numbers.Real)
+        or not (0.0 <= dropout < 1.0)
     ):
         raise ValueError(
             f"`dropout` must be a float in [0, 1). Received: dropout={dropout!r}"

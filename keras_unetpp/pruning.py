@@ -76,8 +76,10 @@ def prune(model, level):
     ```
     """
     depth = model_depth(model)
-    if isinstance(level, bool) or not isinstance(level, int) or not (
-        1 <= level <= depth
+    if (
+        isinstance(level, bool)
+        or not isinstance(level, int)
+        or not (1 <= level <= depth)
     ):
         raise ValueError(
             f"`level` must be an integer between 1 and the model's depth "
@@ -91,7 +93,7 @@ def prune(model, level):
             f"it to smaller depths. Received: level={level}"
         )
     head = model.get_layer(output_name(level))
-    return keras.Model(model.inputs, head.output, name=f"{model.name}_l{level}")
+    return keras.Model(model.input, head.output, name=f"{model.name}_l{level}")
 
 
 def inference_model(model, mode="accurate", level=None):
@@ -135,7 +137,5 @@ def inference_model(model, mode="accurate", level=None):
     if len(heads) == 1:
         output = heads[0]
     else:
-        output = keras.layers.Average(dtype="float32", name="output_accurate")(
-            heads
-        )
-    return keras.Model(model.inputs, output, name=f"{model.name}_accurate")
+        output = keras.layers.Average(dtype="float32", name="output_accurate")(heads)
+    return keras.Model(model.input, output, name=f"{model.name}_accurate")

@@ -1,0 +1,214 @@
+"""BCE-Dice losses against an independent NumPy computation."""
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import keras_unetpp
+
+
+def np_bce_dice(y, p, smooth=1.0, per_image=True, bce_weight=0.5, dice_weight=1.0):
+    """Reference: per-image 0.5 * mean BCE + (1 - soft Dice), float64."""
+    y = y.astype(np.float64)
+    p = np.clip(p.astype(np.float64), 1e-7, 1 - 1e-7)
+    bce = -(y * np.log(p) + (1 - y) * np.log(1 - p))
+    bce = bce.reshape(len(y), -1).mean(axis=1)
+    p = p.reshape(len(p), -1)
+    y = y.reshape(len(y), -1)
+    if per_image:
+        dice = (2 * (y * p).sum(1) + smooth) / (y.sum(1) + p.sum(1) + smooth)
+    else:
+        dice = (2 * (y * p).sum() + smooth) / (y.sum() + p.sum() + smooth)
+        dice = np.full(len(y), dice)
+    return bce_weight * bce + dice_weight * (1 - dice)
+
+
+def np_ce_dice(labels, probs, smooth=1.0):
+    """Reference multi-class loss: 0.5 * CE + (1 - mean per-class Dice)."""
+    classes = probs.shape[-1]
+    onehot = np.eye(classes)[labels]
+    p = np.clip(probs.astype(np.float64), 1e-7, 1.0)
+    p = p / p.sum(-1, keepdims=True)
+    ce = -(onehot * np.log(p)).sum(-1).reshape(len(p), -1).mean(1)
+    axes = (1, 2)
+    inter = (onehot * probs).sum(axes)
+    total = onehot.sum(axes) + probs.sum(axes)
+    dice = ((2 * inter + smooth) / (total + smooth)).mean(-1)
+    return 0.5 * ce + (1 - dice)
+
+
+def _batch(seed=0, shape=(3, 16, 16, 1)):
+    rng = np.random.default_rng(seed)
+    y = (rng.random(shape) > 0.6).astype("float32")
+    p = rng.random(shape).astype("float32")
+    return y, p
+
+
+def _np(x):
+    return keras.ops.convert_to_numpy(x)
+
+
+def test_hand_worked_value():
+    # One image, two pixels: y = [1, 0], p = [0.8, 0.2].
+    # BCE = -(log 0.8 + log 0.8) / 2 = 0.22314; Dice = (2*0.8 + 1)/(1 + 1 + 1) = 0.86667
+    # loss = 0.5 * 0.22314 + (1 - 0.86667) = 0.24491
+    y = np.array([[[[1.0]], [[0.0]]]], "float32")
+    p = np.array([[[[0.8]], [[0.2]]]], "float32")
+    assert float(keras_unetpp.BCEDiceLoss()(y, p)) == pytest.approx(0.24491, abs=1e-5)
+
+
+@pytest.mark.parametrize("per_image", [True, False])
+@pytest.mark.parametrize("smooth", [1.0, 0.0, 10.0])
+def test_matches_numpy(per_image, smooth):
+    y, p = _batch()
+    loss = keras_unetpp.BCEDiceLoss(per_image=per_image, smooth=smooth)
+    expected = np_bce_dice(y, p, smooth=smooth, per_image=per_image).mean()
+    assert float(loss(y, p)) == pytest.approx(expected, rel=1e-5)
+    per_sample = keras_unetpp.bce_dice(y, p, smooth=smooth, per_image=per_image)
+    np.testing.assert_allclose(
+        _np(per_sample),
+        np_bce_dice(y, p, smooth=smooth, per_image=per_image),
+        rtol=1e-5,
+    )
+
+
+def test_empty_and_full_masks():
+    rng = np.random.default_rng(1)
+    p = rng.random((2, 8, 8, 1)).astype("float32")
+    for y in (np.zeros_like(p), np.ones_like(p)):
+        got = _np(keras_unetpp.bce_dice(y, p))
+        np.testing.assert_allclose(got, np_bce_dice(y, p), rtol=1e-5)
+        assert np.all(got >= 0)
+    # Empty mask predicted empty, no smoothing: Dice is defined as 1, loss = BCE part.
+    zeros = np.zeros((1, 8, 8, 1), "float32")
+    got = float(keras_unetpp.BCEDiceLoss(smooth=0.0)(zeros, zeros))
+    assert got == pytest.approx(0.5 * -np.log(1 - 1e-7), abs=1e-6)
+
+
+def test_perfect_prediction_is_near_zero_and_loss_is_non_negative():
+    y, _ = _batch(2)
+    assert float(keras_unetpp.BCEDiceLoss()(y, y)) == pytest.approx(0.0, abs=1e-5)
+    for seed in range(5):
+        y, p = _batch(seed)
+        assert float(keras_unetpp.BCEDiceLoss()(y, p)) >= 0
+
+
+def test_from_logits_equals_probabilities():
+    y, _ = _batch(3)
+    logits = np.random.default_rng(3).normal(0, 3, y.shape).astype("float32")
+    probs = 1 / (1 + np.exp(-logits))
+    a = float(keras_unetpp.BCEDiceLoss(from_logits=True)(y, logits))
+    b = float(keras_unetpp.BCEDiceLoss()(y, probs))
+    assert a == pytest.approx(b, rel=1e-4)
+
+
+@pytest.mark.parametrize(
+    "case", ["logits+100", "logits-100", "empty_mask", "zero_prediction", "full_mask"]
+)
+def test_gradients_are_finite(case):
+    shape = (2, 8, 8, 1)
+    y = np.zeros(shape, "float32") if case != "full_mask" else np.ones(shape, "float32")
+    from_logits = case.startswith("logits")
+    if case == "logits+100":
+        pred = np.full(shape, 100.0, "float32")
+        y[0, :4] = 1.0
+    elif case == "logits-100":
+        pred = np.full(shape, -100.0, "float32")
+        y[1, 2:] = 1.0
+    elif case == "zero_prediction":
+        pred = np.zeros(shape, "float32")
+        y[0, 1] = 1.0
+    else:
+        pred = np.full(shape, 0.3, "float32")
+    for smooth in (1.0, 0.0):
+        loss_fn = keras_unetpp.BCEDiceLoss(from_logits=from_logits, smooth=smooth)
+        variable = tf.Variable(pred)
+        with tf.GradientTape() as tape:
+            loss = loss_fn(y, variable)
+        grad = tape.gradient(loss, variable).numpy()
+        assert np.isfinite(float(loss)), (case, smooth)
+        assert np.all(np.isfinite(grad)), (case, smooth)
+
+
+def test_multiclass_matches_numpy_and_accepts_sparse_or_one_hot():
+    rng = np.random.default_rng(4)
+    labels = rng.integers(0, 3, (2, 8, 8))
+    logits = rng.normal(size=(2, 8, 8, 3)).astype("float32")
+    probs = np.exp(logits) / np.exp(logits).sum(-1, keepdims=True)
+    loss = keras_unetpp.CategoricalCEDiceLoss()
+    expected = np_ce_dice(labels, probs).mean()
+    sparse = float(loss(labels[..., None].astype("int32"), probs))
+    onehot = float(loss(np.eye(3, dtype="float32")[labels], probs))
+    flat = float(loss(labels.astype("int32"), probs))
+    assert sparse == pytest.approx(expected, rel=1e-5)
+    assert onehot == pytest.approx(expected, rel=1e-5)
+    assert flat == pytest.approx(expected, rel=1e-5)
+    from_logits = float(
+        keras_unetpp.CategoricalCEDiceLoss(from_logits=True)(labels[..., None], logits)
+    )
+    assert from_logits == pytest.approx(expected, rel=1e-4)
+
+
+def test_multiclass_gradients_finite_on_extreme_logits():
+    labels = np.zeros((1, 4, 4, 1), "int32")
+    logits = tf.Variable(
+        np.stack([np.full((1, 4, 4), v) for v in (-100, 100, 0)], -1).astype("float32")
+    )
+    with tf.GradientTape() as tape:
+        loss = keras_unetpp.CategoricalCEDiceLoss(from_logits=True)(labels, logits)
+    assert np.isfinite(float(loss))
+    assert np.all(np.isfinite(tape.gradient(loss, logits).numpy()))
+
+
+@pytest.mark.parametrize(
+    "cls,kwargs",
+    [
+        (
+            keras_unetpp.BCEDiceLoss,
+            dict(
+                from_logits=True,
+                smooth=0.5,
+                per_image=False,
+                bce_weight=1.0,
+                dice_weight=2.0,
+                name="custom",
+            ),
+        ),
+        (
+            keras_unetpp.CategoricalCEDiceLoss,
+            dict(from_logits=True, smooth=2.0, ce_weight=0.3, dice_weight=0.7),
+        ),
+    ],
+)
+def test_config_round_trip(cls, kwargs):
+    loss = cls(**kwargs)
+    config = loss.get_config()
+    for key, value in kwargs.items():
+        assert config[key] == value
+    clone = cls.from_config(config)
+    assert clone.get_config() == config
+    restored = keras.saving.deserialize_keras_object(
+        keras.saving.serialize_keras_object(loss)
+    )
+    assert type(restored) is cls and restored.get_config() == config
+    y, p = _batch(5, (2, 8, 8, 3))
+    if cls is keras_unetpp.BCEDiceLoss:
+        y, p = y[..., :1], p[..., :1]
+    else:
+        y = np.argmax(y, -1)[..., None]
+    assert float(restored(y, p)) == pytest.approx(float(loss(y, p)), rel=1e-6)
+
+
+@pytest.mark.parametrize(
+    "kwargs,match",
+    [
+        (dict(smooth=-1), "Received: smooth=-1"),
+        (dict(from_logits="yes"), "Received: from_logits='yes'"),
+        (dict(per_image=1), "Received: per_image=1"),
+        (dict(bce_weight=-0.5), "Received: bce_weight=-0.5"),
+    ],
+)
+def test_bad_arguments(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        keras_unetpp.BCEDiceLoss(**kwargs)

@@ -1,0 +1,323 @@
+"""Reading image and mask files into checked NumPy arrays.
+
+Everything here is plain Python/NumPy/OpenCV so that every problem can be
+reported with the name of the file it comes from. The tf.data pipeline calls
+`load_pair` through `tf.numpy_function`.
+
+Rules:
+
+- Images: PNG, JPEG or TIFF; 8-bit, 16-bit (or float TIFF); 1 (gray),
+  2 (gray + alpha), 3 (RGB) or 4 (RGBA) channels. Alpha is dropped.
+  `normalization="dtype"` divides by 255 or 65535 (float images must already
+  lie in [0, 1]); `"minmax"` maps each image's own range to [0, 1]. RGB is
+  turned into gray with the ITU-R 601 weights (0.299, 0.587, 0.114), gray
+  into RGB by repeating it.
+- Binary masks (`num_classes == 1`): without a threshold a mask may hold at
+  most two values, 0 = background and one other value = foreground (so 0/1,
+  0/255 and 0/65535 masks all work); with `mask_threshold=t` foreground is
+  `value > t`. Gray masks saved as RGB (equal channels) are accepted.
+- Class masks (`num_classes > 1`): one channel (or a palette PNG, whose
+  palette indices are the classes) of integers in `[0, num_classes)`.
+- `mask_map` (a dict) first maps raw mask values to classes (or to 0/1 for a
+  binary mask); a value that is not in the map is an error.
+"""
+
+import collections
+import os
+import struct
+
+import cv2
+import numpy as np
+
+NORMALIZATIONS = ("dtype", "minmax")
+
+# ITU-R BT.601 luma weights, the ones OpenCV and Pillow use for RGB -> gray.
+LUMA_WEIGHTS = np.array([0.299, 0.587, 0.114], np.float32)
+
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+# Options shared by every sample of a pipeline.
+DecodeOptions = collections.namedtuple(
+    "DecodeOptions",
+    ["channels", "num_classes", "normalization", "mask_threshold", "invert_mask",
+     "mask_map"],
+)
+
+
+def mask_dtype(num_classes):
+    """The NumPy dtype that holds the mask labels of `num_classes` classes."""
+    return np.uint8 if num_classes <= 256 else np.uint16
+
+
+def _values(array, limit=8):
+    values = np.unique(array)
+    shown = ", ".join(str(v) for v in values[:limit].tolist())
+    if values.size > limit:
+        shown += f", ... ({values.size} distinct values)"
+    return shown
+
+
+def _is_palette_png(data):
+    # IHDR is the first chunk; its colour type byte sits at offset 25.
+    return data[:8].tobytes() == _PNG_SIGNATURE and data.size > 25 and data[25] == 3
+
+
+def _tiff_samples_per_pixel(data):
+    """SamplesPerPixel (tag 277) of a TIFF's first page, or None."""
+    raw = data.tobytes()
+    if raw[:4] not in (b"II*\x00", b"MM\x00*"):
+        return None
+    order = "<" if raw[:2] == b"II" else ">"
+    try:
+        (offset,) = struct.unpack_from(order + "I", raw, 4)
+        (count,) = struct.unpack_from(order + "H", raw, offset)
+        for k in range(count):
+            tag, kind, _, value = struct.unpack_from(
+                order + "HHI4s", raw, offset + 2 + 12 * k
+            )
+            if tag == 277:
+                fmt = order + ("H" if kind == 3 else "I")
+                return struct.unpack_from(fmt, value)[0]
+    except struct.error:
+        return None
+    return 1
+
+
+def read_image(path, palette_indices=False):
+    """Decodes a PNG, JPEG or TIFF file into a NumPy array.
+
+    Args:
+        path: str, the file.
+        palette_indices: bool, return the palette indices of a palette
+            (indexed-colour) PNG instead of its colours, as class masks need.
+            Defaults to `False`.
+
+    Returns:
+        A `(height, width)` or `(height, width, channels)` array of dtype
+        uint8, uint16 or float32, colour channels in RGB(A) order.
+
+    Raises:
+        ValueError: the file cannot be read or decoded, is a multi-page
+            TIFF, or has more than 4 channels; the message names the file.
+    """
+    path = str(path)
+    try:
+        data = np.fromfile(path, np.uint8)
+    except OSError as e:
+        raise ValueError(f"Cannot read the file {path!r}: {e}") from None
+    if data.size == 0:
+        raise ValueError(f"The file {path!r} is empty (0 bytes).")
+    if palette_indices and _is_palette_png(data):
+        from PIL import Image  # Only palette PNGs need Pillow.
+
+        try:
+            with Image.open(path) as im:
+                return np.asarray(im.convert("P") if im.mode == "PA" else im)
+        except OSError as e:
+            raise ValueError(f"Cannot decode the palette PNG {path!r}: {e}") from None
+    array = cv2.imdecode(data, cv2.IMREAD_UNCHANGED)
+    if array is None:
+        samples = _tiff_samples_per_pixel(data)
+        if samples is not None and samples > 4:
+            raise ValueError(
+                f"The TIFF file {path!r} has {samples} channels; supported are "
+                "1 (gray), 2 (gray + alpha), 3 (RGB) and 4 (RGBA)."
+            )
+        raise ValueError(
+            f"Cannot decode {path!r}: it is not a valid PNG, JPEG or TIFF "
+            "image (corrupt, truncated or another format)."
+        )
+    if path.lower().endswith((".tif", ".tiff")) and cv2.imcount(path) > 1:
+        raise ValueError(
+            f"The TIFF file {path!r} has {cv2.imcount(path)} pages; save one "
+            "image (or one mask) per file."
+        )
+    if array.ndim == 3 and array.shape[-1] == 3:
+        array = array[..., ::-1]
+    elif array.ndim == 3 and array.shape[-1] == 4:
+        array = array[..., [2, 1, 0, 3]]
+    return np.ascontiguousarray(array)
+
+
+def drop_alpha(array, name):
+    if array.ndim == 2:
+        return array[..., None]
+    if array.ndim != 3 or array.shape[-1] not in (1, 2, 3, 4):
+        raise ValueError(
+            f"{name!r} has an unsupported shape {array.shape}: expected "
+            "(height, width) or (height, width, channels) with 1 (gray), "
+            "2 (gray + alpha), 3 (RGB) or 4 (RGBA) channels."
+        )
+    return array[..., :1] if array.shape[-1] == 2 else array[..., :3]
+
+
+def prepare_image(array, channels, normalization, name):
+    """Turns a decoded image into float32 `(height, width, channels)` in [0, 1].
+
+    Args:
+        array: the decoded image (see `read_image`).
+        channels: int, 1 or 3, the channels the model takes.
+        normalization: `"dtype"` or `"minmax"` (see the module docstring).
+        name: str, the file (or example) name used in error messages.
+
+    Returns:
+        A float32 array `(height, width, channels)` with values in [0, 1].
+    """
+    array = drop_alpha(np.asarray(array), name)
+    if array.dtype == np.uint8:
+        scale = 255.0
+    elif array.dtype == np.uint16:
+        scale = 65535.0
+    elif array.dtype in (np.float32, np.float64):
+        scale = None
+    else:
+        raise ValueError(
+            f"The image {name!r} has pixel type {array.dtype}; supported are "
+            "8-bit, 16-bit and float images."
+        )
+    image = array.astype(np.float32)
+    if normalization == "minmax":
+        low, high = float(image.min()), float(image.max())
+        image = (image - low) / (high - low) if high > low else image * 0.0
+    elif scale is not None:
+        image = image * np.float32(1.0 / scale)
+    elif not np.isfinite(image).all() or image.min() < 0.0 or image.max() > 1.0:
+        raise ValueError(
+            f"The float image {name!r} has values outside [0, 1] (from "
+            f"{image.min()} to {image.max()}); use normalization='minmax'."
+        )
+    if image.shape[-1] == channels:
+        return np.ascontiguousarray(image)
+    if channels == 3:
+        return np.repeat(image, 3, axis=-1)
+    return np.ascontiguousarray(image @ LUMA_WEIGHTS[:, None])
+
+
+def mask_plane(array, name):
+    """The one channel of a mask; gray masks stored as RGB(A) are accepted."""
+    array = drop_alpha(np.asarray(array), name)
+    if array.shape[-1] == 3:
+        if not (
+            np.array_equal(array[..., 0], array[..., 1])
+            and np.array_equal(array[..., 0], array[..., 2])
+        ):
+            raise ValueError(
+                f"The mask {name!r} is a colour image whose channels differ; "
+                "a mask must be gray (or a palette PNG for classes). Convert "
+                "its colours to class indices first."
+            )
+    return array[..., 0]
+
+
+def prepare_mask(array, options, name):
+    """Turns a decoded mask into labels `(height, width)` by the module rules.
+
+    Args:
+        array: the decoded mask (see `read_image(..., palette_indices=True)`).
+        options: a `DecodeOptions`.
+        name: str, the file (or example) name used in error messages.
+
+    Returns:
+        An unsigned integer array `(height, width)`: 0/1 for a binary mask,
+        class indices otherwise.
+    """
+    plane = mask_plane(array, name)
+    num_classes = options.num_classes
+    if options.mask_map is not None:
+        keys = np.array(sorted(options.mask_map), dtype=np.float64)
+        found = np.unique(plane)
+        unknown = found[~np.isin(found, keys)]
+        if unknown.size:
+            raise ValueError(
+                f"The mask {name!r} has values {_values(unknown)} that are not "
+                f"in mask_map (keys {sorted(options.mask_map)})."
+            )
+        mapped = np.array([options.mask_map[k] for k in sorted(options.mask_map)])
+        plane = mapped[np.searchsorted(keys, plane)]
+    if num_classes == 1:
+        if options.mask_threshold is not None and options.mask_map is None:
+            foreground = plane > options.mask_threshold
+        else:
+            # mask_map values were checked to be 0/1 when the pipeline was made.
+            found = np.unique(plane)
+            if np.count_nonzero(found) > 1:
+                raise ValueError(
+                    f"The mask {name!r} has values {_values(plane)}, which do "
+                    "not fit num_classes=1: a binary mask holds 0 (background) "
+                    "and one foreground value (1, 255, ...). For class-index "
+                    "masks set num_classes; for soft or JPEG masks set "
+                    "mask_threshold."
+                )
+            foreground = plane != 0
+        return foreground.astype(np.uint8)
+    if np.issubdtype(plane.dtype, np.floating) and not np.array_equal(
+        plane, np.round(plane)
+    ):
+        raise ValueError(
+            f"The class mask {name!r} has non-integer values "
+            f"{_values(plane[plane != np.round(plane)])}."
+        )
+    bad = (plane < 0) | (plane >= num_classes)
+    if bad.any():
+        raise ValueError(
+            f"The class mask {name!r} has values {_values(plane[bad])} outside "
+            f"[0, {num_classes - 1}] for num_classes={num_classes}. If its "
+            "values are not class indices (e.g. 0/255), use mask_map."
+        )
+    return plane.astype(mask_dtype(num_classes))
+
+
+def prepare_pair(image, masks, options, image_name, mask_names):
+    """Checks and converts a decoded image and its mask(s).
+
+    Args:
+        image: the decoded image array.
+        masks: list of decoded mask arrays, merged by union.
+        options: a `DecodeOptions`.
+        image_name: str, the image's name for error messages.
+        mask_names: list of str, the masks' names for error messages.
+
+    Returns:
+        A tuple `(image, mask)`: float32 `(height, width, channels)` and
+        unsigned integer `(height, width, 1)`.
+    """
+    height, width = np.shape(image)[:2]
+    labels = None
+    for mask, mask_name in zip(masks, mask_names):
+        if np.shape(mask)[:2] != (height, width):
+            raise ValueError(
+                f"The mask {mask_name!r} is {np.shape(mask)[1]}x"
+                f"{np.shape(mask)[0]} (width x height) but its image "
+                f"{image_name!r} is {width}x{height}."
+            )
+        current = prepare_mask(mask, options, mask_name)
+        labels = current if labels is None else np.maximum(labels, current)
+    if options.num_classes == 1 and options.invert_mask:
+        labels = 1 - labels  # After the union: the background of all masks.
+    image = prepare_image(image, options.channels, options.normalization, image_name)
+    return image, labels[..., None]
+
+
+def load_pair(pair, options):
+    """Reads and checks one `SamplePair` from disk.
+
+    Args:
+        pair: a `SamplePair`.
+        options: a `DecodeOptions`.
+
+    Returns:
+        A tuple `(image, mask)` as in `prepare_pair`.
+    """
+    image = read_image(pair.image)
+    masks = [read_image(m, palette_indices=True) for m in pair.masks]
+    return prepare_pair(image, masks, options, pair.image, list(pair.masks))
+
+
+def check_files_exist(pairs):
+    """Raises a `ValueError` naming the first listed file that is missing."""
+    for pair in pairs:
+        for path in (pair.image, *pair.masks):
+            if not os.path.isfile(path):
+                raise ValueError(
+                    f"The file {path!r} of sample {pair.stem!r} does not exist."
+                )

@@ -1,0 +1,445 @@
+"""The `keras-unetpp` command: synthetic, train, evaluate, predict, export.
+
+This module only parses flags and calls the library (`keras_unetpp.runs`,
+`keras_unetpp.synthetic`, `keras_unetpp.sources`). TensorFlow is imported
+when a command runs, not for `--help` or a bad flag. Any bad argument, path
+or setting ends the command with exit status 2 and one line on stderr:
+`keras-unetpp <command>: error: <what is wrong>`.
+"""
+
+import argparse
+import json
+import sys
+
+PROG = "keras-unetpp"
+
+_EPILOG = """\
+Quick start (synthetic data, no download):
+  keras-unetpp synthetic runs/demo/data
+  keras-unetpp train --data runs/demo/data --output runs/demo \\
+      --image-size 64 64 --depth 3 --filters 8 --epochs 6
+  keras-unetpp evaluate runs/demo
+  keras-unetpp export runs/demo
+  keras-unetpp predict runs/demo runs/demo/data/images --overlays
+"""
+
+
+class UsageError(Exception):
+    """A bad flag value that argparse cannot see (e.g. a malformed JSON)."""
+
+
+def _json_dict(text):
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as e:
+        message = f"not valid JSON ({e.msg}): {text!r}"
+        raise argparse.ArgumentTypeError(message) from None
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError(f"expected a JSON object: {text!r}")
+    return value
+
+
+def _number(text, kind, accept, expected):
+    try:
+        value = kind(text)
+    except ValueError:
+        value = None
+    if value is None or not accept(value):
+        raise argparse.ArgumentTypeError(f"expected {expected}: {text!r}")
+    return value
+
+
+def _positive_int(text):
+    return _number(text, int, lambda v: v >= 1, "a positive integer")
+
+
+def _positive_float(text):
+    return _number(text, float, lambda v: v > 0, "a positive number")
+
+
+def _fraction(text):
+    return _number(text, float, lambda v: 0.0 < v < 1.0, "a number in (0, 1)")
+
+
+def _add_synthetic(commands):
+    p = commands.add_parser(
+        "synthetic",
+        help="write a small SYNTHETIC image/mask data set (no download)",
+        description="Writes random blurred ellipses on a noisy background "
+        "(images/), their exact masks (masks/), a manifest.csv with a "
+        "train/val split and a README.txt saying that the data are synthetic.",
+    )
+    p.add_argument("output", help="folder to write (images/, masks/, manifest.csv)")
+    p.add_argument("--num-images", type=_positive_int, default=64,
+                   help="number of image/mask pairs (default: 64)")
+    p.add_argument("--image-size", type=_positive_int, nargs=2, default=(64, 64),
+                   metavar=("HEIGHT", "WIDTH"), help="(default: 64 64)")
+    p.add_argument("--val-fraction", type=_fraction, default=0.25,
+                   help="share marked 'val' in the manifest (default: 0.25)")
+    p.add_argument("--seed", type=int, default=0, help="(default: 0)")
+
+
+def _add_train(commands):
+    p = commands.add_parser(
+        "train",
+        help="train a UNet++ (or the U-Net baseline) on a data source",
+        description="Trains with Keras progress bars, keeps the best epoch "
+        "by validation IoU (or Dice) as best.keras, logs to TensorBoard "
+        "(logs/) and history.csv, and saves a resumable state: run the same "
+        "command again after an interruption to continue where it stopped.",
+    )
+    p.add_argument("--output", required=True, metavar="RUN_DIR",
+                   help="run folder for checkpoints, logs and later steps")
+    src = p.add_argument_group("data source (give exactly one)")
+    src.add_argument("--data", metavar="DIR",
+                     help="folder with images/ and masks/ (and an optional "
+                     "manifest.csv whose suggested_split column gives train/val)")
+    src.add_argument("--images", metavar="DIR", help="images folder (with --masks)")
+    src.add_argument("--masks", metavar="DIR", help="masks folder, same file stems")
+    src.add_argument("--manifest", metavar="CSV",
+                     help="CSV with stem and suggested_split columns for --images")
+    src.add_argument("--dsb2018", metavar="DIR",
+                     help="Data Science Bowl 2018 stage1_train folder "
+                     "(<id>/images, <id>/masks)")
+    src.add_argument("--tfds", metavar="NAME", help="a TFDS data set name")
+    src.add_argument("--tfds-train-split", default="train",
+                     help="TFDS split to train on (default: train)")
+    src.add_argument("--tfds-val-split", default="validation",
+                     help="TFDS split to validate on (default: validation)")
+    src.add_argument("--tfds-image-key", default="image",
+                     help="TFDS image feature (default: image)")
+    src.add_argument("--tfds-mask-key", default="segmentation_mask",
+                     help="TFDS mask feature (default: segmentation_mask)")
+    src.add_argument("--tfds-data-dir", metavar="DIR", help="TFDS data directory")
+    src.add_argument("--mask-map", type=_json_dict, metavar="JSON",
+                     help='TFDS mask values to classes, e.g. \'{"1": 1, "2": 0}\'')
+    src.add_argument("--val-fraction", type=_fraction, default=0.2,
+                     help="validation share when no manifest gives the split "
+                     "(default: 0.2)")
+    m = p.add_argument_group("model")
+    m.add_argument("--architecture", choices=("unetpp", "unet"), default="unetpp",
+                   help="UNet++ or the plain U-Net baseline of the same widths "
+                   "(default: unetpp)")
+    m.add_argument("--depth", type=_positive_int, default=4, help="(default: 4)")
+    m.add_argument("--filters", type=_positive_int, nargs="+", metavar="N",
+                   help="width of level 0 (doubled per level), or depth+1 widths "
+                   "(default: the paper's 32 64 128 256 512)")
+    m.add_argument("--deep-supervision", action=argparse.BooleanOptionalAction,
+                   default=None,
+                   help="one head per level, needed to prune (default: on for "
+                   "unetpp, off for unet)")
+    m.add_argument("--normalization", choices=("batch", "group", "none"),
+                   default="batch", help="(default: batch)")
+    m.add_argument("--num-classes", type=_positive_int, default=1,
+                   help="1 = binary (default), more = class-index masks")
+    d = p.add_argument_group("input")
+    d.add_argument("--image-size", type=_positive_int, nargs=2, default=(96, 96),
+                   metavar=("HEIGHT", "WIDTH"),
+                   help="training size, multiples of 2**depth (default: 96 96)")
+    d.add_argument("--channels", type=int, choices=(1, 3), default=1,
+                   help="1 = gray (default), 3 = RGB")
+    d.add_argument("--resize-mode", choices=("resize", "crop"), default="resize",
+                   help="scale images to --image-size, or crop/pad them "
+                   "(default: resize)")
+    d.add_argument("--augment", action=argparse.BooleanOptionalAction, default=True,
+                   help="random flips, quarter turns, scale, intensity "
+                   "(default: on)")
+    t = p.add_argument_group("training")
+    t.add_argument("--batch-size", type=_positive_int, default=8, help="(default: 8)")
+    t.add_argument("--epochs", type=_positive_int, default=10, help="(default: 10)")
+    t.add_argument("--steps-per-epoch", type=_positive_int,
+                   help="batches per epoch (default: one pass over the data)")
+    t.add_argument("--learning-rate", type=_positive_float, default=1e-3,
+                   help="Adam learning rate (default: 0.001)")
+    t.add_argument("--loss-weights", type=float, nargs="+", metavar="W",
+                   help="loss weight of each head from L1 up (default: all 1)")
+    t.add_argument("--monitor", choices=("iou", "dice"), default="iou",
+                   help="validation score that picks best.keras (default: iou)")
+    t.add_argument("--precision", default="float32",
+                   choices=("float32", "mixed_float16", "mixed_bfloat16"),
+                   help="Keras dtype policy (default: float32)")
+    t.add_argument("--strategy", default="default",
+                   choices=("default", "mirrored", "multi_worker", "tpu"),
+                   help="tf.distribute strategy (default: default)")
+    t.add_argument("--save-every", type=_positive_int, metavar="BATCHES",
+                   help="also save the resumable state every this many batches "
+                   "(default: at epoch ends)")
+    t.add_argument("--seed", type=int, default=0, help="(default: 0)")
+    t.add_argument("--tensorboard", action=argparse.BooleanOptionalAction,
+                   default=True, help="write TensorBoard logs (default: on)")
+    t.add_argument("--verbose", type=int, choices=(0, 1, 2), default=1,
+                   help="0 silent, 1 progress bars (default), 2 one line per epoch")
+
+
+def _add_model_choice(p):
+    p.add_argument("--model", default="best", metavar="best|last|PATH",
+                   help="which model of the run (default: best)")
+
+
+def _add_evaluate(commands):
+    p = commands.add_parser(
+        "evaluate",
+        help="per-level table: IoU, Dice, params, FLOPs, ms/image (+ plot)",
+        description="Evaluates the run's model in inference mode on its "
+        "validation split: one row per pruned level L1..L<depth> and the "
+        "accurate mode. Prints the table and writes levels.csv, levels.json "
+        "and levels.png (IoU against latency).",
+    )
+    p.add_argument("run", metavar="RUN_DIR", help="a folder made by train")
+    _add_model_choice(p)
+    p.add_argument("--split", choices=("val", "train"), default="val",
+                   help="(default: val)")
+    p.add_argument("--batch-size", type=_positive_int,
+                   help="(default: the run's)")
+    p.add_argument("--threshold", type=_fraction, default=0.5, help="(default: 0.5)")
+    p.add_argument("--latency-batch-size", type=_positive_int, default=1,
+                   help="images per timed call (default: 1)")
+    p.add_argument("--latency-runs", type=_positive_int, default=10,
+                   help="timed calls per level (default: 10)")
+    p.add_argument("--output", metavar="DIR",
+                   help="where to write the files (default: RUN_DIR/evaluation)")
+
+
+def _add_predict(commands):
+    p = commands.add_parser(
+        "predict",
+        help="mask PNGs (and overlays) for a folder of images of any size",
+        description="Writes OUTPUT/masks/<name>.png (0/255, or class indices) "
+        "with the same size as each input image, and with --overlays "
+        "OUTPUT/overlays/<name>.png.",
+    )
+    p.add_argument("run", metavar="RUN_DIR", help="a folder made by train")
+    p.add_argument("input", metavar="IMAGES_DIR", help="folder of images")
+    p.add_argument("--output", metavar="DIR",
+                   help="results folder (default: RUN_DIR/predictions)")
+    _add_model_choice(p)
+    p.add_argument("--level", type=_positive_int,
+                   help="use the model pruned to this level (default: accurate "
+                   "mode, the mean of all heads)")
+    p.add_argument("--threshold", type=_fraction, default=0.5, help="(default: 0.5)")
+    p.add_argument("--overlays", action="store_true",
+                   help="also write the images with the masks drawn on them")
+
+
+def _add_export(commands):
+    p = commands.add_parser(
+        "export",
+        help="SavedModels of the pruned levels for TF Serving",
+        description="Writes EXPORT_DIR/<name>_l<L>/<version>/ for each level "
+        "and EXPORT_DIR/models.config for tensorflow_model_server "
+        "--model_config_file.",
+    )
+    p.add_argument("run", metavar="RUN_DIR", help="a folder made by train")
+    p.add_argument("--export-dir", metavar="DIR",
+                   help="(default: RUN_DIR/export)")
+    p.add_argument("--levels", type=_positive_int, nargs="+", metavar="L",
+                   help="levels to export (default: every head)")
+    _add_model_choice(p)
+    p.add_argument("--version", type=int, help="version folder (default: next)")
+    p.add_argument("--model-name", help="served name prefix (default: model name)")
+    p.add_argument("--input-dtype", choices=("float32", "uint8", "uint16"),
+                   default="float32", help="(default: float32)")
+    p.add_argument("--threshold", type=_fraction, default=0.5, help="(default: 0.5)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace an existing version folder")
+
+
+def make_parser():
+    """The argument parser of `keras-unetpp` (all subcommands)."""
+    parser = argparse.ArgumentParser(
+        prog=PROG,
+        description="UNet++ segmentation: train, evaluate the pruned levels, "
+        "predict masks and export SavedModels for TF Serving.",
+        epilog=_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    from keras_unetpp.version import __version__
+
+    parser.add_argument("--version", action="version",
+                        version=f"%(prog)s {__version__}")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+    commands.required = True
+    _add_synthetic(commands)
+    _add_train(commands)
+    _add_evaluate(commands)
+    _add_predict(commands)
+    _add_export(commands)
+    return parser
+
+
+def _filters(values):
+    if values is None:
+        return None
+    return values[0] if len(values) == 1 else tuple(values)
+
+
+def _run_synthetic(args):
+    from keras_unetpp.synthetic import write_synthetic_dataset
+
+    root = write_synthetic_dataset(
+        args.output,
+        num_images=args.num_images,
+        image_size=tuple(args.image_size),
+        val_fraction=args.val_fraction,
+        seed=args.seed,
+    )
+    print(f"Wrote {args.num_images} SYNTHETIC image/mask pairs to {root} "
+          "(images/, masks/, manifest.csv, README.txt).")
+
+
+def _run_train(args):
+    from keras_unetpp import runs, sources
+
+    if args.manifest is not None and args.images is None:
+        raise UsageError("--manifest goes with --images/--masks")
+    source = sources.data_source(
+        data_dir=args.data,
+        images_dir=args.images,
+        masks_dir=args.masks,
+        manifest=args.manifest,
+        dsb2018_dir=args.dsb2018,
+        tfds_name=args.tfds,
+        tfds_train_split=args.tfds_train_split,
+        tfds_val_split=args.tfds_val_split,
+        tfds_image_key=args.tfds_image_key,
+        tfds_mask_key=args.tfds_mask_key,
+        tfds_mask_map=args.mask_map,
+        tfds_data_dir=args.tfds_data_dir,
+        val_fraction=args.val_fraction,
+        seed=args.seed,
+    )
+    deep_supervision = args.deep_supervision
+    if deep_supervision is None:
+        deep_supervision = args.architecture == "unetpp"
+    result = runs.train_run(
+        args.output,
+        source,
+        architecture=args.architecture,
+        depth=args.depth,
+        filters=_filters(args.filters),
+        deep_supervision=deep_supervision,
+        normalization=args.normalization,
+        image_size=tuple(args.image_size),
+        channels=args.channels,
+        num_classes=args.num_classes,
+        resize_mode=args.resize_mode,
+        batch_size=args.batch_size,
+        epochs=args.epochs,
+        steps_per_epoch=args.steps_per_epoch,
+        learning_rate=args.learning_rate,
+        loss_weights=args.loss_weights,
+        monitor=args.monitor,
+        augment=args.augment,
+        precision=args.precision,
+        strategy=args.strategy,
+        save_every=args.save_every,
+        seed=args.seed,
+        tensorboard=args.tensorboard,
+        verbose=args.verbose,
+    )
+    best = result["best"]
+    best_text = "n/a" if best is None else f"{best:.4f}"
+    print(
+        f"Done: best {result['monitor']} = {best_text}. Run folder "
+        f"{result['run_dir']}: best.keras, last.keras, history.csv, logs/ "
+        f"(tensorboard --logdir {result['run_dir']}/logs)."
+    )
+
+
+def _run_evaluate(args):
+    from keras_unetpp import runs
+
+    result = runs.evaluate_run(
+        args.run,
+        model=args.model,
+        split=args.split,
+        batch_size=args.batch_size,
+        threshold=args.threshold,
+        latency_batch_size=args.latency_batch_size,
+        latency_runs=args.latency_runs,
+        output_dir=args.output,
+    )
+    print(result["table"])
+    print(f"Wrote {result['csv']}, {result['json']} and {result['plot']}.")
+
+
+def _run_predict(args):
+    from keras_unetpp import runs
+
+    written = runs.predict_run(
+        args.run,
+        args.input,
+        output_dir=args.output,
+        model=args.model,
+        level=args.level,
+        threshold=args.threshold,
+        overlays=args.overlays,
+    )
+    folder = written[0].parent.parent
+    extra = " and overlays/" if args.overlays else ""
+    print(f"Wrote {len(written)} masks to {folder}/masks/{extra}.")
+
+
+def _run_export(args):
+    from keras_unetpp import runs
+
+    paths = runs.export_run(
+        args.run,
+        export_dir=args.export_dir,
+        levels=args.levels,
+        model=args.model,
+        version=args.version,
+        model_name=args.model_name,
+        input_dtype=args.input_dtype,
+        threshold=args.threshold,
+        overwrite=args.overwrite,
+    )
+    for level, path in sorted(paths.items()):
+        print(f"L{level}: {path}")
+    root = next(iter(paths.values())).parent.parent
+    print(f"TF Serving config: {root / 'models.config'}")
+
+
+_COMMANDS = {
+    "synthetic": _run_synthetic,
+    "train": _run_train,
+    "evaluate": _run_evaluate,
+    "predict": _run_predict,
+    "export": _run_export,
+}
+
+
+def main(argv=None):
+    """Runs `keras-unetpp` with `argv` (default: `sys.argv[1:]`).
+
+    Args:
+        argv: list of str, the arguments after the program name, or `None`.
+            Defaults to `None`.
+
+    Returns:
+        int, the exit status: 0 on success. Usage errors and bad values or
+        paths exit with status 2 (`SystemExit`) after one line on stderr;
+        an interruption (Ctrl-C) exits with 130.
+
+    Example:
+
+    ```python
+    from keras_unetpp import cli
+    cli.main(["synthetic", "runs/demo/data"])
+    ```
+    """
+    parser = make_parser()
+    args = parser.parse_args(argv)
+    command = args.command
+    try:
+        _COMMANDS[command](args)
+    except (UsageError, ValueError, FileNotFoundError, FileExistsError,
+            NotADirectoryError, PermissionError) as e:
+        message = " ".join(str(e).split()) or type(e).__name__
+        print(f"{PROG} {command}: error: {message}", file=sys.stderr)
+        raise SystemExit(2) from None
+    except KeyboardInterrupt:
+        hint = " (run the same command to resume)" if command == "train" else ""
+        print(f"{PROG} {command}: interrupted{hint}", file=sys.stderr)
+        raise SystemExit(130) from None
+    return 0

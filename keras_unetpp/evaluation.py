@@ -1,0 +1,321 @@
+"""The paper's pruning trade-off: score, size, cost and speed of every level.
+
+`evaluate_levels()` gives one row per pruned level L1..L<depth> of a
+deep-supervision UNet++ and one for the accurate mode (the average of all
+heads); a single-output model (a U-Net, or a UNet++ without deep
+supervision) gives one row. Each row holds the foreground IoU and Dice over
+the data set (running totals over all pixels, and the mean per image), the
+parameter count, the FLOPs of one image and the measured milliseconds per
+image, all in inference mode: as `predict()` and a served model run.
+`write_table()` saves the rows as CSV and JSON, `plot_tradeoff()` draws IoU
+against latency like the paper's figure, and `format_table()` prints them.
+"""
+
+import csv
+import json
+import numbers
+import pathlib
+import statistics
+import time
+
+import tensorflow as tf
+
+from keras_unetpp.flops import count_flops
+from keras_unetpp.metrics import DiceScore, IoUScore
+from keras_unetpp.model import output_name
+from keras_unetpp.pruning import head_levels, inference_model, prune
+
+COLUMNS = (
+    "model",
+    "level",
+    "iou",
+    "dice",
+    "iou_per_image",
+    "params",
+    "flops",
+    "ms_per_image",
+    "images",
+)
+
+
+def _positive_int(value, arg):
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or (
+        value < 1
+    ):
+        raise ValueError(f"`{arg}` must be a positive int. Received: {arg}={value!r}")
+    return int(value)
+
+
+def measure_latency(model, image_shape, batch_size=1, runs=10, warmup=2):
+    """Median milliseconds per image of a model's forward pass.
+
+    The model runs in inference mode inside a `tf.function` on a fixed
+    random batch; the first `warmup` calls (tracing, memory allocation) are
+    not timed, then `runs` calls are, and the median time of a call is
+    divided by the batch size.
+
+    Args:
+        model: a single-output `keras.Model`.
+        image_shape: `(height, width, channels)` of one image.
+        batch_size: int, images per call. Defaults to `1` (latency of one
+            request).
+        runs: int, timed calls. Defaults to `10`.
+        warmup: int, untimed calls first. Defaults to `2`.
+
+    Returns:
+        float, milliseconds per image.
+    """
+    batch_size = _positive_int(batch_size, "batch_size")
+    runs = _positive_int(runs, "runs")
+    images = tf.random.stateless_uniform((batch_size, *image_shape), seed=(0, 0))
+    forward = tf.function(lambda x: model(x, training=False))
+    for _ in range(warmup):
+        forward(images).numpy()
+    times = []
+    for _ in range(runs):
+        start = time.perf_counter()
+        forward(images).numpy()
+        times.append(time.perf_counter() - start)
+    return 1000.0 * statistics.median(times) / batch_size
+
+
+def _num_classes(model):
+    return int(model.get_layer(output_name(head_levels(model)[-1])).output.shape[-1])
+
+
+def _metrics(num_classes, threshold):
+    return (
+        IoUScore(num_classes=num_classes, threshold=threshold),
+        DiceScore(num_classes=num_classes, threshold=threshold),
+        IoUScore(num_classes=num_classes, threshold=threshold, average="per_image"),
+    )
+
+
+def evaluate_levels(
+    model,
+    dataset,
+    image_size,
+    threshold=0.5,
+    latency_batch_size=1,
+    latency_runs=10,
+):
+    """Scores, parameters, FLOPs and latency of every level of a UNet++.
+
+    One inference-mode pass of the full model over `dataset` gives every
+    head's prediction at once; head L is exactly the output of
+    `prune(model, L)` (the pruned model is that sub-graph with the same
+    weights), and the accurate mode is the mean of the heads, as in
+    `inference_model(model, "accurate")`. Parameters, FLOPs and latency are
+    those of the pruned (or accurate-mode) model itself.
+
+    Args:
+        model: a model from `keras_unetpp.build` or `build_unet`, with
+            sigmoid or softmax outputs.
+        dataset: `tf.data.Dataset` of `(image, mask)` batches (a dict of
+            masks is accepted; its first entry is used).
+        image_size: `(height, width)` at which FLOPs and latency are
+            measured (the size the model runs at).
+        threshold: float, probability threshold of one-class models.
+            Defaults to `0.5`.
+        latency_batch_size: int, images per timed call. Defaults to `1`.
+        latency_runs: int, timed calls per model. Defaults to `10`.
+
+    Returns:
+        list of dicts with the keys of `COLUMNS`: `model` (the model name),
+        `level` (`"L1"`... or `"accurate"`), `iou`, `dice`,
+        `iou_per_image`, `params`, `flops` (one image), `ms_per_image` and
+        `images` (number scored).
+
+    Example:
+
+    ```python
+    rows = evaluate_levels(model, val_ds, (96, 96))
+    print(format_table(rows))
+    ```
+    """
+    height, width = (int(s) for s in image_size)
+    levels = head_levels(model)
+    if not levels:
+        raise ValueError(
+            "The model has no output_l<L> heads; it was not built by "
+            f"keras_unetpp. Received: model={model.name!r}"
+        )
+    num_classes = _num_classes(model)
+    names = [output_name(level) for level in levels]
+    keys = names + (["accurate"] if len(levels) > 1 else [])
+    scores = {key: _metrics(num_classes, threshold) for key in keys}
+    forward = tf.function(lambda x: model(x, training=False))
+    count = 0
+    for images, masks in dataset:
+        if isinstance(masks, dict):
+            masks = next(iter(masks.values()))
+        outputs = forward(images)
+        if not isinstance(outputs, dict):
+            outputs = {names[0]: outputs}
+        outputs = {name: outputs[name] for name in names}
+        if len(levels) > 1:
+            outputs["accurate"] = tf.add_n(list(outputs.values())) / len(levels)
+        for key, metrics in scores.items():
+            for metric in metrics:
+                metric.update_state(masks, outputs[key])
+        count += int(images.shape[0])
+    if count == 0:
+        raise ValueError("The evaluation dataset is empty. Received: 0 images")
+    channels = int(model.inputs[0].shape[-1])
+    rows = []
+    for key in keys:
+        if key == "accurate":
+            sub = inference_model(model, "accurate")
+            label = "accurate"
+        else:
+            level = int(key[len("output_l"):])
+            sub = prune(model, level)
+            label = f"L{level}"
+        iou, dice, iou_per_image = (float(m.result()) for m in scores[key])
+        rows.append(
+            {
+                "model": model.name,
+                "level": label,
+                "iou": iou,
+                "dice": dice,
+                "iou_per_image": iou_per_image,
+                "params": int(sub.count_params()),
+                "flops": count_flops(sub, height, width),
+                "ms_per_image": measure_latency(
+                    sub,
+                    (height, width, channels),
+                    batch_size=latency_batch_size,
+                    runs=latency_runs,
+                ),
+                "images": count,
+            }
+        )
+    return rows
+
+
+def write_table(rows, output_dir, stem="levels"):
+    """Saves evaluation rows as `<stem>.csv` and `<stem>.json`.
+
+    Args:
+        rows: list of dicts from `evaluate_levels()` (rows of several
+            models may be concatenated).
+        output_dir: folder (created if missing).
+        stem: file name without extension. Defaults to `"levels"`.
+
+    Returns:
+        `(csv_path, json_path)`.
+    """
+    output_dir = pathlib.Path(output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    csv_path = output_dir / f"{stem}.csv"
+    json_path = output_dir / f"{stem}.json"
+    with open(csv_path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(COLUMNS))
+        writer.writeheader()
+        for row in rows:
+            writer.writerow({k: row[k] for k in COLUMNS})
+    with open(json_path, "w") as f:
+        json.dump([{k: row[k] for k in COLUMNS} for row in rows], f, indent=2)
+        f.write("\n")
+    return csv_path, json_path
+
+
+def read_table(path):
+    """Reads rows written by `write_table()` (the `.json` file)."""
+    with open(path) as f:
+        return json.load(f)
+
+
+def format_table(rows):
+    """The rows as an aligned text table (IoU, Dice, params, GFLOPs, ms).
+
+    Returns:
+        str, one line per row under a header line.
+    """
+    header = ("model", "level", "IoU", "Dice", "IoU/img", "params", "GFLOPs",
+              "ms/image")
+    lines = [
+        (
+            row["model"],
+            row["level"],
+            f"{row['iou']:.4f}",
+            f"{row['dice']:.4f}",
+            f"{row['iou_per_image']:.4f}",
+            f"{row['params']:,}",
+            f"{row['flops'] / 1e9:.3f}",
+            f"{row['ms_per_image']:.2f}",
+        )
+        for row in rows
+    ]
+    widths = [max(len(str(c)) for c in column) for column in zip(header, *lines)]
+    text = [
+        "  ".join(str(c).rjust(w) if i > 1 else str(c).ljust(w)
+                  for i, (c, w) in enumerate(zip(line, widths)))
+        for line in [header, *lines]
+    ]
+    return "\n".join(text)
+
+
+def plot_tradeoff(rows, path, title=None):
+    """Draws IoU against milliseconds per image, one labelled point per level.
+
+    Rows of each model are joined by a line in level order (like the
+    paper's figure of the pruned UNet++), so several models (e.g. UNet++
+    and the U-Net baseline) can share one plot. Uses Matplotlib's Agg
+    canvas: no display needed.
+
+    Args:
+        rows: list of dicts from `evaluate_levels()`.
+        path: the PNG file to write.
+        title: str or `None`. Defaults to `None`.
+
+    Returns:
+        `pathlib.Path` of the PNG.
+    """
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    if not rows:
+        raise ValueError("Nothing to plot. Received: rows=[]")
+    path = pathlib.Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure = Figure(figsize=(6, 4.5), dpi=100)
+    FigureCanvasAgg(figure)
+    axes = figure.add_subplot()
+    models = list(dict.fromkeys(row["model"] for row in rows))
+    for model_name in models:
+        own = [row for row in rows if row["model"] == model_name]
+        levels = [row for row in own if row["level"] != "accurate"]
+        (line,) = axes.plot(
+            [row["ms_per_image"] for row in levels],
+            [row["iou"] for row in levels],
+            marker="o",
+            label=model_name,
+        )
+        for row in own:
+            if row["level"] == "accurate":
+                axes.plot(row["ms_per_image"], row["iou"], marker="*",
+                          markersize=12, color=line.get_color(), linestyle="")
+            axes.annotate(
+                row["level"] if len(models) == 1 else f"{model_name} {row['level']}",
+                (row["ms_per_image"], row["iou"]),
+                textcoords="offset points",
+                xytext=(5, -10),
+                fontsize=8,
+            )
+    axes.set_xlabel("inference time (ms per image)")
+    axes.set_ylabel("foreground IoU")
+    axes.set_xscale("log" if _spread(rows) > 10 else "linear")
+    axes.grid(True, alpha=0.3)
+    axes.legend(loc="lower right")
+    axes.set_title(title or "Pruned UNet++: IoU vs inference time")
+    figure.tight_layout()
+    figure.savefig(path)
+    return path
+
+
+def _spread(rows):
+    times = [row["ms_per_image"] for row in rows if row["ms_per_image"] > 0]
+    if not times:
+        return 1.0
+    return max(times) / min(times)

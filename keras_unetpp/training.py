@@ -1,0 +1,558 @@
+"""Compiling and fitting a UNet++ with per-level losses, checkpoints and resume.
+
+`train()` is `model.fit` with the bookkeeping a long segmentation run needs:
+
+- one loss per deep-supervision head, weighted per level, and IoU/Dice
+  metrics on every head;
+- the best model by validation IoU (or Dice) of the deepest head, saved as
+  `best.keras`; the final one as `last.keras`;
+- TensorBoard logs in `logs/` and the epoch history in `history.csv`;
+- a resumable training state in `state/` (weights, optimizer slots and step
+  counter, epoch, batch, best score so far), written every `save_every`
+  batches and at every epoch end. Calling `train()` again with the same
+  output directory continues from the last saved batch: the interrupted
+  epoch runs only its remaining steps, the history is appended, and the best
+  score carries over, so an interruption costs at most `save_every` steps.
+
+Keras' own `BackupAndRestore` restarts an interrupted epoch from its first
+batch; the state here counts batches so that the total number of optimizer
+steps does not depend on interruptions.
+"""
+
+import csv
+import importlib.util
+import json
+import math
+import numbers
+import os
+import pathlib
+
+import keras
+
+from keras_unetpp.losses import BCEDiceLoss, CategoricalCEDiceLoss
+from keras_unetpp.metrics import DiceScore, IoUScore
+from keras_unetpp.model import output_name
+from keras_unetpp.pruning import head_levels, model_depth
+
+MONITORS = ("iou", "dice")
+
+BEST_MODEL = "best.keras"
+LAST_MODEL = "last.keras"
+HISTORY = "history.csv"
+LOG_DIR = "logs"
+STATE_DIR = "state"
+_STATE_FILE = "state.json"
+
+
+def _num_classes(model):
+    return int(model.get_layer(output_name(head_levels(model)[-1])).output.shape[-1])
+
+
+def _output_activation(model):
+    head = model.get_layer(output_name(head_levels(model)[-1]))
+    config = head.get_config()
+    return config.get("activation")
+
+
+def compile_model(
+    model, learning_rate=1e-3, loss_weights=None, optimizer=None, jit_compile=False
+):
+    """Compiles a keras_unetpp model with the paper's loss on every head.
+
+    Each output head gets the BCE-Dice loss (`CategoricalCEDiceLoss` for more
+    than one class) and the `IoUScore` and `DiceScore` metrics, so the
+    training logs hold `output_l<L>_iou` for every level L of a
+    deep-supervision model (plain `iou` and `dice` for a single-output one).
+
+    Args:
+        model: a model from `keras_unetpp.build` or `build_unet`.
+        learning_rate: float, Adam learning rate (ignored if `optimizer` is
+            given). Defaults to `1e-3`.
+        loss_weights: `None` (every head weighs 1, as in the paper), a
+            sequence with one weight per head from L1 up, or a dict
+            `{"output_l1": w1, ...}`. Defaults to `None`.
+        optimizer: a `keras.optimizers.Optimizer`; `None` builds Adam.
+            Defaults to `None`.
+        jit_compile: bool, passed to `compile()`. Defaults to `False`.
+
+    Returns:
+        The model (compiled in place).
+
+    Example:
+
+    ```python
+    model = keras_unetpp.build(depth=4, deep_supervision=True)
+    keras_unetpp.compile_model(model, loss_weights=[0.5, 0.5, 1.0, 1.0])
+    ```
+    """
+    if isinstance(learning_rate, bool) or not isinstance(
+        learning_rate, numbers.Real
+    ) or not learning_rate > 0:
+        raise ValueError(
+            "`learning_rate` must be a positive number. "
+            f"Received: learning_rate={learning_rate!r}"
+        )
+    levels = head_levels(model)
+    names = [output_name(level) for level in levels]
+    num_classes = _num_classes(model)
+    from_logits = _output_activation(model) in (None, "linear")
+    if loss_weights is None:
+        weights = {name: 1.0 for name in names}
+    elif isinstance(loss_weights, dict):
+        if sorted(loss_weights) != sorted(names):
+            raise ValueError(
+                f"`loss_weights` must have one weight per head {names}. "
+                f"Received: loss_weights={loss_weights!r}"
+            )
+        weights = {k: float(v) for k, v in loss_weights.items()}
+    else:
+        loss_weights = list(loss_weights)
+        if len(loss_weights) != len(names):
+            raise ValueError(
+                f"`loss_weights` must have one weight per head ({len(names)} "
+                f"for heads {names}). Received: loss_weights={loss_weights!r}"
+            )
+        weights = dict(zip(names, (float(w) for w in loss_weights)))
+    if any(not math.isfinite(w) or w < 0 for w in weights.values()) or not any(
+        weights.values()
+    ):
+        raise ValueError(
+            "`loss_weights` must be non-negative and not all zero. "
+            f"Received: loss_weights={loss_weights!r}"
+        )
+
+    def loss():
+        if num_classes == 1:
+            return BCEDiceLoss(from_logits=from_logits)
+        return CategoricalCEDiceLoss(from_logits=from_logits)
+
+    def metrics():
+        return [
+            IoUScore(num_classes=num_classes, from_logits=from_logits),
+            DiceScore(num_classes=num_classes, from_logits=from_logits),
+        ]
+
+    if optimizer is None:
+        optimizer = keras.optimizers.Adam(learning_rate=float(learning_rate))
+    if len(names) == 1:
+        model.compile(
+            optimizer=optimizer, loss=loss(), metrics=metrics(), jit_compile=jit_compile
+        )
+    else:
+        model.compile(
+            optimizer=optimizer,
+            loss={name: loss() for name in names},
+            loss_weights=weights,
+            metrics={name: metrics() for name in names},
+            jit_compile=jit_compile,
+        )
+    return model
+
+
+def monitor_name(model, monitor="iou"):
+    """The log key that `train()` uses to pick the best epoch.
+
+    Args:
+        model: a keras_unetpp model.
+        monitor: `"iou"` or `"dice"`. Defaults to `"iou"`.
+
+    Returns:
+        str, e.g. `"val_output_l4_iou"` for a deep-supervision model of depth
+        4 (its deepest head) or `"val_iou"` for a single-output model.
+    """
+    if monitor not in MONITORS:
+        raise ValueError(
+            f"`monitor` must be one of {MONITORS}. Received: monitor={monitor!r}"
+        )
+    if len(head_levels(model)) == 1:
+        return f"val_{monitor}"
+    return f"val_{output_name(model_depth(model))}_{monitor}"
+
+
+def read_state(output_dir):
+    """The saved training state of a run directory, or `None` if there is none.
+
+    Returns:
+        dict with `epoch` (epochs completed), `batch` (batches done in the
+        epoch after those), `best` (best monitored score so far or `None`),
+        `steps_per_epoch` and `weights` (file name inside `state/`).
+    """
+    path = pathlib.Path(output_dir) / STATE_DIR / _STATE_FILE
+    if not path.is_file():
+        return None
+    with open(path) as f:
+        return json.load(f)
+
+
+class TrainingState(keras.callbacks.Callback):
+    """Saves weights, optimizer state and position every `save_every` batches.
+
+    Two weight files are used in turn and `state.json` (which names the
+    current one) is replaced atomically after the weights are written, so a
+    kill at any moment leaves a consistent state behind.
+
+    Args:
+        state_dir: folder of the state files.
+        steps_per_epoch: int, batches in a full epoch.
+        save_every: int, save every this many batches (and at every epoch
+            end); `None` saves at epoch ends only. Defaults to `None`.
+        checkpoint: the `ModelCheckpoint` whose best score is recorded, or
+            `None`. Defaults to `None`.
+        initial_batch: int, batches already done in the first epoch of this
+            `fit()` call (when resuming mid-epoch). Defaults to `0`.
+    """
+
+    def __init__(
+        self, state_dir, steps_per_epoch, save_every=None, checkpoint=None,
+        initial_batch=0,
+    ):
+        super().__init__()
+        self.state_dir = pathlib.Path(state_dir)
+        self.steps_per_epoch = int(steps_per_epoch)
+        self.save_every = save_every
+        self.checkpoint = checkpoint
+        self._offset = int(initial_batch)
+        self._epoch = 0
+        self._saves = 0
+        previous = read_state(self.state_dir.parent)
+        if previous is not None:
+            self._saves = int(previous.get("saves", 0))
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._epoch = epoch
+
+    def on_train_batch_end(self, batch, logs=None):
+        done = self._offset + batch + 1
+        if self.save_every and done % self.save_every == 0 and (
+            done < self.steps_per_epoch
+        ):
+            self._save(self._epoch, done)
+
+    def on_epoch_end(self, epoch, logs=None):
+        self._offset = 0
+        self._save(epoch + 1, 0)
+
+    def _save(self, epoch, batch):
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        self._saves += 1
+        weights = f"weights_{self._saves % 2}.weights.h5"
+        self.model.save_weights(self.state_dir / weights, overwrite=True)
+        best = None
+        if self.checkpoint is not None and math.isfinite(self.checkpoint.best):
+            best = float(self.checkpoint.best)
+        state = {
+            "epoch": int(epoch),
+            "batch": int(batch),
+            "best": best,
+            "steps_per_epoch": self.steps_per_epoch,
+            "weights": weights,
+            "saves": self._saves,
+        }
+        tmp = self.state_dir / (_STATE_FILE + ".tmp")
+        with open(tmp, "w") as f:
+            json.dump(state, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, self.state_dir / _STATE_FILE)
+
+
+def _steps(dataset, steps_per_epoch):
+    if steps_per_epoch is not None:
+        if isinstance(steps_per_epoch, bool) or not isinstance(
+            steps_per_epoch, numbers.Integral
+        ) or steps_per_epoch < 1:
+            raise ValueError(
+                "`steps_per_epoch` must be a positive int. "
+                f"Received: steps_per_epoch={steps_per_epoch!r}"
+            )
+        return int(steps_per_epoch)
+    cardinality = int(dataset.cardinality())
+    if cardinality < 1:
+        raise ValueError(
+            "The training dataset has no known finite length; pass "
+            f"`steps_per_epoch`. Received: cardinality={cardinality}"
+        )
+    return cardinality
+
+
+def _trim_history(path, epochs_done):
+    """Drops history rows of epochs that the saved state does not contain."""
+    if not path.is_file():
+        return
+    with open(path, newline="") as f:
+        rows = list(csv.reader(f))
+    if not rows:
+        return
+    kept = [rows[0]] + [r for r in rows[1:] if r and int(r[0]) < epochs_done]
+    with open(path, "w", newline="") as f:
+        csv.writer(f).writerows(kept)
+
+
+def train(
+    model,
+    train_data,
+    val_data,
+    output_dir,
+    epochs=10,
+    steps_per_epoch=None,
+    learning_rate=1e-3,
+    loss_weights=None,
+    monitor="iou",
+    save_every=None,
+    optimizer=None,
+    callbacks=None,
+    tensorboard=True,
+    verbose=1,
+):
+    """Trains a keras_unetpp model, resumably, with checkpoints and logs.
+
+    The model is compiled with `compile_model()` (one BCE-Dice loss and
+    IoU/Dice metrics per head). `train_data` is repeated, and every epoch
+    runs `steps_per_epoch` batches, then evaluates `val_data`. If
+    `output_dir` holds a saved state from an earlier call (interrupted or
+    finished), training continues from it up to `epochs` epochs.
+
+    Files written into `output_dir`: `best.keras` (best validation score of
+    the deepest head), `last.keras` (the model after the last epoch, with
+    its optimizer), `history.csv`, `logs/` (TensorBoard) and `state/`.
+
+    Batch normalization: keras_unetpp models use a moving-statistics
+    momentum of 0.9, so after a few dozen steps inference mode (moving
+    statistics) scores like training mode (batch statistics); the validation
+    scores logged here, and so the best checkpoint, are computed in
+    inference mode.
+
+    Args:
+        model: an uncompiled or compiled model from `keras_unetpp.build` or
+            `build_unet`, with one output per deep-supervision head.
+        train_data: `tf.data.Dataset` of `(image, mask)` batches (masks as a
+            dict keyed by head name for deep-supervision models).
+        val_data: `tf.data.Dataset` of the same structure, or `None`
+            (then the best checkpoint is taken by training score).
+        output_dir: folder of the run (created if missing).
+        epochs: int, total number of epochs. Defaults to `10`.
+        steps_per_epoch: int, batches per epoch; `None` uses the length of
+            `train_data`. Defaults to `None`.
+        learning_rate: float, Adam learning rate. Defaults to `1e-3`.
+        loss_weights: per-head loss weights, as in `compile_model()`.
+            Defaults to `None`.
+        monitor: `"iou"` or `"dice"`, the score that picks `best.keras`.
+            Defaults to `"iou"`.
+        save_every: int, also save the resumable state every this many
+            batches (`None`: at epoch ends only). Defaults to `None`.
+        optimizer: a Keras optimizer, or `None` for Adam. Defaults to `None`.
+        callbacks: extra Keras callbacks. Defaults to `None`.
+        tensorboard: bool, write TensorBoard logs to `logs/` (needs the
+            `tensorboard` package). Defaults to `True`.
+        verbose: 0, 1 (progress bars) or 2, as in `fit()`. Defaults to `1`.
+
+    Returns:
+        dict: `history` (list of per-epoch log dicts, all epochs of the run
+        including earlier calls), `best` (best monitored score), `monitor`
+        (its log key), `resumed_from` (`(epoch, batch)` or `None`) and the
+        paths `best_model` and `last_model`.
+
+    Example:
+
+    ```python
+    model = keras_unetpp.build(depth=4, input_shape=(96, 96, 1),
+                               deep_supervision=True)
+    train_ds = keras_unetpp.data.make_dataset(
+        pairs, (96, 96), training=True, output_names=model.output_names)
+    result = keras_unetpp.train(model, train_ds, val_ds, "runs/nuclei",
+                                epochs=30, save_every=50)
+    ```
+    """
+    if isinstance(epochs, bool) or not isinstance(epochs, numbers.Integral) or (
+        epochs < 1
+    ):
+        raise ValueError(
+            f"`epochs` must be a positive int. Received: epochs={epochs!r}"
+        )
+    if save_every is not None and (
+        isinstance(save_every, bool)
+        or not isinstance(save_every, numbers.Integral)
+        or save_every < 1
+    ):
+        raise ValueError(
+            "`save_every` must be a positive int or None. "
+            f"Received: save_every={save_every!r}"
+        )
+    steps = _steps(train_data, steps_per_epoch)
+    if tensorboard and importlib.util.find_spec("tensorboard") is None:
+        raise ValueError(
+            "TensorBoard logs need the `tensorboard` package: `pip install "
+            "tensorboard`, or pass tensorboard=False. Received: tensorboard=True"
+        )
+    output_dir = pathlib.Path(output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    compile_model(model, learning_rate, loss_weights, optimizer)
+    key = monitor_name(model, monitor)
+    if val_data is None:
+        key = key[len("val_"):]
+
+    state = read_state(output_dir)
+    history_path = output_dir / HISTORY
+    if state is not None:
+        if state["steps_per_epoch"] != steps:
+            raise ValueError(
+                f"{output_dir} holds a run with {state['steps_per_epoch']} steps "
+                "per epoch; resume it with the same data and batch size, or "
+                f"use a new output directory. Received: steps_per_epoch={steps}"
+            )
+        if not model.optimizer.built:
+            model.optimizer.build(model.trainable_variables)
+        model.load_weights(output_dir / STATE_DIR / state["weights"])
+        _trim_history(history_path, state["epoch"])
+        start_epoch, start_batch = state["epoch"], state["batch"]
+        best = state["best"]
+        resumed_from = (start_epoch, start_batch)
+        if verbose:
+            print(
+                f"Resuming {output_dir} at epoch {start_epoch + 1}, batch "
+                f"{start_batch} (optimizer step {int(model.optimizer.iterations)})."
+            )
+    else:
+        start_epoch, start_batch, best, resumed_from = 0, 0, None, None
+        if history_path.exists():
+            history_path.unlink()
+
+    checkpoint = keras.callbacks.ModelCheckpoint(
+        output_dir / BEST_MODEL,
+        monitor=key,
+        mode="max",
+        save_best_only=True,
+        initial_value_threshold=best,
+        verbose=0,
+    )
+    repeated = train_data.repeat()
+
+    def fit(initial_epoch, last_epoch, fit_steps, initial_batch):
+        state_cb = TrainingState(
+            output_dir / STATE_DIR, steps, save_every, checkpoint, initial_batch
+        )
+        model.fit(
+            repeated,
+            validation_data=val_data,
+            shuffle=False,
+            initial_epoch=initial_epoch,
+            epochs=last_epoch,
+            steps_per_epoch=fit_steps,
+            callbacks=[
+                checkpoint,
+                keras.callbacks.CSVLogger(history_path, append=True),
+                *(
+                    [keras.callbacks.TensorBoard(output_dir / LOG_DIR)]
+                    if tensorboard
+                    else []
+                ),
+                state_cb,
+                *(callbacks or []),
+            ],
+            verbose=verbose,
+        )
+
+    if start_epoch < epochs and start_batch:
+        fit(start_epoch, start_epoch + 1, steps - start_batch, start_batch)
+        start_epoch += 1
+    if start_epoch < epochs:
+        fit(start_epoch, epochs, steps, 0)
+    model.save(output_dir / LAST_MODEL)
+    if not (output_dir / BEST_MODEL).exists():
+        model.save(output_dir / BEST_MODEL)
+    return {
+        "history": read_history(output_dir),
+        "best": None if not math.isfinite(checkpoint.best) else float(checkpoint.best),
+        "monitor": key,
+        "resumed_from": resumed_from,
+        "best_model": output_dir / BEST_MODEL,
+        "last_model": output_dir / LAST_MODEL,
+    }
+
+
+def read_history(output_dir):
+    """The per-epoch logs of a run, from its `history.csv`.
+
+    Returns:
+        list of dicts, one per epoch in order, values as floats (`epoch` as
+        an int, 0-based); keys an epoch did not log are left out.
+    """
+    path = pathlib.Path(output_dir) / HISTORY
+    if not path.is_file():
+        return []
+    with open(path, newline="") as f:
+        rows = list(csv.DictReader(f))
+    # CSVLogger writes "NA" for keys an epoch did not log (no validation).
+    return [
+        {
+            k: int(v) if k == "epoch" else float(v)
+            for k, v in row.items()
+            if v not in ("NA", "")
+        }
+        for row in rows
+    ]
+
+
+def batch_norm_gap(model, dataset, threshold=0.5):
+    """Foreground IoU of a model in training mode and in inference mode.
+
+    The "batch-norm trap": a network with batch normalization can score well
+    with batch statistics (training mode, as the training logs show) and
+    badly with its moving statistics (inference mode, as `predict()` and a
+    served model run), when the moving averages lag behind the weights. This
+    runs both modes over `dataset` and returns both IoUs; their difference
+    measures the trap. The model's weights and moving statistics are not
+    changed.
+
+    Args:
+        model: a single-output binary model (e.g. `prune(model, depth)`).
+        dataset: `tf.data.Dataset` of `(image, mask)` batches.
+        threshold: float, probability threshold. Defaults to `0.5`.
+
+    Returns:
+        `(training_mode_iou, inference_mode_iou)`, floats.
+    """
+    batch_norms = [
+        layer
+        for layer in model.layers
+        if isinstance(layer, keras.layers.BatchNormalization)
+    ]
+    saved = [
+        [v.numpy() for v in (layer.moving_mean, layer.moving_variance)]
+        for layer in batch_norms
+    ]
+    scores = {True: IoUScore(threshold=threshold), False: IoUScore(threshold=threshold)}
+    try:
+        for images, masks in dataset:
+            if isinstance(masks, dict):
+                masks = masks[model.output_names[0]]
+            for training, metric in scores.items():
+                metric.update_state(masks, model(images, training=training))
+    finally:
+        for layer, (mean, variance) in zip(batch_norms, saved):
+            layer.moving_mean.assign(mean)
+            layer.moving_variance.assign(variance)
+    return float(scores[True].result()), float(scores[False].result())
+
+
+def set_precision_policy(policy):
+    """Sets Keras' global dtype policy (`"float32"`, `"mixed_float16"`, ...).
+
+    Call it before building the model. Outputs of keras_unetpp models stay
+    float32 under mixed precision.
+
+    Args:
+        policy: str, a Keras dtype policy name.
+
+    Returns:
+        The policy name.
+    """
+    try:
+        keras.config.set_dtype_policy(policy)
+    except ValueError:
+        raise ValueError(
+            "`policy` must be a Keras dtype policy such as 'float32', "
+            f"'mixed_float16' or 'mixed_bfloat16'. Received: policy={policy!r}"
+        ) from None
+    return policy
+

@@ -1,0 +1,15 @@
+"""TF Serving export of pruned UNet++ models (one SavedModel per depth)."""
+
+from keras_unetpp.export.metadata import load_metadata
+from keras_unetpp.export.saved_model import export_pruned
+from keras_unetpp.export.serving_config import serving_config_text, versions
+from keras_unetpp.export.signatures import make_serving_fn, pad_to_stride
+
+__all__ = [
+    "export_pruned",
+    "load_metadata",
+    "make_serving_fn",
+    "pad_to_stride",
+    "serving_config_text",
+    "versions",
+]

@@ -1,0 +1,186 @@
+"""The small JSON file written into every exported version folder.
+
+It tells a person (or a deployment script) what the SavedModel next to it is
+without loading it: which level of which model, its size and cost, what the
+`image` input expects, what the outputs mean and how the model was trained.
+TF Serving ignores it.
+"""
+
+import datetime
+import json
+import pathlib
+
+import keras
+import tensorflow as tf
+
+from keras_unetpp.export import signatures
+from keras_unetpp.flops import count_flops
+from keras_unetpp.version import __version__
+
+METADATA_FILE = "keras_unetpp_metadata.json"
+METADATA_FORMAT = "keras_unetpp.export/1"
+
+# FLOPs are reported for one image of this size (a multiple of 2**6, the
+# deepest supported network's stride); they grow linearly with the pixels.
+FLOPS_SIZE = 256
+
+
+def build_metadata(
+    model,
+    level,
+    model_name,
+    version,
+    source_depth,
+    input_dtype,
+    threshold,
+    compute_dtype,
+    output_activation,
+    training_info,
+):
+    """The metadata dict of one exported level.
+
+    Args:
+        model: the pruned single-output `keras.Model` that is exported.
+        level: int, its level L (the stride is `2**L`).
+        model_name: str, the served model's base name (without `_l<L>`).
+        version: int, the version folder's number.
+        source_depth: int, depth of the model it was pruned from.
+        input_dtype: str, dtype of the `image` input.
+        threshold: float, the mask threshold of one-class models.
+        compute_dtype: str, dtype of the convolutions (`"float32"`,
+            `"bfloat16"` or `"float16"`).
+        output_activation: `"sigmoid"`, `"softmax"` or `None` (logits, to
+            which the serving function applies the activation).
+        training_info: JSON-serialisable dict describing the training run, or
+            `None`.
+
+    Returns:
+        A JSON-serialisable dict.
+    """
+    channels = model.inputs[0].shape[-1]
+    num_classes = model.outputs[0].shape[-1]
+    flops = count_flops(model, FLOPS_SIZE, FLOPS_SIZE)
+    scale = signatures.INPUT_DTYPES[input_dtype]
+    if input_dtype == "float32":
+        scaling = "used as is: float pixels on the scale the model was trained on"
+    else:
+        scaling = f"cast to float32 and multiplied by 1/{round(1 / scale)}"
+    binary = num_classes == 1
+    return {
+        "format": METADATA_FORMAT,
+        "model_name": f"{model_name}_l{level}",
+        "base_model_name": model_name,
+        "level": level,
+        "source_depth": source_depth,
+        "version": version,
+        "parameters": int(model.count_params()),
+        "flops": {
+            "per_image": flops,
+            "height": FLOPS_SIZE,
+            "width": FLOPS_SIZE,
+            "per_pixel": flops / FLOPS_SIZE**2,
+        },
+        "signature": "serving_default",
+        "input": {
+            "name": signatures.INPUT_NAME,
+            "dtype": input_dtype,
+            "shape": [None, None, None, channels],
+            "layout": "NHWC (batch, height, width, channels); any height and width",
+        },
+        "preprocessing": {
+            "scaling": scaling,
+            "scale": scale,
+            "padding": (
+                f"inside the graph: reflect-padded at the bottom and right to "
+                f"a multiple of {2**level} (edge padding when the image is "
+                "smaller than the padding), predictions cropped back"
+            ),
+            "stride": 2**level,
+        },
+        "outputs": {
+            signatures.PROBABILITIES: {
+                "dtype": "float32",
+                "shape": [None, None, None, num_classes],
+                "meaning": (
+                    "sigmoid probability of the foreground"
+                    if binary
+                    else "softmax probability of each class"
+                ),
+            },
+            signatures.MASK: {
+                "dtype": signatures.mask_dtype(num_classes),
+                "shape": [None, None, None, 1],
+                "meaning": (
+                    f"1 where probabilities >= {threshold}, else 0"
+                    if binary
+                    else "index of the most probable class"
+                ),
+            },
+        },
+        "num_classes": num_classes,
+        "threshold": threshold if binary else None,
+        "head_activation": output_activation,
+        "compute_dtype": compute_dtype,
+        "training": training_info,
+        "exported_at": datetime.datetime.now(datetime.timezone.utc).isoformat(
+            timespec="seconds"
+        ),
+        "versions": {
+            "keras_unetpp": __version__,
+            "keras": keras.__version__,
+            "tensorflow": tf.__version__,
+        },
+    }
+
+
+def check_training_info(training_info):
+    """Raises a `ValueError` unless `training_info` is `None` or a JSON dict."""
+    if training_info is None:
+        return None
+    if not isinstance(training_info, dict):
+        raise ValueError(
+            "`training_info` must be a dict (e.g. data set, epochs, loss) or "
+            f"None. Received: training_info={training_info!r}"
+        )
+    try:
+        json.dumps(training_info)
+    except (TypeError, ValueError) as error:
+        raise ValueError(
+            "`training_info` must be JSON-serialisable (str, numbers, lists, "
+            f"dicts): {error}. Received: training_info={training_info!r}"
+        ) from None
+    return training_info
+
+
+def write_metadata(folder, metadata):
+    """Writes `metadata` as `keras_unetpp_metadata.json` into `folder`."""
+    path = pathlib.Path(folder) / METADATA_FILE
+    path.write_text(json.dumps(metadata, indent=2, sort_keys=True) + "\n")
+    return path
+
+
+def load_metadata(version_dir):
+    """Reads the metadata of an exported version folder.
+
+    Args:
+        version_dir: path of a version folder written by
+            `keras_unetpp.export.export_pruned`, e.g. `"exported/unetpp_l2/1"`.
+
+    Returns:
+        The metadata dict (level, parameters, FLOPs, input spec,
+        preprocessing, outputs, threshold, training information).
+
+    Example:
+
+    ```python
+    info = load_metadata("exported/unetpp_l2/1")
+    info["parameters"], info["flops"]["per_image"], info["input"]["dtype"]
+    ```
+    """
+    path = pathlib.Path(version_dir) / METADATA_FILE
+    if not path.is_file():
+        raise ValueError(
+            f"No {METADATA_FILE} in this folder; it is not a version folder "
+            f"written by keras_unetpp. Received: version_dir={str(version_dir)!r}"
+        )
+    return json.loads(path.read_text())

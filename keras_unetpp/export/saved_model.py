@@ -1,0 +1,392 @@
+"""Exporting the pruned sub-models of a UNet++ as TF Serving SavedModels.
+
+One SavedModel per level L goes to `export_dir/<model_name>_l<L>/<version>/`,
+the layout TF Serving polls, with the level's metadata JSON inside the
+version folder and a `models.config` listing every model folder.
+
+Safety. A server watching the folder must never load a half-written model,
+and a failed export must not leave one behind. Every level is first written
+to a hidden temporary sibling of its version folder (`.tmp-<version>-<id>`,
+not numeric, so TF Serving ignores it); only when every level is complete
+are they renamed into place, one atomic `os.rename` each, and the
+`models.config` is replaced atomically last. If anything fails or is
+interrupted on the way (an exception, Ctrl-C), the renamed levels are rolled
+back, the temporary folders are deleted and any version that `overwrite=True`
+replaced is put back, so the folder is as it was before.
+"""
+
+import numbers
+import os
+import pathlib
+import shutil
+import uuid
+
+import keras
+
+from keras_unetpp.export import metadata as metadata_lib
+from keras_unetpp.export import serving_config, signatures
+from keras_unetpp.model import output_name
+from keras_unetpp.pruning import head_levels, model_depth, prune
+
+COMPUTE_DTYPES = (None, "float32", "bfloat16", "float16")
+
+
+def export_pruned(
+    model,
+    export_dir,
+    levels=None,
+    version=None,
+    model_name=None,
+    input_dtype="float32",
+    threshold=0.5,
+    compute_dtype=None,
+    overwrite=False,
+    training_info=None,
+    base_path=None,
+):
+    """Exports each pruned level of a UNet++ as a SavedModel for TF Serving.
+
+    For every level L in `levels` the sub-network `prune(model, L)` is
+    written to `export_dir/<model_name>_l<L>/<version>/`, together with a
+    metadata file `keras_unetpp_metadata.json` (level, parameters, FLOPs,
+    input spec, preprocessing, threshold, training information), and
+    `export_dir/models.config` is rewritten to list every model folder of
+    `export_dir`. Start TF Serving with
+    `--model_config_file=<export_dir>/models.config` to serve all levels at
+    once and pick, per request, the depth that fits the latency budget.
+
+    Each SavedModel has one signature, `serving_default`:
+
+    - input `image`: `(batch, height, width, channels)` of `input_dtype`, any
+      batch size, height and width. Float images are used as they are (the
+      scale the model was trained on, usually [0, 1]); `uint8` and
+      `uint16` images are scaled to [0, 1] in the graph. The graph pads to
+      a multiple of `2**L` and crops the predictions back, so a client never
+      needs to know the network's stride.
+    - output `probabilities`: float32 `(batch, height, width, classes)`.
+    - output `mask`: `(batch, height, width, 1)`; `probabilities >=
+      threshold` as uint8 for one-class models, the arg-max class otherwise.
+
+    The export is atomic: a server watching `export_dir` sees either no new
+    version or the complete set, and a failed or interrupted export leaves
+    `export_dir` as it found it (see the module docstring).
+
+    Args:
+        model: a `keras.Model` from `keras_unetpp.build` (trained with
+            `deep_supervision=True` to export levels below its depth).
+        export_dir: str or `pathlib.Path`, the folder to export into; it is
+            created if needed.
+        levels: iterable of ints, the levels to export. Defaults to `None`,
+            every head the model has.
+        version: int >= 0, the version folder's number. Defaults to `None`,
+            one more than the highest version of any level already in
+            `export_dir` (1 for the first export), so TF Serving, which
+            serves the highest version, picks the new set up.
+        model_name: str, the served model name prefix; level L is served as
+            `f"{model_name}_l{L}"`. Defaults to `None`, the model's name.
+        input_dtype: `"float32"`, `"uint8"` or `"uint16"`, the dtype of the
+            `image` input. Defaults to `"float32"`.
+        threshold: float in (0, 1), the probability at or above which the
+            mask of a one-class model is 1 (unused for several classes).
+            Defaults to `0.5`.
+        compute_dtype: `None` (keep the model's dtype policy), `"float32"`,
+            `"bfloat16"` (TPUs, recent CPUs and GPUs) or `"float16"` (GPUs):
+            the dtype of the convolutions. Weights stay float32 and the
+            outputs are float32 either way. Defaults to `None`.
+        overwrite: bool, whether an existing version folder of the same
+            number may be replaced. Defaults to `False` (a `FileExistsError`).
+        training_info: JSON-serialisable dict stored in the metadata under
+            `"training"` (data set, epochs, loss, scores...). Defaults to
+            `None`.
+        base_path: the folder under which the server sees `export_dir`,
+            written into `models.config` (e.g. `"/models"` when the folder is
+            mounted there in the `tensorflow/serving` container). Defaults
+            to `None`, the absolute path of `export_dir`.
+
+    Returns:
+        dict mapping each level to the `pathlib.Path` of its version folder.
+
+    Example:
+
+    ```python
+    model = keras_unetpp.build(depth=4, deep_supervision=True)
+    model.fit(...)
+    paths = export_pruned(model, "exported", model_name="nuclei",
+                          input_dtype="uint8")
+    # exported/models.config, exported/nuclei_l1/1/ ... exported/nuclei_l4/1/
+    ```
+    """
+    depth = model_depth(model)
+    levels = _check_levels(model, levels)
+    model_name = serving_config.check_model_name(
+        model.name if model_name is None else model_name
+    )
+    signatures.check_input_dtype(input_dtype)
+    threshold = _check_threshold(threshold)
+    compute_dtype = _check_compute_dtype(compute_dtype)
+    training_info = metadata_lib.check_training_info(training_info)
+    export_dir = pathlib.Path(export_dir)
+    if export_dir.exists() and not export_dir.is_dir():
+        raise ValueError(
+            "`export_dir` must be a folder (or not exist yet). "
+            f"Received: export_dir={str(export_dir)!r}"
+        )
+    model_dirs = {level: export_dir / f"{model_name}_l{level}" for level in levels}
+    version = _choose_version(model_dirs.values(), version, overwrite)
+
+    transaction = _Transaction()
+    try:
+        transaction.make_dir(export_dir)
+        staged = {}
+        for level in levels:
+            transaction.make_dir(model_dirs[level])
+            staged[level] = transaction.temporary(model_dirs[level], version)
+            _write_level(
+                model,
+                level,
+                staged[level],
+                model_name=model_name,
+                version=version,
+                source_depth=depth,
+                input_dtype=input_dtype,
+                threshold=threshold,
+                compute_dtype=compute_dtype,
+                training_info=training_info,
+            )
+        paths = {}
+        for level in levels:
+            paths[level] = model_dirs[level] / str(version)
+            transaction.move_into_place(staged[level], paths[level], overwrite)
+        serving_config.write_serving_config(export_dir, base_path)
+    except BaseException:
+        transaction.roll_back()
+        raise
+    transaction.finish()
+    return paths
+
+
+def _write_level(
+    model,
+    level,
+    folder,
+    model_name,
+    version,
+    source_depth,
+    input_dtype,
+    threshold,
+    compute_dtype,
+    training_info,
+):
+    """Writes the SavedModel and metadata of one level into `folder`."""
+    pruned = _serving_model(prune(model, level), level, compute_dtype)
+    head = model.get_layer(output_name(level)).get_config()["activation"]
+    output_activation = None if head == "linear" else head
+    serve = signatures.make_serving_fn(
+        pruned,
+        stride=2**level,
+        input_dtype=input_dtype,
+        threshold=threshold,
+        output_activation=output_activation,
+    )
+    archive = keras.export.ExportArchive()
+    archive.add_endpoint(
+        "serving_default",
+        serve,
+        input_signature=signatures.input_signature(
+            pruned.inputs[0].shape[-1], input_dtype
+        ),
+    )
+    archive.write_out(str(folder), verbose=False)
+    metadata_lib.write_metadata(
+        folder,
+        metadata_lib.build_metadata(
+            pruned,
+            level,
+            model_name=model_name,
+            version=version,
+            source_depth=source_depth,
+            input_dtype=input_dtype,
+            threshold=threshold,
+            compute_dtype=compute_dtype or pruned.dtype_policy.compute_dtype,
+            output_activation=output_activation,
+            training_info=training_info,
+        ),
+    )
+
+
+def _serving_model(pruned, level, compute_dtype):
+    """The pruned model with `None` spatial input dims and the compute dtype.
+
+    Returns `pruned` itself when it already fits; otherwise a clone (with the
+    same weight values) whose input takes any height and width and whose
+    layers compute in `compute_dtype`. The float32 output activation of the
+    head is kept in float32.
+    """
+    image = pruned.inputs[0]
+    static = any(size is not None for size in image.shape[1:3])
+    if not static and compute_dtype is None:
+        return pruned
+    if compute_dtype in (None, "float32"):
+        policy = compute_dtype
+    else:
+        policy = f"mixed_{compute_dtype}"
+
+    def clone_layer(layer):
+        config = layer.get_config()
+        if policy is not None and layer.name != output_name(level):
+            config["dtype"] = keras.DTypePolicy(policy)
+        return layer.__class__.from_config(config)
+
+    inputs = keras.Input((None, None, image.shape[-1]), name=image.name)
+    clone = keras.models.clone_model(
+        pruned, input_tensors=inputs, clone_function=clone_layer
+    )
+    clone.set_weights(pruned.get_weights())
+    return clone
+
+
+def _check_levels(model, levels):
+    available = head_levels(model)
+    if levels is None:
+        return available
+    received = levels
+    try:
+        levels = tuple(levels)
+    except TypeError:
+        raise ValueError(
+            "`levels` must be an iterable of ints (e.g. (1, 2, 3, 4)) or None "
+            f"for every head. Received: levels={received!r}"
+        ) from None
+    if not levels or len(set(levels)) != len(levels) or not all(
+        isinstance(level, numbers.Integral) and not isinstance(level, bool)
+        for level in levels
+    ):
+        raise ValueError(
+            "`levels` must be a non-empty sequence of distinct ints. "
+            f"Received: levels={received!r}"
+        )
+    if any(level not in available for level in levels):
+        raise ValueError(
+            f"The model has heads for levels {available} only; build it with "
+            "deep_supervision=True to export smaller depths. "
+            f"Received: levels={received!r}"
+        )
+    return sorted(int(level) for level in levels)
+
+
+def _check_threshold(threshold):
+    if (
+        isinstance(threshold, bool)
+        or not isinstance(threshold, numbers.Real)
+        or not 0.0 < threshold < 1.0
+    ):
+        raise ValueError(
+            "`threshold` must be a probability strictly between 0 and 1. "
+            f"Received: threshold={threshold!r}"
+        )
+    return float(threshold)
+
+
+def _check_compute_dtype(compute_dtype):
+    if compute_dtype not in COMPUTE_DTYPES:
+        raise ValueError(
+            f"`compute_dtype` must be one of {COMPUTE_DTYPES}. "
+            f"Received: compute_dtype={compute_dtype!r}"
+        )
+    return compute_dtype
+
+
+def _choose_version(model_dirs, version, overwrite):
+    existing = {
+        number: model_dir
+        for model_dir in model_dirs
+        for number in serving_config.versions(model_dir)
+    }
+    if version is None:
+        return max(existing, default=0) + 1
+    if (
+        isinstance(version, bool)
+        or not isinstance(version, numbers.Integral)
+        or version < 0
+    ):
+        raise ValueError(
+            "`version` must be a non-negative int (TF Serving version folders "
+            f"are numbers) or None for the next one. Received: version={version!r}"
+        )
+    version = int(version)
+    if not overwrite:
+        for model_dir in model_dirs:
+            if (model_dir / str(version)).exists():
+                raise FileExistsError(
+                    f"Version {version} of {model_dir.name} already exists at "
+                    f"{model_dir / str(version)}; pass overwrite=True to replace "
+                    f"it, or version=None for the next one. Received: "
+                    f"version={version}"
+                )
+    return version
+
+
+class _Transaction:
+    """Staged folders, renames and created folders of one export, undoable."""
+
+    def __init__(self):
+        self._created = []
+        self._staged = []
+        self._moved = []
+
+    def make_dir(self, path):
+        """Creates `path` (and its parents) if needed, remembering what it made."""
+        missing = []
+        probe = pathlib.Path(path)
+        while not probe.exists():
+            missing.append(probe)
+            probe = probe.parent
+        for folder in reversed(missing):
+            folder.mkdir()
+            self._created.append(folder)
+
+    def temporary(self, model_dir, version):
+        """A fresh hidden, non-numeric sibling of the version folder."""
+        path = model_dir / f".tmp-{version}-{uuid.uuid4().hex}"
+        self._staged.append(path)
+        return path
+
+    def move_into_place(self, staged, final, overwrite):
+        """Renames a complete staged folder to its version folder."""
+        backup = None
+        if final.exists():
+            if not overwrite:
+                raise FileExistsError(
+                    f"{final} appeared while exporting (another export?); "
+                    f"nothing was replaced. Received: version={final.name}"
+                )
+            backup = final.parent / f".old-{final.name}-{uuid.uuid4().hex}"
+            os.rename(final, backup)
+        try:
+            os.rename(staged, final)
+        except BaseException:
+            if backup is not None:
+                os.rename(backup, final)
+            raise
+        self._moved.append((final, backup))
+
+    def roll_back(self):
+        """Undoes everything: moved versions, backups, staged and new folders."""
+        for final, backup in reversed(self._moved):
+            shutil.rmtree(final, ignore_errors=True)
+            if backup is not None:
+                os.rename(backup, final)
+        self._moved = []
+        for path in self._staged:
+            shutil.rmtree(path, ignore_errors=True)
+        for folder in reversed(self._created):
+            try:
+                folder.rmdir()
+            except OSError:
+                pass  # Not empty: something else was written there meanwhile.
+
+    def finish(self):
+        """Deletes the versions that `overwrite=True` replaced."""
+        for _, backup in self._moved:
+            if backup is not None:
+                shutil.rmtree(backup, ignore_errors=True)

@@ -1,0 +1,491 @@
+"""Tests of keras_unetpp.export: layout, signatures, numerics and safety.
+
+Every exported level is compared with `prune(model, L)` called directly on
+the same input (padded with `keras_unetpp.pad_to_multiple`, the library's own
+NumPy padding, and cropped back): in this process, in a fresh process that
+imports only TensorFlow, through XLA, and through `saved_model_cli`.
+"""
+
+import json
+import os
+import pathlib
+import shutil
+import subprocess
+import sys
+import textwrap
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import keras_unetpp as ku
+from keras_unetpp.export import (
+    export_pruned,
+    load_metadata,
+    pad_to_stride,
+    serving_config,
+)
+from keras_unetpp.export import saved_model as saved_model_lib
+
+FILTERS = (4, 8, 16, 32)
+TRAINING_INFO = {"dataset": "synthetic", "epochs": 0, "loss": "BCEDiceLoss"}
+
+# Input sizes for the comparisons, chosen for the padding rule of each level:
+# 565x584 is the issue's odd size (565 odd, 584 = 8 * 73), 33x47 pads both
+# axes at every level, 64x64 needs no padding, 3x6 reflects at level 1 and 2
+# and falls back to edge padding at level 3 (it pads 5 rows onto 3).
+SIZES = ((1, 565, 584), (2, 33, 47), (2, 64, 64), (1, 3, 6))
+
+
+def _randomize_normalization(model, seed=0):
+    """Gives every batch norm non-trivial statistics, as after training."""
+    rng = np.random.default_rng(seed)
+    for layer in model.layers:
+        if isinstance(layer, keras.layers.BatchNormalization):
+            n = layer.moving_mean.shape[0]
+            layer.moving_mean.assign(rng.normal(0.0, 0.5, n).astype("float32"))
+            layer.moving_variance.assign(rng.uniform(0.5, 2.0, n).astype("float32"))
+            layer.gamma.assign(rng.uniform(0.5, 1.5, n).astype("float32"))
+            layer.beta.assign(rng.normal(0.0, 0.2, n).astype("float32"))
+    return model
+
+
+def _images(batch, height, width, channels=1, seed=0):
+    rng = np.random.default_rng(seed + height * 1000 + width)
+    return rng.random((batch, height, width, channels)).astype("float32")
+
+
+def _reference(model, level, images):
+    """`prune(model, level)` on `images` padded to 2**level, cropped back."""
+    padded, (height, width) = ku.pad_to_multiple(images, 2**level)
+    outputs = ku.prune(model, level)(padded, training=False)
+    return np.asarray(outputs)[:, :height, :width]
+
+
+def _tree(folder):
+    """Every path under `folder` with the bytes of its files, for snapshots."""
+    folder = pathlib.Path(folder)
+    if not folder.exists():
+        return None
+    return {
+        str(path.relative_to(folder)): path.read_bytes() if path.is_file() else None
+        for path in sorted(folder.rglob("*"))
+    }
+
+
+@pytest.fixture(scope="module")
+def model():
+    keras.utils.set_random_seed(1)
+    return _randomize_normalization(
+        ku.build(depth=3, filters=FILTERS, deep_supervision=True, name="unetpp")
+    )
+
+
+@pytest.fixture(scope="module")
+def exported(model, tmp_path_factory):
+    export_dir = tmp_path_factory.mktemp("exported")
+    paths = export_pruned(model, export_dir, training_info=TRAINING_INFO)
+    return export_dir, paths
+
+
+@pytest.fixture(scope="module")
+def small_model():
+    keras.utils.set_random_seed(2)
+    return _randomize_normalization(
+        ku.build(depth=2, filters=(4, 8, 16), deep_supervision=True), seed=2
+    )
+
+
+def test_layout_and_models_config(exported):
+    export_dir, paths = exported
+    assert paths == {
+        level: export_dir / f"unetpp_l{level}" / "1" for level in (1, 2, 3)
+    }
+    for path in paths.values():
+        assert (path / "saved_model.pb").is_file()
+        assert (path / "variables").is_dir()
+        assert (path / "keras_unetpp_metadata.json").is_file()
+        # Nothing but the version folder: the temporary sibling was renamed.
+        assert [child.name for child in path.parent.iterdir()] == ["1"]
+    assert sorted(child.name for child in export_dir.iterdir()) == [
+        "models.config", "unetpp_l1", "unetpp_l2", "unetpp_l3"
+    ]
+    text = (export_dir / "models.config").read_text()
+    entries = "".join(
+        f'  config {{\n    name: "unetpp_l{level}"\n'
+        f'    base_path: "{export_dir.resolve()}/unetpp_l{level}"\n'
+        '    model_platform: "tensorflow"\n  }\n'
+        for level in (1, 2, 3)
+    )
+    assert text.endswith("model_config_list {\n" + entries + "}\n")
+    try:
+        from google.protobuf import text_format
+        from tensorflow_serving.config import model_server_config_pb2
+    except ImportError:
+        return  # The exact text above already pins the format.
+    config = text_format.Parse(text, model_server_config_pb2.ModelServerConfig())
+    assert [c.name for c in config.model_config_list.config] == [
+        "unetpp_l1", "unetpp_l2", "unetpp_l3"
+    ]
+
+
+def test_models_config_base_path_for_docker(exported):
+    export_dir, _ = exported
+    text = serving_config.serving_config_text(export_dir, base_path="/models/")
+    assert 'base_path: "/models/unetpp_l2"' in text
+    assert str(export_dir) not in text.split("model_config_list")[1]
+
+
+def test_metadata(model, exported):
+    _, paths = exported
+    flops = []
+    for level, path in paths.items():
+        info = load_metadata(path)
+        pruned = ku.prune(model, level)
+        assert info["level"] == level and info["source_depth"] == 3
+        assert info["model_name"] == f"unetpp_l{level}" and info["version"] == 1
+        assert info["parameters"] == pruned.count_params()
+        assert info["flops"]["per_image"] == ku.count_flops(pruned, 256, 256)
+        assert info["input"] == {
+            "name": "image",
+            "dtype": "float32",
+            "shape": [None, None, None, 1],
+            "layout": "NHWC (batch, height, width, channels); any height and width",
+        }
+        assert info["preprocessing"]["stride"] == 2**level
+        assert info["outputs"]["mask"]["dtype"] == "uint8"
+        assert info["threshold"] == 0.5 and info["compute_dtype"] == "float32"
+        assert info["training"] == TRAINING_INFO
+        flops.append(info["flops"]["per_image"])
+    assert flops == sorted(flops) and len(set(flops)) == 3
+    with pytest.raises(ValueError, match="not a version folder"):
+        load_metadata(paths[1].parent)
+
+
+def test_signature_in_process(model, exported):
+    _, paths = exported
+    images = _images(2, 33, 47)
+    for level, path in paths.items():
+        signature = tf.saved_model.load(str(path)).signatures["serving_default"]
+        assert signature.structured_input_signature == (
+            (),
+            {"image": tf.TensorSpec((None, None, None, 1), tf.float32, name="image")},
+        )
+        assert sorted(signature.structured_outputs) == ["mask", "probabilities"]
+        outputs = signature(image=tf.constant(images))
+        expected = _reference(model, level, images)
+        np.testing.assert_allclose(outputs["probabilities"], expected, atol=1e-5)
+        assert outputs["mask"].dtype == tf.uint8
+        np.testing.assert_array_equal(outputs["mask"], expected >= 0.5)
+
+
+_FRESH_PROCESS = textwrap.dedent(
+    """
+    import json
+    import sys
+
+    import numpy as np
+    import tensorflow as tf
+
+    jobs = json.loads(sys.argv[1])
+    for job in jobs:
+        loaded = tf.saved_model.load(job["model"])
+        signature = loaded.signatures["serving_default"]
+        for index, path in enumerate(job["inputs"]):
+            outputs = signature(image=tf.constant(np.load(path)))
+            np.save(f"{job['out']}_{index}_probabilities.npy",
+                    outputs["probabilities"].numpy())
+            np.save(f"{job['out']}_{index}_mask.npy", outputs["mask"].numpy())
+        if job["xla_input"]:
+            xla = tf.function(lambda image: signature(image=image),
+                              jit_compile=True)
+            image = tf.constant(np.load(job["xla_input"]))
+            hlo = xla.experimental_get_compiler_ir(image)(stage="hlo")
+            assert "convolution" in hlo, hlo[:500]
+            np.save(f"{job['out']}_xla.npy", xla(image)["probabilities"].numpy())
+    assert "keras_unetpp" not in sys.modules
+    print("fresh process ok")
+    """
+)
+
+
+@pytest.fixture(scope="module")
+def variants(model, tmp_path_factory):
+    """Exports with other options: uint8 input, bfloat16, multi-class logits."""
+    root = tmp_path_factory.mktemp("variants")
+    uint8 = export_pruned(model, root / "uint8", levels=[2], input_dtype="uint8")
+    bf16 = export_pruned(model, root / "bf16", levels=[3], compute_dtype="bfloat16")
+    # A static-size, three-class model with a logits head: the export must
+    # free its spatial size and apply the softmax the head leaves out.
+    keras.utils.set_random_seed(3)
+    static = _randomize_normalization(
+        ku.build(depth=2, input_shape=(32, 32, 2), num_classes=3,
+                 filters=(4, 8, 16), output_activation=None, name="classes"),
+        seed=3,
+    )
+    multi = export_pruned(static, root / "multi")
+    dynamic = ku.build(depth=2, input_shape=(None, None, 2), num_classes=3,
+                       filters=(4, 8, 16), output_activation=None)
+    dynamic.set_weights(static.get_weights())
+    return {"uint8": uint8[2], "bf16": bf16[3], "multi": multi[2], "dynamic": dynamic}
+
+
+@pytest.mark.slow
+def test_reload_in_fresh_process_matches_keras(model, exported, variants, tmp_path):
+    """A process importing only TensorFlow gets prune(model, L)'s outputs."""
+    _, paths = exported
+    inputs = {}
+    for batch, height, width in SIZES:
+        inputs[height, width] = tmp_path / f"in_{height}x{width}.npy"
+        np.save(inputs[height, width], _images(batch, height, width))
+    pixels = np.round(_images(1, 565, 584, seed=5) * 255).astype("uint8")
+    np.save(tmp_path / "pixels.npy", pixels)
+    two_channels = _images(2, 37, 29, channels=2)
+    np.save(tmp_path / "two.npy", two_channels)
+    xla_input = str(inputs[33, 47])
+    jobs = [
+        {"model": str(paths[level]), "inputs": [str(p) for p in inputs.values()],
+         "out": str(tmp_path / f"l{level}"), "xla_input": xla_input}
+        for level in paths
+    ] + [
+        {"model": str(variants["bf16"]), "inputs": [],
+         "out": str(tmp_path / "bf16"), "xla_input": xla_input},
+        {"model": str(variants["uint8"]), "inputs": [str(tmp_path / "pixels.npy")],
+         "out": str(tmp_path / "uint8"), "xla_input": None},
+        {"model": str(variants["multi"]), "inputs": [str(tmp_path / "two.npy")],
+         "out": str(tmp_path / "multi"), "xla_input": str(tmp_path / "two.npy")},
+    ]
+    result = subprocess.run(
+        [sys.executable, "-c", _FRESH_PROCESS, json.dumps(jobs)],
+        capture_output=True, text=True, cwd=tmp_path, timeout=600,
+        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"},
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "fresh process ok" in result.stdout
+
+    def load(name):
+        return np.load(tmp_path / f"{name}.npy")
+
+    for level in paths:
+        for index, (batch, height, width) in enumerate(SIZES):
+            expected = _reference(model, level, _images(batch, height, width))
+            probabilities = load(f"l{level}_{index}_probabilities")
+            assert probabilities.shape == (batch, height, width, 1)
+            assert np.abs(probabilities - expected).max() <= 1e-5
+            np.testing.assert_array_equal(
+                load(f"l{level}_{index}_mask"), expected >= 0.5
+            )
+        expected = _reference(model, level, _images(2, 33, 47))
+        assert np.abs(load(f"l{level}_xla") - expected).max() <= 1e-5
+    # bfloat16 keeps about 3 significant digits through the network.
+    assert np.abs(load("bf16_xla") - expected).max() <= 0.02
+    expected = _reference(model, 2, pixels.astype("float32") / 255)
+    assert np.abs(load("uint8_0_probabilities") - expected).max() <= 1e-5
+    padded, _ = ku.pad_to_multiple(two_channels, 4)
+    logits = np.asarray(variants["dynamic"](padded, training=False))[:, :37, :29]
+    expected = np.asarray(keras.ops.softmax(logits, axis=-1))
+    for name in ("multi_0_probabilities", "multi_xla"):
+        assert np.abs(load(name) - expected).max() <= 1e-5
+    mask = load("multi_0_mask")
+    assert mask.shape == (2, 37, 29, 1) and mask.dtype == np.uint8
+    np.testing.assert_array_equal(mask[..., 0], expected.argmax(-1))
+
+
+@pytest.mark.slow
+def test_saved_model_cli_show_and_run(model, exported, tmp_path):
+    _, paths = exported
+    cli = shutil.which("saved_model_cli") or str(
+        pathlib.Path(sys.executable).parent / "saved_model_cli"
+    )
+    images = _images(1, 41, 35)
+    np.save(tmp_path / "image.npy", images)
+    commands = {
+        "show": [cli, "show", "--all", "--dir", str(paths[3])],
+        "run": [cli, "run", "--dir", str(paths[3]), "--tag_set", "serve",
+                "--signature_def", "serving_default",
+                "--inputs", f"image={tmp_path / 'image.npy'}",
+                "--outdir", str(tmp_path / "out")],
+    }
+    # Both at once: most of each command's time is importing TensorFlow.
+    processes = {
+        name: subprocess.Popen(
+            command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"},
+        )
+        for name, command in commands.items()
+    }
+    results = {name: p.communicate(timeout=300) for name, p in processes.items()}
+    for name, process in processes.items():
+        assert process.returncode == 0, results[name][1][-3000:]
+    show = results["show"][0]
+    assert "signature_def['serving_default']" in show
+    for line in (
+        "inputs['image'] tensor_info:",
+        "outputs['probabilities'] tensor_info:",
+        "outputs['mask'] tensor_info:",
+        "dtype: DT_UINT8",
+        "shape: (-1, -1, -1, 1)",
+    ):
+        assert line in show, show[-3000:]
+    expected = _reference(model, 3, images)
+    probabilities = np.load(tmp_path / "out" / "probabilities.npy")
+    assert np.abs(probabilities - expected).max() <= 1e-5
+    np.testing.assert_array_equal(
+        np.load(tmp_path / "out" / "mask.npy"), expected >= 0.5
+    )
+
+
+@pytest.mark.parametrize(
+    "compute_dtype, tolerance", [("bfloat16", 0.02), ("float16", 0.003)]
+)
+def test_low_precision_compute_against_float32(model, variants, compute_dtype,
+                                               tolerance, tmp_path):
+    """Low-precision convolutions, float32 outputs, close to float32."""
+    if compute_dtype == "bfloat16":
+        path = variants["bf16"]
+    else:
+        path = export_pruned(model, tmp_path, levels=[3],
+                             compute_dtype=compute_dtype)[3]
+    assert load_metadata(path)["compute_dtype"] == compute_dtype
+    signature = tf.saved_model.load(str(path)).signatures["serving_default"]
+    images = _images(2, 47, 53)
+    outputs = signature(image=tf.constant(images))
+    expected = _reference(model, 3, images)
+    assert outputs["probabilities"].dtype == tf.float32
+    difference = np.abs(outputs["probabilities"].numpy() - expected)
+    # The low-precision graph must really differ (it is not float32 in
+    # disguise) and stay within the dtype's precision.
+    assert 0.0 < difference.max() <= tolerance
+    # The masks agree wherever float32 is not within the tolerance of the
+    # threshold.
+    sure = np.abs(expected - 0.5) > tolerance
+    np.testing.assert_array_equal(
+        outputs["mask"].numpy()[sure], (expected >= 0.5)[sure]
+    )
+
+
+def test_pad_to_stride_matches_pad_to_multiple():
+    for batch, height, width in SIZES + ((1, 1, 1), (1, 7, 2)):
+        images = _images(batch, height, width, channels=2)
+        for stride in (2, 8, 16):
+            padded, h, w = pad_to_stride(tf.constant(images), stride)
+            expected, (eh, ew) = ku.pad_to_multiple(images, stride)
+            np.testing.assert_array_equal(padded.numpy(), expected)
+            assert (int(h), int(w)) == (eh, ew)
+
+
+def test_next_version_overwrite_and_refusal(small_model, tmp_path):
+    first = export_pruned(small_model, tmp_path, levels=[1], model_name="cells")
+    assert first == {1: tmp_path / "cells_l1" / "1"}
+    # The next version is one more than the highest of any exported level.
+    second = export_pruned(small_model, tmp_path, model_name="cells")
+    assert second == {1: tmp_path / "cells_l1" / "2", 2: tmp_path / "cells_l2" / "2"}
+    assert serving_config.versions(tmp_path / "cells_l1") == [1, 2]
+    before = _tree(tmp_path)
+    with pytest.raises(FileExistsError, match=r"overwrite=True.*Received: version=2"):
+        export_pruned(small_model, tmp_path, levels=[2], version=2, model_name="cells")
+    assert _tree(tmp_path) == before
+    replaced = export_pruned(
+        small_model, tmp_path, levels=[2], version=2, model_name="cells",
+        overwrite=True, training_info={"run": "replacement"},
+    )
+    assert load_metadata(replaced[2])["training"] == {"run": "replacement"}
+    assert sorted(p.name for p in (tmp_path / "cells_l2").iterdir()) == ["2"]
+    config = (tmp_path / "models.config").read_text()
+    assert config.count("config {") == 2 and '"cells_l2"' in config
+
+
+class _Injected(Exception):
+    pass
+
+
+@pytest.mark.parametrize("error", [_Injected, KeyboardInterrupt])
+def test_failed_export_leaves_nothing_behind(small_model, tmp_path, monkeypatch,
+                                             error):
+    """An exception or Ctrl-C after one level was written undoes everything."""
+    existing = tmp_path / "existing"
+    export_pruned(small_model, existing, levels=[1])
+    before = _tree(existing)
+    write_metadata = saved_model_lib.metadata_lib.write_metadata
+    written = []
+
+    def fail_on_second_level(folder, metadata):
+        if len(written) == 1:
+            raise error("injected failure")
+        written.append(folder)
+        return write_metadata(folder, metadata)
+
+    monkeypatch.setattr(saved_model_lib.metadata_lib, "write_metadata",
+                        fail_on_second_level)
+    with pytest.raises(error, match="injected failure"):
+        export_pruned(small_model, existing)
+    assert written and not written[0].exists()
+    assert _tree(existing) == before
+    # Into a folder that does not exist yet: the folders it made go too.
+    fresh = tmp_path / "new" / "export"
+    with pytest.raises(error, match="injected failure"):
+        export_pruned(small_model, fresh, levels=[2])
+    assert not (tmp_path / "new").exists()
+
+
+def test_failure_while_moving_into_place_rolls_back(small_model, tmp_path,
+                                                    monkeypatch):
+    """Levels already renamed into place are removed, replaced ones restored."""
+    export_pruned(small_model, tmp_path, version=4, training_info={"run": "old"})
+    before = _tree(tmp_path)
+    rename = os.rename
+    moved = []
+
+    def fail_second_level(source, destination):
+        if pathlib.Path(source).name.startswith(".tmp-"):
+            if moved:
+                raise OSError("injected: disk full")
+            moved.append(destination)
+        return rename(source, destination)
+
+    monkeypatch.setattr(saved_model_lib.os, "rename", fail_second_level)
+    with pytest.raises(OSError, match="injected"):
+        export_pruned(small_model, tmp_path, version=4, overwrite=True,
+                      training_info={"run": "new"})
+    assert moved == [tmp_path / "unetpp_l1" / "4"]
+    assert _tree(tmp_path) == before
+    assert load_metadata(tmp_path / "unetpp_l1" / "4")["training"] == {"run": "old"}
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        ({"levels": [4]}, r"heads for levels \[1, 2\] only.*Received: levels=\[4\]"),
+        ({"levels": []}, r"non-empty sequence.*Received: levels=\[\]"),
+        ({"levels": [1, 1]}, r"distinct ints.*Received: levels=\[1, 1\]"),
+        ({"levels": 2}, r"iterable of ints.*Received: levels=2"),
+        ({"version": -1}, r"non-negative int.*Received: version=-1"),
+        ({"version": "3"}, r"Received: version='3'"),
+        ({"model_name": "../up"}, r"Received: model_name='../up'"),
+        ({"model_name": ".hidden"}, r"Received: model_name='.hidden'"),
+        ({"input_dtype": "int8"}, r"Received: input_dtype='int8'"),
+        ({"threshold": 1.0}, r"strictly between 0 and 1.*Received: threshold=1.0"),
+        ({"threshold": True}, r"Received: threshold=True"),
+        ({"compute_dtype": "float64"}, r"Received: compute_dtype='float64'"),
+        ({"training_info": "adam"}, r"must be a dict.*Received: training_info='adam'"),
+        ({"training_info": {"x": object}}, r"JSON-serialisable"),
+    ],
+)
+def test_invalid_arguments_write_nothing(small_model, tmp_path, kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        export_pruned(small_model, tmp_path / "out", **kwargs)
+    assert not (tmp_path / "out").exists()
+
+
+def test_invalid_models_and_folders(tmp_path):
+    plain = keras.Sequential([keras.Input((8, 8, 1)), keras.layers.Conv2D(1, 1)])
+    with pytest.raises(ValueError, match="no UNet\\+\\+ encoder layers"):
+        export_pruned(plain, tmp_path / "out")
+    no_supervision = ku.build(depth=2, filters=(4, 8, 16))
+    with pytest.raises(ValueError, match="deep_supervision=True"):
+        export_pruned(no_supervision, tmp_path / "out", levels=[1])
+    (tmp_path / "file").write_text("not a folder")
+    with pytest.raises(ValueError, match="must be a folder"):
+        export_pruned(no_supervision, tmp_path / "file")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["file"]

@@ -5,8 +5,6 @@ import numbers
 
 import tensorflow as tf
 
-from keras_unetpp.data import processing
-
 
 def _check_fraction(value, arg):
     if isinstance(value, bool) or not isinstance(value, numbers.Real) or not (
@@ -106,86 +104,150 @@ class Augmentation:
             return NotImplemented
         return self.get_config() == other.get_config()
 
-    def __call__(self, image, mask, size, seed):
-        """Augments one image/mask pair (graph code, for `Dataset.map`).
+    def __call__(self, images, masks, seed, scale=True):
+        """Augments a batch of image/mask pairs (graph code, for `map`).
+
+        Every sample of the batch gets its own random transform; the
+        randomness of the whole batch comes from `seed`.
 
         Args:
-            image: float32 tensor `(height, width, channels)` in [0, 1],
-                already `size` unless `scale_range` is set.
-            mask: integer tensor `(height, width, 1)`.
-            size: `(height, width)`, Python ints, the output size.
-            seed: int tensor `(2,)`, the stateless seed of this sample.
+            images: float32 tensor `(batch, height, width, channels)` in
+                [0, 1].
+            masks: integer tensor `(batch, height, width, 1)`.
+            seed: int tensor `(2,)`, the stateless seed of this batch.
+            scale: bool, apply `scale_range` here (`False` when the samples
+                were already scaled one by one, in crop mode). Defaults to
+                `True`.
 
         Returns:
-            The tuple `(image, mask)` of spatial size `size`.
+            The tuple `(images, masks)`, same shapes and dtypes.
         """
-        seeds = tf.random.experimental.stateless_split(seed, num=7)
-        if self.scale_range is not None:
-            image, mask = scaled_crop_pair(
-                image, mask, size, self.scale_range, seeds[0]
-            )
-        if self.flip:
-            flips = tf.random.stateless_uniform((2,), seeds[1]) < 0.5
-            image, mask = _flip_if(image, mask, flips[0], axis=1)
-            image, mask = _flip_if(image, mask, flips[1], axis=0)
-        if self.rotate90:
-            square = size[0] == size[1]
-            turns = tf.random.stateless_uniform(
-                (), seeds[2], minval=0, maxval=4 if square else 2, dtype=tf.int32
-            )
-            turns = turns if square else 2 * turns
-            image = tf.image.rot90(image, turns)
-            mask = tf.image.rot90(mask, turns)
+        seeds = tf.random.experimental.stateless_split(seed, num=4)
+        batch = tf.shape(images)[0]
+        height, width = images.shape[1], images.shape[2]
+        square = height == width
+        transpose, flip_lr, flip_ud = self._orientations(batch, square, seeds[0])
+        if transpose is not None:
+            images = _where(transpose, tf.transpose(images, (0, 2, 1, 3)), images)
+            masks = _where(transpose, tf.transpose(masks, (0, 2, 1, 3)), masks)
+        scaled = self.scale_range is not None and scale
+        if scaled or flip_lr is not None:
+            if scaled:
+                boxes = _scale_boxes(
+                    batch, (height, width), (height, width), self.scale_range, seeds[1]
+                )
+            else:
+                boxes = tf.tile(tf.constant([[0.0, 0.0, 1.0, 1.0]]), (batch, 1))
+            if flip_lr is not None:
+                # crop_and_resize flips a box whose end comes before its start.
+                y1, x1, y2, x2 = tf.unstack(boxes, axis=1)
+                boxes = tf.stack(
+                    [
+                        tf.where(flip_ud, y2, y1),
+                        tf.where(flip_lr, x2, x1),
+                        tf.where(flip_ud, y1, y2),
+                        tf.where(flip_lr, x1, x2),
+                    ],
+                    axis=1,
+                )
+            images, masks = _crop_and_resize(images, masks, boxes, (height, width))
         if self.brightness:
-            delta = tf.random.stateless_uniform(
-                (), seeds[3], -self.brightness, self.brightness
+            images = images + tf.random.stateless_uniform(
+                (batch, 1, 1, 1), seeds[2], -self.brightness, self.brightness
             )
-            image = image + delta
         if self.contrast:
             factor = tf.random.stateless_uniform(
-                (), seeds[4], 1.0 - self.contrast, 1.0 + self.contrast
+                (batch, 1, 1, 1), seeds[3], 1.0 - self.contrast, 1.0 + self.contrast
             )
-            mean = tf.reduce_mean(image, axis=(0, 1), keepdims=True)
-            image = (image - mean) * factor + mean
+            mean = tf.reduce_mean(images, axis=(1, 2), keepdims=True)
+            images = (images - mean) * factor + mean
         if self.brightness or self.contrast:
-            image = tf.clip_by_value(image, 0.0, 1.0)
-        channels, mask_channels = image.shape[-1], mask.shape[-1]
-        image = tf.ensure_shape(image, (size[0], size[1], channels))
-        mask = tf.ensure_shape(mask, (size[0], size[1], mask_channels))
-        return image, mask
+            images = tf.clip_by_value(images, 0.0, 1.0)
+        return images, masks
+
+    def _orientations(self, batch, square, seed):
+        """Per-sample (transpose, flip left-right, flip up-down) flags.
+
+        A flip (left-right `lr`, up-down `ud`) followed by `k` quarter turns
+        counter-clockwise equals: transpose if `k` is odd, then flip
+        left-right if `a`, then up-down if `b`, where, with `t = k odd`,
+        `a = (k in (2, 3)) xor (ud if t else lr)` and
+        `b = (k in (1, 2)) xor (lr if t else ud)`. Flips and turns together
+        make all 8 orientations equally likely. Returns `None` for flags
+        that are always off.
+        """
+        if not (self.flip or self.rotate90):
+            return None, None, None
+        draws = tf.random.stateless_uniform((3, batch), seed)
+        zeros = tf.zeros((batch,), tf.bool)
+        lr = draws[0] < 0.5 if self.flip else zeros
+        ud = draws[1] < 0.5 if self.flip else zeros
+        if self.rotate90:
+            turns = tf.cast(tf.floor(draws[2] * 4.0), tf.int32)
+            if not square:
+                turns = 2 * (turns // 2)  # 0 or 2: the shape must not change.
+        else:
+            turns = tf.zeros((batch,), tf.int32)
+        transpose = tf.equal(turns % 2, 1)
+        a = tf.math.logical_xor(turns >= 2, tf.where(transpose, ud, lr))
+        b = tf.math.logical_xor(
+            tf.logical_or(tf.equal(turns, 1), tf.equal(turns, 2)),
+            tf.where(transpose, lr, ud),
+        )
+        return (transpose if self.rotate90 and square else None), a, b
 
 
-def _flip_if(image, mask, flag, axis):
-    return tf.cond(
-        flag,
-        lambda: (tf.reverse(image, [axis]), tf.reverse(mask, [axis])),
-        lambda: (image, mask),
+def _where(flags, yes, no):
+    return tf.where(flags[:, None, None, None], yes, no)
+
+
+def _scale_boxes(count, source_size, target_size, scale_range, seed):
+    """`count` random windows as normalized `crop_and_resize` boxes.
+
+    With `s` log-uniform in `scale_range`, a window of `target_size / s`
+    pixels is placed uniformly where it fits inside the source, or uniformly
+    where the source fits inside it when it is larger (the rest is zero
+    padding). In `tf.image.crop_and_resize` coordinates pixel centres run
+    from 0 to 1.
+    """
+    seeds = tf.random.experimental.stateless_split(seed, num=2)
+    low, high = math.log(scale_range[0]), math.log(scale_range[1])
+    scale = tf.exp(tf.random.stateless_uniform((count, 1), seeds[0], low, high))
+    source = tf.cast(source_size, tf.float32)[None, :]  # (1, 2): height, width
+    window = tf.constant(target_size, tf.float32)[None, :] / scale
+    start = tf.random.stateless_uniform((count, 2), seeds[1]) * (source - window)
+    span = tf.maximum(source - 1.0, 1.0)
+    return tf.concat([start / span, (start + window - 1.0) / span], axis=1)
+
+
+def _crop_and_resize(images, masks, boxes, size):
+    indices = tf.range(tf.shape(images)[0])
+    images = tf.image.crop_and_resize(images, boxes, indices, size)
+    images = tf.clip_by_value(images, 0.0, 1.0)
+    scaled_masks = tf.image.crop_and_resize(
+        masks, boxes, indices, size, method="nearest"
     )
+    return images, tf.cast(scaled_masks, masks.dtype)
 
 
 def scaled_crop_pair(image, mask, size, scale_range, seed):
-    """Cuts a random window of `size / s` and resizes it to `size`.
+    """Cuts a random window of `size / s` from one image and resizes it.
 
     `s` is log-uniform in `scale_range`; the window is placed uniformly at
-    random (and zero-padded where it is larger than the image). The image is
-    resized bilinearly, the mask with nearest neighbour.
+    random where it fits (zero-padded where it is larger than the image).
+    The image is resampled bilinearly, the mask with nearest neighbour.
+    This is the crop mode's random crop when `scale_range` is set.
 
     Args:
-        image: float32 tensor `(height, width, channels)`.
+        image: float32 tensor `(height, width, channels)`, any size.
         mask: integer tensor `(height, width, 1)`.
-        size: `(height, width)`, Python ints.
+        size: `(height, width)`, Python ints, the output size.
         scale_range: `(low, high)` floats.
         seed: int tensor `(2,)`.
 
     Returns:
         The tuple `(image, mask)` of spatial size `size`.
     """
-    seeds = tf.random.experimental.stateless_split(seed, num=2)
-    low, high = math.log(scale_range[0]), math.log(scale_range[1])
-    scale = tf.exp(tf.random.stateless_uniform((), seeds[0], low, high))
-    window = tf.cast(
-        tf.maximum(tf.round(tf.constant(size, tf.float32) / scale), 1.0), tf.int32
-    )
-    fractions = tf.random.stateless_uniform((2,), seeds[1])
-    image, mask = processing.crop_or_pad_pair(image, mask, window, fractions)
-    return processing.resize_pair(image, mask, size)
+    boxes = _scale_boxes(1, tf.shape(image)[:2], size, scale_range, seed)
+    images, masks = _crop_and_resize(image[None], mask[None], boxes, size)
+    return images[0], masks[0]

@@ -6,7 +6,7 @@ import numbers
 
 import tensorflow as tf
 
-from keras_unetpp.data import decode, processing
+from keras_unetpp.data import augment, decode, processing
 from keras_unetpp.data.augment import Augmentation
 from keras_unetpp.data.pairs import SamplePair
 
@@ -195,6 +195,21 @@ def _check_pairs_argument(pairs, num_classes):
     return pairs
 
 
+def _seeds(seed, stream):
+    """An endless, seeded stream of `(2,)` seeds, new in every epoch."""
+    return tf.data.Dataset.random(
+        seed=2 * seed + stream, rerandomize_each_iteration=True
+    ).batch(2)
+
+
+def _random_crop(size, scale_range, pair, seed):
+    image, mask = pair
+    if scale_range is not None:
+        return augment.scaled_crop_pair(image, mask, size, scale_range, seed)
+    fractions = tf.random.stateless_uniform((2,), seed)
+    return processing.crop_or_pad_pair(image, mask, size, fractions)
+
+
 def finish(ds, settings, shuffled=False):
     """Turns a dataset of decoded `(image, mask)` into batches for `fit`.
 
@@ -230,27 +245,13 @@ def finish(ds, settings, shuffled=False):
                 seed=settings.seed,
                 reshuffle_each_iteration=True,
             )
-        seeds = tf.data.Dataset.random(
-            seed=settings.seed, rerandomize_each_iteration=True
-        ).batch(2)
-        random_crop = settings.resize_mode == "crop" and (
-            augmentation is None or augmentation.scale_range is None
-        )
-
-        def train_map(pair, seed):
-            image, mask = pair
-            crop_seed, augment_seed = tf.unstack(
-                tf.random.experimental.stateless_split(seed, num=2)
+        if settings.resize_mode == "crop":
+            scale_range = augmentation.scale_range if augmentation else None
+            ds = tf.data.Dataset.zip((ds, _seeds(settings.seed, 0)))
+            ds = ds.map(
+                functools.partial(_random_crop, size, scale_range),
+                num_parallel_calls=AUTOTUNE,
             )
-            if random_crop:
-                fractions = tf.random.stateless_uniform((2,), crop_seed)
-                image, mask = processing.crop_or_pad_pair(image, mask, size, fractions)
-            if augmentation is not None:
-                image, mask = augmentation(image, mask, size, augment_seed)
-            return image, mask
-
-        ds = tf.data.Dataset.zip((ds, seeds))
-        ds = ds.map(train_map, num_parallel_calls=AUTOTUNE)
     ds = ds.batch(
         settings.batch_size,
         drop_remainder=settings.drop_remainder,
@@ -265,7 +266,18 @@ def finish(ds, settings, shuffled=False):
             return image, {name: mask for name in output_names}
         return image, mask
 
-    ds = ds.map(to_target, num_parallel_calls=AUTOTUNE).prefetch(AUTOTUNE)
+    if training and augmentation is not None:
+        # One seed per batch; every sample in it still gets its own draw.
+        scale = settings.resize_mode == "resize"
+
+        def augment_map(pair, seed):
+            return to_target(*augmentation(pair[0], pair[1], seed, scale=scale))
+
+        ds = tf.data.Dataset.zip((ds, _seeds(settings.seed, 1)))
+        ds = ds.map(augment_map, num_parallel_calls=AUTOTUNE)
+    else:
+        ds = ds.map(to_target, num_parallel_calls=AUTOTUNE)
+    ds = ds.prefetch(AUTOTUNE)
     options = tf.data.Options()
     options.deterministic = settings.deterministic
     return ds.with_options(options)

@@ -180,7 +180,7 @@ def prepare_image(array, channels, normalization, name):
         low, high = float(image.min()), float(image.max())
         image = (image - low) / (high - low) if high > low else image * 0.0
     elif scale is not None:
-        image = image * np.float32(1.0 / scale)
+        image = image / np.float32(scale)
     elif not np.isfinite(image).all() or image.min() < 0.0 or image.max() > 1.0:
         raise ValueError(
             f"The float image {name!r} has values outside [0, 1] (from "

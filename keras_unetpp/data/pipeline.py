@@ -279,7 +279,8 @@ def finish(ds, settings, shuffled=False):
         ds = ds.map(to_target, num_parallel_calls=AUTOTUNE)
     ds = ds.prefetch(AUTOTUNE)
     options = tf.data.Options()
-    options.deterministic = settings.deterministic
+    # Evaluation keeps the file order, so predictions line up with files.
+    options.deterministic = settings.deterministic or not training
     return ds.with_options(options)
 
 
@@ -350,9 +351,11 @@ def make_dataset(
             Defaults to `0`.
         drop_remainder: bool, drop the last partial batch (static batch
             size, e.g. for TPUs). Defaults to `False`.
-        deterministic: bool, keep the element order of parallel stages
-            fixed (reproducible batches, slightly slower). Defaults to
-            `False`.
+        deterministic: bool, keep the element order of the parallel stages
+            of a training pipeline fixed, so that the same seed gives the
+            same batches (slightly slower). Evaluation pipelines
+            (`training=False`) always keep the order of `pairs`. Defaults
+            to `False`.
         mask_threshold: `None` (binary masks hold 0 and one other value) or
             a number (foreground = value > threshold, for soft or JPEG
             masks). Defaults to `None`.

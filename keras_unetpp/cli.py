@@ -151,6 +151,10 @@ def _add_train(commands):
                    help="batches per epoch (default: one pass over the data)")
     t.add_argument("--learning-rate", type=_positive_float, default=1e-3,
                    help="Adam learning rate (default: 0.001)")
+    t.add_argument("--lr-schedule", choices=("constant", "cosine"),
+                   default="constant",
+                   help="cosine: decay to 5%% of the rate over all epochs "
+                   "(default: constant)")
     t.add_argument("--loss-weights", type=float, nargs="+", metavar="W",
                    help="loss weight of each head from L1 up (default: all 1)")
     t.add_argument("--monitor", choices=("iou", "dice"), default="iou",
@@ -164,6 +168,9 @@ def _add_train(commands):
     t.add_argument("--save-every", type=_positive_int, metavar="BATCHES",
                    help="also save the resumable state every this many batches "
                    "(default: at epoch ends)")
+    t.add_argument("--time-budget", type=_positive_float, metavar="MINUTES",
+                   help="start no epoch that would end after this many minutes; "
+                   "the same command continues later (default: no limit)")
     t.add_argument("--seed", type=int, default=0, help="(default: 0)")
     t.add_argument("--tensorboard", action=argparse.BooleanOptionalAction,
                    default=True, help="write TensorBoard logs (default: on)")
@@ -327,6 +334,7 @@ def _run_train(args):
         epochs=args.epochs,
         steps_per_epoch=args.steps_per_epoch,
         learning_rate=args.learning_rate,
+        lr_schedule=args.lr_schedule,
         loss_weights=args.loss_weights,
         monitor=args.monitor,
         augment=args.augment,
@@ -335,12 +343,17 @@ def _run_train(args):
         save_every=args.save_every,
         seed=args.seed,
         tensorboard=args.tensorboard,
+        time_budget=None if args.time_budget is None else 60.0 * args.time_budget,
         verbose=args.verbose,
     )
     best = result["best"]
     best_text = "n/a" if best is None else f"{best:.4f}"
+    epochs = len(result["history"])
+    if result["stopped_by_time_budget"]:
+        print(f"Stopped by --time-budget after {epochs} epochs; run the same "
+              "command to continue.")
     print(
-        f"Done: best {result['monitor']} = {best_text}. Run folder "
+        f"Done ({epochs} epochs): best {result['monitor']} = {best_text}. Run folder "
         f"{result['run_dir']}: best.keras, last.keras, history.csv, logs/ "
         f"(tensorboard --logdir {result['run_dir']}/logs)."
     )

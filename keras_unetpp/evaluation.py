@@ -15,7 +15,6 @@ import csv
 import json
 import numbers
 import pathlib
-import statistics
 import time
 
 import tensorflow as tf
@@ -47,12 +46,14 @@ def _positive_int(value, arg):
 
 
 def measure_latency(model, image_shape, batch_size=1, runs=10, warmup=2):
-    """Median milliseconds per image of a model's forward pass.
+    """Milliseconds per image of a model's forward pass (best of `runs`).
 
     The model runs in inference mode inside a `tf.function` on a fixed
     random batch; the first `warmup` calls (tracing, memory allocation) are
-    not timed, then `runs` calls are, and the median time of a call is
-    divided by the batch size.
+    not timed, then `runs` calls are, and the shortest call time is divided
+    by the batch size. The shortest time is the one least disturbed by
+    other processes on the machine, so levels compare fairly on a busy
+    computer.
 
     Args:
         model: a single-output `keras.Model`.
@@ -76,7 +77,7 @@ def measure_latency(model, image_shape, batch_size=1, runs=10, warmup=2):
         start = time.perf_counter()
         forward(images).numpy()
         times.append(time.perf_counter() - start)
-    return 1000.0 * statistics.median(times) / batch_size
+    return 1000.0 * min(times) / batch_size
 
 
 def _num_classes(model):

@@ -40,7 +40,9 @@ PREDICTION_DIR = "predictions"
 
 # Settings that may change when a run is continued (more epochs, quieter
 # output); anything else must match the recorded run.
-_RESUMABLE_CHANGES = ("epochs", "verbose")
+_RESUMABLE_CHANGES = ("epochs", "save_every")
+# Recorded facts, not settings.
+_DERIVED = ("train_images", "val_images")
 
 
 def read_run_config(run_dir):
@@ -90,7 +92,9 @@ def _check_resume(run_dir, config):
     for section in ("data", "model", "training"):
         old, new = previous.get(section, {}), config[section]
         for key in sorted(set(old) | set(new)):
-            if key not in _RESUMABLE_CHANGES and old.get(key) != new.get(key):
+            if key in _RESUMABLE_CHANGES + _DERIVED:
+                continue
+            if old.get(key) != new.get(key):
                 changed.append(f"{section}.{key}: {old.get(key)!r} -> {new.get(key)!r}")
     if changed:
         raise ValueError(
@@ -126,6 +130,7 @@ def train_run(
     epochs=10,
     steps_per_epoch=None,
     learning_rate=1e-3,
+    lr_schedule="constant",
     loss_weights=None,
     monitor="iou",
     augment=True,
@@ -134,6 +139,7 @@ def train_run(
     save_every=None,
     seed=0,
     tensorboard=True,
+    time_budget=None,
     verbose=1,
 ):
     """Builds a model, trains it on a data source, and records the run.
@@ -165,6 +171,7 @@ def train_run(
         steps_per_epoch: int or `None` (one pass over the training split).
             Defaults to `None`.
         learning_rate: float. Defaults to `1e-3`.
+        lr_schedule: `"constant"` or `"cosine"`. Defaults to `"constant"`.
         loss_weights: one weight per head from L1 up, or `None` (all 1).
             Defaults to `None`.
         monitor: `"iou"` or `"dice"`, picks `best.keras`. Defaults to
@@ -180,6 +187,9 @@ def train_run(
         seed: int, seeds weights, shuffling and augmentation. Defaults to
             `0`.
         tensorboard: bool, write TensorBoard logs. Defaults to `True`.
+        time_budget: float, seconds of training after which no new epoch
+            starts (the same command continues later), or `None`.
+            Defaults to `None`.
         verbose: 0, 1 (progress bars) or 2. Defaults to `1`.
 
     Returns:
@@ -231,6 +241,7 @@ def train_run(
             "epochs": int(epochs),
             "steps_per_epoch": steps_per_epoch,
             "learning_rate": float(learning_rate),
+            "lr_schedule": lr_schedule,
             "loss_weights": None if loss_weights is None else list(loss_weights),
             "monitor": monitor,
             "precision": precision,
@@ -297,10 +308,12 @@ def train_run(
             epochs=epochs,
             steps_per_epoch=steps_per_epoch,
             learning_rate=learning_rate,
+            lr_schedule=lr_schedule,
             loss_weights=loss_weights,
             monitor=monitor,
             save_every=save_every,
             tensorboard=tensorboard,
+            time_budget=time_budget,
             verbose=verbose,
         )
     result["run_dir"] = output_dir

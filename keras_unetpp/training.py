@@ -26,6 +26,7 @@ import math
 import numbers
 import os
 import pathlib
+import time
 
 import keras
 
@@ -35,6 +36,7 @@ from keras_unetpp.model import output_name
 from keras_unetpp.pruning import head_levels, model_depth
 
 MONITORS = ("iou", "dice")
+LR_SCHEDULES = ("constant", "cosine")
 
 BEST_MODEL = "best.keras"
 LAST_MODEL = "last.keras"
@@ -66,7 +68,8 @@ def compile_model(
 
     Args:
         model: a model from `keras_unetpp.build` or `build_unet`.
-        learning_rate: float, Adam learning rate (ignored if `optimizer` is
+        learning_rate: float or a `keras.optimizers.schedules`
+            schedule, the Adam learning rate (ignored if `optimizer` is
             given). Defaults to `1e-3`.
         loss_weights: `None` (every head weighs 1, as in the paper), a
             sequence with one weight per head from L1 up, or a dict
@@ -85,7 +88,9 @@ def compile_model(
     keras_unetpp.compile_model(model, loss_weights=[0.5, 0.5, 1.0, 1.0])
     ```
     """
-    if isinstance(learning_rate, bool) or not isinstance(
+    if isinstance(learning_rate, keras.optimizers.schedules.LearningRateSchedule):
+        pass
+    elif isinstance(learning_rate, bool) or not isinstance(
         learning_rate, numbers.Real
     ) or not learning_rate > 0:
         raise ValueError(
@@ -133,7 +138,9 @@ def compile_model(
         ]
 
     if optimizer is None:
-        optimizer = keras.optimizers.Adam(learning_rate=float(learning_rate))
+        if isinstance(learning_rate, numbers.Real):
+            learning_rate = float(learning_rate)
+        optimizer = keras.optimizers.Adam(learning_rate=learning_rate)
     if len(names) == 1:
         model.compile(
             optimizer=optimizer, loss=loss(), metrics=metrics(), jit_compile=jit_compile
@@ -237,9 +244,7 @@ class TrainingState(keras.callbacks.Callback):
         self._saves += 1
         weights = f"weights_{self._saves % 2}.weights.h5"
         self.model.save_weights(self.state_dir / weights, overwrite=True)
-        best = None
-        if self.checkpoint is not None and math.isfinite(self.checkpoint.best):
-            best = float(self.checkpoint.best)
+        best = None if self.checkpoint is None else _best(self.checkpoint)
         state = {
             "epoch": int(epoch),
             "batch": int(batch),
@@ -254,6 +259,52 @@ class TrainingState(keras.callbacks.Callback):
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, self.state_dir / _STATE_FILE)
+
+
+def _best(checkpoint):
+    """The best score a `ModelCheckpoint` has seen, or `None` before any."""
+    best = checkpoint.best
+    if best is None or not math.isfinite(float(best)):
+        return None
+    return float(best)
+
+
+class TimeBudget(keras.callbacks.Callback):
+    """Stops training at the end of the epoch that would overrun a time budget.
+
+    After every epoch it compares the time used so far plus the mean epoch
+    time with the budget; when the next epoch would not fit, it sets
+    `model.stop_training`. The epoch in progress always completes (and is
+    checkpointed), so a budget never cuts an epoch short.
+
+    Args:
+        seconds: float, the wall-clock budget of training, validation
+            included.
+    """
+
+    def __init__(self, seconds):
+        super().__init__()
+        if isinstance(seconds, bool) or not isinstance(seconds, numbers.Real) or (
+            not seconds > 0
+        ):
+            raise ValueError(
+                f"`seconds` must be a positive number. Received: seconds={seconds!r}"
+            )
+        self.seconds = float(seconds)
+        self.start = None
+        self.epochs = 0
+        self.exhausted = False
+
+    def on_train_begin(self, logs=None):
+        if self.start is None:
+            self.start = time.monotonic()
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.epochs += 1
+        used = time.monotonic() - self.start
+        if used + used / self.epochs > self.seconds:
+            self.exhausted = True
+            self.model.stop_training = True
 
 
 def _steps(dataset, steps_per_epoch):
@@ -296,12 +347,14 @@ def train(
     epochs=10,
     steps_per_epoch=None,
     learning_rate=1e-3,
+    lr_schedule="constant",
     loss_weights=None,
     monitor="iou",
     save_every=None,
     optimizer=None,
     callbacks=None,
     tensorboard=True,
+    time_budget=None,
     verbose=1,
 ):
     """Trains a keras_unetpp model, resumably, with checkpoints and logs.
@@ -334,6 +387,10 @@ def train(
         steps_per_epoch: int, batches per epoch; `None` uses the length of
             `train_data`. Defaults to `None`.
         learning_rate: float, Adam learning rate. Defaults to `1e-3`.
+        lr_schedule: `"constant"` or `"cosine"` (cosine decay from
+            `learning_rate` to 5% of it over `epochs * steps_per_epoch`
+            steps; it follows the optimizer's step counter, so a resumed
+            run continues on the same curve). Defaults to `"constant"`.
         loss_weights: per-head loss weights, as in `compile_model()`.
             Defaults to `None`.
         monitor: `"iou"` or `"dice"`, the score that picks `best.keras`.
@@ -344,13 +401,17 @@ def train(
         callbacks: extra Keras callbacks. Defaults to `None`.
         tensorboard: bool, write TensorBoard logs to `logs/` (needs the
             `tensorboard` package). Defaults to `True`.
+        time_budget: float, seconds: stop after the last epoch that fits
+            in this wall-clock budget (see `TimeBudget`); calling `train()`
+            again continues towards `epochs`. `None`: no limit. Defaults to
+            `None`.
         verbose: 0, 1 (progress bars) or 2, as in `fit()`. Defaults to `1`.
 
     Returns:
         dict: `history` (list of per-epoch log dicts, all epochs of the run
         including earlier calls), `best` (best monitored score), `monitor`
-        (its log key), `resumed_from` (`(epoch, batch)` or `None`) and the
-        paths `best_model` and `last_model`.
+        (its log key), `resumed_from` (`(epoch, batch)` or `None`),
+        `stopped_by_time_budget` (bool) and the paths `best_model` and `last_model`.
 
     Example:
 
@@ -386,6 +447,15 @@ def train(
         )
     output_dir = pathlib.Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
+    if lr_schedule not in LR_SCHEDULES:
+        raise ValueError(
+            f"`lr_schedule` must be one of {LR_SCHEDULES}. "
+            f"Received: lr_schedule={lr_schedule!r}"
+        )
+    if lr_schedule == "cosine":
+        learning_rate = keras.optimizers.schedules.CosineDecay(
+            float(learning_rate), decay_steps=int(epochs) * steps, alpha=0.05
+        )
     compile_model(model, learning_rate, loss_weights, optimizer)
     key = monitor_name(model, monitor)
     if val_data is None:
@@ -426,6 +496,7 @@ def train(
         verbose=0,
     )
     repeated = train_data.repeat()
+    budget = None if time_budget is None else TimeBudget(time_budget)
 
     def fit(initial_epoch, last_epoch, fit_steps, initial_batch):
         state_cb = TrainingState(
@@ -447,6 +518,7 @@ def train(
                     else []
                 ),
                 state_cb,
+                *([budget] if budget is not None else []),
                 *(callbacks or []),
             ],
             verbose=verbose,
@@ -455,16 +527,17 @@ def train(
     if start_epoch < epochs and start_batch:
         fit(start_epoch, start_epoch + 1, steps - start_batch, start_batch)
         start_epoch += 1
-    if start_epoch < epochs:
+    if start_epoch < epochs and not (budget is not None and budget.exhausted):
         fit(start_epoch, epochs, steps, 0)
     model.save(output_dir / LAST_MODEL)
     if not (output_dir / BEST_MODEL).exists():
         model.save(output_dir / BEST_MODEL)
     return {
         "history": read_history(output_dir),
-        "best": None if not math.isfinite(checkpoint.best) else float(checkpoint.best),
+        "best": _best(checkpoint),
         "monitor": key,
         "resumed_from": resumed_from,
+        "stopped_by_time_budget": budget is not None and budget.exhausted,
         "best_model": output_dir / BEST_MODEL,
         "last_model": output_dir / LAST_MODEL,
     }

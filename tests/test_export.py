@@ -20,6 +20,7 @@ import pytest
 import tensorflow as tf
 
 import keras_unetpp as ku
+from keras_unetpp.data.decode import prepare_image
 from keras_unetpp.export import (
     export_pruned,
     load_metadata,
@@ -61,6 +62,14 @@ def _reference(model, level, images):
     padded, (height, width) = ku.pad_to_multiple(images, 2**level)
     outputs = ku.prune(model, level)(padded, training=False)
     return np.asarray(outputs)[:, :height, :width]
+
+
+def _train_normalized(batch, normalization):
+    """A batch as keras_unetpp.data feeds it to the model in training."""
+    return np.stack([
+        prepare_image(image, image.shape[-1], normalization, "test image")
+        for image in batch
+    ])
 
 
 def _tree(folder):
@@ -154,6 +163,7 @@ def test_metadata(model, exported):
             "layout": "NHWC (batch, height, width, channels); any height and width",
         }
         assert info["preprocessing"]["stride"] == 2**level
+        assert info["preprocessing"]["normalization"] == "dtype"
         assert info["outputs"]["mask"]["dtype"] == "uint8"
         assert info["threshold"] == 0.5 and info["compute_dtype"] == "float32"
         assert info["training"] == TRAINING_INFO
@@ -215,6 +225,8 @@ def variants(model, tmp_path_factory):
     """Exports with other options: uint8 input, bfloat16, multi-class logits."""
     root = tmp_path_factory.mktemp("variants")
     uint8 = export_pruned(model, root / "uint8", levels=[2], input_dtype="uint8")
+    minmax = export_pruned(model, root / "minmax", levels=[1], input_dtype="uint16",
+                           normalization="minmax")
     bf16 = export_pruned(model, root / "bf16", levels=[3], compute_dtype="bfloat16")
     # A static-size, three-class model with a logits head: the export must
     # free its spatial size and apply the softmax the head leaves out.
@@ -228,7 +240,8 @@ def variants(model, tmp_path_factory):
     dynamic = ku.build(depth=2, input_shape=(None, None, 2), num_classes=3,
                        filters=(4, 8, 16), output_activation=None)
     dynamic.set_weights(static.get_weights())
-    return {"uint8": uint8[2], "bf16": bf16[3], "multi": multi[2], "dynamic": dynamic}
+    return {"uint8": uint8[2], "minmax": minmax[1], "bf16": bf16[3],
+            "multi": multi[2], "dynamic": dynamic}
 
 
 @pytest.mark.slow
@@ -243,6 +256,11 @@ def test_reload_in_fresh_process_matches_keras(model, exported, variants, tmp_pa
     np.save(tmp_path / "pixels.npy", pixels)
     two_channels = _images(2, 37, 29, channels=2)
     np.save(tmp_path / "two.npy", two_channels)
+    # 16-bit images, the second one constant (min-max maps it to 0).
+    raw = np.random.default_rng(6).integers(1000, 40000, (2, 51, 60, 1))
+    raw[1] = 777
+    raw = raw.astype(np.uint16)
+    np.save(tmp_path / "raw.npy", raw)
     xla_input = str(inputs[33, 47])
     jobs = [
         {"model": str(paths[level]), "inputs": [str(p) for p in inputs.values()],
@@ -255,6 +273,8 @@ def test_reload_in_fresh_process_matches_keras(model, exported, variants, tmp_pa
          "out": str(tmp_path / "uint8"), "xla_input": None},
         {"model": str(variants["multi"]), "inputs": [str(tmp_path / "two.npy")],
          "out": str(tmp_path / "multi"), "xla_input": str(tmp_path / "two.npy")},
+        {"model": str(variants["minmax"]), "inputs": [str(tmp_path / "raw.npy")],
+         "out": str(tmp_path / "minmax"), "xla_input": str(tmp_path / "raw.npy")},
     ]
     result = subprocess.run(
         [sys.executable, "-c", _FRESH_PROCESS, json.dumps(jobs)],
@@ -280,8 +300,15 @@ def test_reload_in_fresh_process_matches_keras(model, exported, variants, tmp_pa
         assert np.abs(load(f"l{level}_xla") - expected).max() <= 1e-5
     # bfloat16 keeps about 3 significant digits through the network.
     assert np.abs(load("bf16_xla") - expected).max() <= 0.02
-    expected = _reference(model, 2, pixels.astype("float32") / 255)
+    # Integer pixels are normalized as the training pipeline does it.
+    expected = _reference(model, 2, _train_normalized(pixels, "dtype"))
     assert np.abs(load("uint8_0_probabilities") - expected).max() <= 1e-5
+    assert load_metadata(variants["minmax"])["preprocessing"]["normalization"] == (
+        "minmax"
+    )
+    expected = _reference(model, 1, _train_normalized(raw, "minmax"))
+    for name in ("minmax_0_probabilities", "minmax_xla"):
+        assert np.abs(load(name) - expected).max() <= 1e-5
     padded, _ = ku.pad_to_multiple(two_channels, 4)
     logits = np.asarray(variants["dynamic"](padded, training=False))[:, :37, :29]
     expected = np.asarray(keras.ops.softmax(logits, axis=-1))
@@ -465,6 +492,7 @@ def test_failure_while_moving_into_place_rolls_back(small_model, tmp_path,
         ({"model_name": "../up"}, r"Received: model_name='../up'"),
         ({"model_name": ".hidden"}, r"Received: model_name='.hidden'"),
         ({"input_dtype": "int8"}, r"Received: input_dtype='int8'"),
+        ({"normalization": "zscore"}, r"Received: normalization='zscore'"),
         ({"threshold": 1.0}, r"strictly between 0 and 1.*Received: threshold=1.0"),
         ({"threshold": True}, r"Received: threshold=True"),
         ({"compute_dtype": "float64"}, r"Received: compute_dtype='float64'"),

@@ -36,6 +36,7 @@ def build_metadata(
     compute_dtype,
     output_activation,
     training_info,
+    normalization="dtype",
 ):
     """The metadata dict of one exported level.
 
@@ -53,6 +54,8 @@ def build_metadata(
             which the serving function applies the activation).
         training_info: JSON-serialisable dict describing the training run, or
             `None`.
+        normalization: `"dtype"` or `"minmax"`, how the serving function
+            maps pixels to the model's input. Defaults to `"dtype"`.
 
     Returns:
         A JSON-serialisable dict.
@@ -60,11 +63,13 @@ def build_metadata(
     channels = model.inputs[0].shape[-1]
     num_classes = model.outputs[0].shape[-1]
     flops = count_flops(model, FLOPS_SIZE, FLOPS_SIZE)
-    scale = signatures.INPUT_DTYPES[input_dtype]
-    if input_dtype == "float32":
-        scaling = "used as is: float pixels on the scale the model was trained on"
+    divisor = signatures.INPUT_DTYPES[input_dtype]
+    if normalization == "minmax":
+        scaling = "each image's own range mapped to [0, 1] (constant image: 0)"
+    elif divisor is None:
+        scaling = "used as is: float pixels in [0, 1], as in training"
     else:
-        scaling = f"cast to float32 and multiplied by 1/{round(1 / scale)}"
+        scaling = f"cast to float32 and divided by {divisor:g}"
     binary = num_classes == 1
     return {
         "format": METADATA_FORMAT,
@@ -89,7 +94,7 @@ def build_metadata(
         },
         "preprocessing": {
             "scaling": scaling,
-            "scale": scale,
+            "normalization": normalization,
             "padding": (
                 f"inside the graph: reflect-padded at the bottom and right to "
                 f"a multiple of {2**level} (edge padding when the image is "

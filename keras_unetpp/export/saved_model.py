@@ -43,6 +43,7 @@ def export_pruned(
     overwrite=False,
     training_info=None,
     base_path=None,
+    normalization="dtype",
 ):
     """Exports each pruned level of a UNet++ as a SavedModel for TF Serving.
 
@@ -58,11 +59,12 @@ def export_pruned(
     Each SavedModel has one signature, `serving_default`:
 
     - input `image`: `(batch, height, width, channels)` of `input_dtype`, any
-      batch size, height and width. Float images are used as they are (the
-      scale the model was trained on, usually [0, 1]); `uint8` and
-      `uint16` images are scaled to [0, 1] in the graph. The graph pads to
-      a multiple of `2**L` and crops the predictions back, so a client never
-      needs to know the network's stride.
+      batch size, height and width. The graph maps the pixels to [0, 1] as
+      `keras_unetpp.data` does in training (`normalization="dtype"`: `uint8`
+      divided by 255, `uint16` by 65535, float32 used as it is;
+      `"minmax"`: each image's range mapped to [0, 1]), pads them to a
+      multiple of `2**L` and crops the predictions back, so a client never
+      needs to know the network's stride or scaling.
     - output `probabilities`: float32 `(batch, height, width, classes)`.
     - output `mask`: `(batch, height, width, 1)`; `probabilities >=
       threshold` as uint8 for one-class models, the arg-max class otherwise.
@@ -102,6 +104,9 @@ def export_pruned(
             written into `models.config` (e.g. `"/models"` when the folder is
             mounted there in the `tensorflow/serving` container). Defaults
             to `None`, the absolute path of `export_dir`.
+        normalization: `"dtype"` or `"minmax"`, the image normalization the
+            model was trained with (`keras_unetpp.data`'s option of the same
+            name). Defaults to `"dtype"`.
 
     Returns:
         dict mapping each level to the `pathlib.Path` of its version folder.
@@ -122,6 +127,7 @@ def export_pruned(
         model.name if model_name is None else model_name
     )
     signatures.check_input_dtype(input_dtype)
+    signatures.check_normalization(normalization)
     threshold = _check_threshold(threshold)
     compute_dtype = _check_compute_dtype(compute_dtype)
     training_info = metadata_lib.check_training_info(training_info)
@@ -152,6 +158,7 @@ def export_pruned(
                 threshold=threshold,
                 compute_dtype=compute_dtype,
                 training_info=training_info,
+                normalization=normalization,
             )
         paths = {}
         for level in levels:
@@ -176,6 +183,7 @@ def _write_level(
     threshold,
     compute_dtype,
     training_info,
+    normalization,
 ):
     """Writes the SavedModel and metadata of one level into `folder`."""
     pruned = _serving_model(prune(model, level), level, compute_dtype)
@@ -187,6 +195,7 @@ def _write_level(
         input_dtype=input_dtype,
         threshold=threshold,
         output_activation=output_activation,
+        normalization=normalization,
     )
     archive = keras.export.ExportArchive()
     archive.add_endpoint(
@@ -210,6 +219,7 @@ def _write_level(
             compute_dtype=compute_dtype or pruned.dtype_policy.compute_dtype,
             output_activation=output_activation,
             training_info=training_info,
+            normalization=normalization,
         ),
     )
 

@@ -3,9 +3,10 @@
 The function written into every SavedModel takes one batch of images of any
 height and width under the input name `image` and returns a dict with two
 stable keys, `probabilities` and `mask`. Everything a client would otherwise
-have to know about the network happens inside the graph: scaling integer
-pixels to [0, 1], padding to a multiple of the network's stride `2**level`
-and cropping the predictions back to the input's size.
+have to know about the network happens inside the graph: scaling the pixels
+to [0, 1] as the training pipeline did, padding to a multiple of the
+network's stride `2**level` and cropping the predictions back to the input's
+size.
 """
 
 import tensorflow as tf
@@ -14,14 +15,20 @@ INPUT_NAME = "image"
 PROBABILITIES = "probabilities"
 MASK = "mask"
 
-# Input dtypes a serving signature may take, with the factor that maps them to
-# the float range the model was trained on: integers are scaled from their
-# full range to [0, 1], floats are passed through unchanged.
+# Input dtypes a serving signature may take, with the divisor that maps them
+# to [0, 1] as the training pipeline does (`normalization="dtype"` of
+# keras_unetpp.data): integers are divided by their largest value, floats are
+# passed through unchanged.
 INPUT_DTYPES = {
-    "float32": 1.0,
-    "uint8": 1.0 / 255.0,
-    "uint16": 1.0 / 65535.0,
+    "float32": None,
+    "uint8": 255.0,
+    "uint16": 65535.0,
 }
+
+# How the pixels are mapped to the model's input range, as in keras_unetpp.data:
+# "dtype" divides integers by 255 or 65535; "minmax" maps each image's own
+# range to [0, 1] (a constant image to 0).
+NORMALIZATIONS = ("dtype", "minmax")
 
 
 def input_signature(channels, input_dtype="float32"):
@@ -41,6 +48,39 @@ def input_signature(channels, input_dtype="float32"):
         tf.TensorSpec((None, None, None, channels), tf.as_dtype(input_dtype),
                       name=INPUT_NAME)
     ]
+
+
+def check_normalization(normalization):
+    """Raises a `ValueError` unless `normalization` is "dtype" or "minmax"."""
+    if normalization not in NORMALIZATIONS:
+        raise ValueError(
+            f"`normalization` must be one of {NORMALIZATIONS}. "
+            f"Received: normalization={normalization!r}"
+        )
+    return normalization
+
+
+def normalize(image, input_dtype="float32", normalization="dtype"):
+    """Maps a batch of `input_dtype` pixels to the model's float32 input.
+
+    Args:
+        image: tensor `(batch, height, width, channels)` of `input_dtype`.
+        input_dtype: one of `INPUT_DTYPES`. Defaults to `"float32"`.
+        normalization: `"dtype"` (integers divided by 255 or 65535, floats
+            unchanged) or `"minmax"` (each image's range mapped to [0, 1]).
+            Defaults to `"dtype"`.
+
+    Returns:
+        A float32 tensor of the same shape.
+    """
+    x = tf.cast(image, tf.float32)
+    if normalization == "minmax":
+        low = tf.reduce_min(x, axis=(1, 2, 3), keepdims=True)
+        span = tf.reduce_max(x, axis=(1, 2, 3), keepdims=True) - low
+        safe = tf.where(span > 0.0, span, tf.ones_like(span))
+        return tf.where(span > 0.0, (x - low) / safe, tf.zeros_like(x))
+    divisor = INPUT_DTYPES[input_dtype]
+    return x if divisor is None else x / divisor
 
 
 def check_input_dtype(input_dtype):
@@ -96,7 +136,7 @@ def pad_to_stride(images, stride):
 
 
 def make_serving_fn(model, stride, input_dtype="float32", threshold=0.5,
-                    output_activation="sigmoid"):
+                    output_activation="sigmoid", normalization="dtype"):
     """The function exported as `serving_default` for one pruned model.
 
     Args:
@@ -104,14 +144,15 @@ def make_serving_fn(model, stride, input_dtype="float32", threshold=0.5,
             dimensions (a pruned keras_unetpp model).
         stride: int, the multiple the spatial sizes are padded to
             (`2**level`).
-        input_dtype: dtype of the `image` input; integer images are scaled
-            to [0, 1]. Defaults to `"float32"`.
+        input_dtype: dtype of the `image` input. Defaults to `"float32"`.
         threshold: float, the probability at or above which a one-class
             model's mask is 1. Defaults to `0.5`.
         output_activation: what the model's head returns: `"sigmoid"` or
             `"softmax"` probabilities, or `None` for logits (then the
             function applies a sigmoid for one class, a softmax for more).
             Defaults to `"sigmoid"`.
+        normalization: how pixels become the model's input, see
+            `normalize`. Defaults to `"dtype"`.
 
     Returns:
         A Python function `serve(image)` returning
@@ -121,14 +162,12 @@ def make_serving_fn(model, stride, input_dtype="float32", threshold=0.5,
         arg-max class index for several (`mask_dtype(num_classes)`).
     """
     check_input_dtype(input_dtype)
-    scale = INPUT_DTYPES[input_dtype]
+    check_normalization(normalization)
     num_classes = model.outputs[0].shape[-1]
     dtype = tf.as_dtype(mask_dtype(num_classes))
 
     def serve(image):
-        x = tf.cast(image, tf.float32)
-        if scale != 1.0:
-            x = x * scale
+        x = normalize(image, input_dtype, normalization)
         padded, height, width = pad_to_stride(x, stride)
         outputs = tf.cast(model(padded, training=False), tf.float32)
         outputs = outputs[:, :height, :width, :]

@@ -58,17 +58,20 @@ def measure_pipeline(pairs, image_size, batch_size, repeats, cached_epochs):
     return statistics.median(cold), statistics.median(cached), cold, cached
 
 
-def measure_training(pairs, image_size, batch_size, steps, warmup):
-    """Median images/s of UNet++ depth-4 `train_on_batch` on this machine."""
+def measure_training(pairs, image_size, batch_size, steps, warmup, depth=4):
+    """Median images/s of UNet++ `train_on_batch` on this machine."""
     import keras
 
     import keras_unetpp
     from keras_unetpp import data
 
-    model = keras_unetpp.build(depth=4, input_shape=(*image_size, 1))
-    model.compile(optimizer=keras.optimizers.Adam(1e-3), loss=keras_unetpp.BCEDiceLoss())
+    model = keras_unetpp.build(depth=depth, input_shape=(*image_size, 1))
+    model.compile(
+        optimizer=keras.optimizers.Adam(1e-3), loss=keras_unetpp.BCEDiceLoss()
+    )
     ds = data.make_dataset(
-        pairs, image_size=image_size, batch_size=batch_size, drop_remainder=True
+        pairs, image_size=image_size, batch_size=batch_size, drop_remainder=True,
+        depth=depth,
     )
     batch = next(iter(ds))
     for _ in range(warmup):
@@ -88,7 +91,8 @@ def plot(results, path):
     matplotlib.use("Agg")
     from matplotlib import pyplot as plt
 
-    names = ["pipeline, cold", "pipeline, cached", "UNet++ d4 training"]
+    names = ["pipeline, cold", "pipeline, cached",
+             f"UNet++ d{results['depth']} training"]
     rates = [results["cold_images_per_s"], results["cached_images_per_s"],
              results["training_images_per_s"]]
     fig, ax = plt.subplots(figsize=(6, 3.5))
@@ -108,7 +112,7 @@ def plot(results, path):
 
 
 def run(data_root, out, image_size=(256, 256), batch_size=8, limit=None,
-        repeats=3, cached_epochs=3, train_steps=5, warmup=2):
+        repeats=3, cached_epochs=3, train_steps=5, warmup=2, depth=4):
     """Runs the benchmark, prints the table and writes JSON and a figure."""
     from keras_unetpp import data
 
@@ -124,14 +128,16 @@ def run(data_root, out, image_size=(256, 256), batch_size=8, limit=None,
         pairs, image_size, batch_size, repeats, cached_epochs
     )
     training, step_times = measure_training(
-        pairs, image_size, batch_size, train_steps, warmup
+        pairs, image_size, batch_size, train_steps, warmup, depth
     )
     results = {
         "data": str(data_root),
         "images": len(pairs),
         "image_size": list(image_size),
         "batch_size": batch_size,
+        "depth": depth,
         "cpu_count": os.cpu_count(),
+        "load_average_1min_at_end": os.getloadavg()[0],
         "cold_images_per_s": cold,
         "cached_images_per_s": cached,
         "training_images_per_s": training,
@@ -144,10 +150,11 @@ def run(data_root, out, image_size=(256, 256), batch_size=8, limit=None,
     rows = [
         ("pipeline, cold (PNG decode)", cold, cold / training),
         ("pipeline, cached", cached, cached / training),
-        ("UNet++ depth 4 training", training, 1.0),
+        (f"UNet++ depth {depth} training", training, 1.0),
     ]
     print(f"{len(pairs)} images, {image_size[0]}x{image_size[1]}, batch "
-          f"{batch_size}, augmentation on, {os.cpu_count()} CPU cores")
+          f"{batch_size}, augmentation on, {os.cpu_count()} CPU cores, "
+          f"load average {results['load_average_1min_at_end']:.1f}")
     print(f"{'':30s} {'images/s':>10s} {'x training':>11s}")
     for name, rate, ratio in rows:
         print(f"{name:30s} {rate:10.1f} {ratio:11.1f}")
@@ -174,10 +181,13 @@ def main(argv=None):
     parser.add_argument("--cached-epochs", type=int, default=3)
     parser.add_argument("--train-steps", type=int, default=5)
     parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--depth", type=int, default=4,
+                        help="UNet++ depth of the training-rate model")
     args = parser.parse_args(argv)
     run(
         args.data, args.out, (args.image_size, args.image_size), args.batch_size,
         args.limit, args.repeats, args.cached_epochs, args.train_steps, args.warmup,
+        args.depth,
     )
 
 

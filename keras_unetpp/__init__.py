@@ -1,7 +1,13 @@
 """keras_unetpp: UNet++ (nested U-Net) segmentation for Keras 3.
 
-The public API is declared here and only here.
+The public API is declared here and only here. The model, the losses and the
+metrics use `keras` and `keras.ops` only and are imported eagerly; they run on
+every Keras backend. The TensorFlow-specific parts (`tf.data` pipelines,
+SavedModel export, `tf.distribute`) are imported on first use, so that
+`import keras_unetpp` under the JAX or PyTorch backend does not load them.
 """
+
+import importlib
 
 from keras_unetpp.flops import count_flops
 from keras_unetpp.losses import (
@@ -17,24 +23,66 @@ from keras_unetpp.padding import pad_to_multiple, predict_padded
 from keras_unetpp.pruning import head_levels, inference_model, model_depth, prune
 from keras_unetpp.version import __version__
 
+# Public names that live in TensorFlow-specific modules: name -> module.
+_LAZY = {
+    "data": "keras_unetpp.data",
+    "export": "keras_unetpp.export",
+    "Augmentation": "keras_unetpp.data",
+    "SamplePair": "keras_unetpp.data",
+    "dsb2018_pairs": "keras_unetpp.data",
+    "folder_pairs": "keras_unetpp.data",
+    "make_dataset": "keras_unetpp.data",
+    "manifest_stems": "keras_unetpp.data",
+    "prepare_tfds_folder": "keras_unetpp.data",
+    "split_pairs": "keras_unetpp.data",
+    "tfds_dataset": "keras_unetpp.data",
+    "export_pruned": "keras_unetpp.export",
+}
+
 __all__ = [
+    "Augmentation",
     "BCEDiceLoss",
     "CategoricalCEDiceLoss",
     "DiceScore",
     "IoUScore",
+    "SamplePair",
     "__version__",
     "bce_dice",
     "build",
     "build_unet",
     "categorical_ce_dice",
     "count_flops",
+    "data",
+    "dsb2018_pairs",
+    "export",
+    "export_pruned",
+    "folder_pairs",
     "head_levels",
     "inference_model",
+    "make_dataset",
+    "manifest_stems",
     "model_depth",
     "node_name",
     "output_name",
     "pad_to_multiple",
     "predict_padded",
+    "prepare_tfds_folder",
     "prune",
     "soft_dice",
+    "split_pairs",
+    "tfds_dataset",
 ]
+
+
+def __getattr__(name):
+    module_name = _LAZY.get(name)
+    if module_name is None:
+        raise AttributeError(f"module 'keras_unetpp' has no attribute {name!r}")
+    module = importlib.import_module(module_name)
+    value = module if module_name.endswith(f".{name}") else getattr(module, name)
+    globals()[name] = value
+    return value
+
+
+def __dir__():
+    return sorted(set(globals()) | set(__all__))

@@ -144,6 +144,8 @@ def test_models_config_base_path_for_docker(exported):
     text = serving_config.serving_config_text(export_dir, base_path="/models/")
     assert 'base_path: "/models/unetpp_l2"' in text
     assert str(export_dir) not in text.split("model_config_list")[1]
+    text = serving_config.serving_config_text(export_dir, base_path="gs://b/m")
+    assert 'base_path: "gs://b/m/unetpp_l3"' in text
 
 
 def test_metadata(model, exported):
@@ -392,6 +394,33 @@ def test_low_precision_compute_against_float32(model, variants, compute_dtype,
     )
 
 
+def test_mixed_precision_model_exports_as_trained_or_in_float32(tmp_path):
+    """A model trained under mixed_bfloat16 keeps its policy unless told."""
+    previous = keras.config.dtype_policy()
+    keras.config.set_dtype_policy("mixed_bfloat16")
+    try:
+        keras.utils.set_random_seed(7)
+        mixed = ku.build(depth=2, filters=(4, 8, 16), deep_supervision=True)
+    finally:
+        keras.config.set_dtype_policy(previous)
+    _randomize_normalization(mixed, seed=7)
+    float32 = ku.build(depth=2, filters=(4, 8, 16), deep_supervision=True)
+    float32.set_weights(mixed.get_weights())
+    images = _images(2, 30, 22)
+    expected = _reference(float32, 2, images)
+    differences = {}
+    for compute_dtype in (None, "float32"):
+        path = export_pruned(mixed, tmp_path / str(compute_dtype), levels=[2],
+                             compute_dtype=compute_dtype)[2]
+        signature = tf.saved_model.load(str(path)).signatures["serving_default"]
+        outputs = signature(image=tf.constant(images))["probabilities"].numpy()
+        differences[load_metadata(path)["compute_dtype"]] = np.abs(
+            outputs - expected
+        ).max()
+    assert differences["float32"] <= 1e-5
+    assert 0.0 < differences["bfloat16"] <= 0.02
+
+
 def test_pad_to_stride_matches_pad_to_multiple():
     for batch, height, width in SIZES + ((1, 1, 1), (1, 7, 2)):
         images = _images(batch, height, width, channels=2)
@@ -498,6 +527,7 @@ def test_failure_while_moving_into_place_rolls_back(small_model, tmp_path,
         ({"compute_dtype": "float64"}, r"Received: compute_dtype='float64'"),
         ({"training_info": "adam"}, r"must be a dict.*Received: training_info='adam'"),
         ({"training_info": {"x": object}}, r"JSON-serialisable"),
+        ({"base_path": "models"}, r"absolute path.*Received: base_path='models'"),
     ],
 )
 def test_invalid_arguments_write_nothing(small_model, tmp_path, kwargs, match):

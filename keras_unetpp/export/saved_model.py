@@ -102,8 +102,9 @@ def export_pruned(
             `None`.
         base_path: the folder under which the server sees `export_dir`,
             written into `models.config` (e.g. `"/models"` when the folder is
-            mounted there in the `tensorflow/serving` container). Defaults
-            to `None`, the absolute path of `export_dir`.
+            mounted there in the `tensorflow/serving` container, or a storage
+            URL such as `"gs://bucket/models"` where the folder is copied).
+            Defaults to `None`, the absolute path of `export_dir`.
         normalization: `"dtype"` or `"minmax"`, the image normalization the
             model was trained with (`keras_unetpp.data`'s option of the same
             name). Defaults to `"dtype"`.
@@ -131,6 +132,7 @@ def export_pruned(
     threshold = _check_threshold(threshold)
     compute_dtype = _check_compute_dtype(compute_dtype)
     training_info = metadata_lib.check_training_info(training_info)
+    serving_config.check_base_path(base_path)
     export_dir = pathlib.Path(export_dir)
     if export_dir.exists() and not export_dir.is_dir():
         raise ValueError(
@@ -216,12 +218,22 @@ def _write_level(
             source_depth=source_depth,
             input_dtype=input_dtype,
             threshold=threshold,
-            compute_dtype=compute_dtype or pruned.dtype_policy.compute_dtype,
+            compute_dtype=_conv_compute_dtype(pruned),
             output_activation=output_activation,
             training_info=training_info,
             normalization=normalization,
         ),
     )
+
+
+def _conv_compute_dtype(model):
+    """The dtype the convolutions compute in, e.g. `"bfloat16"`."""
+    dtypes = sorted({
+        layer.dtype_policy.compute_dtype
+        for layer in model.layers
+        if isinstance(layer, (keras.layers.Conv2D, keras.layers.Conv2DTranspose))
+    })
+    return "+".join(dtypes)
 
 
 def _serving_model(pruned, level, compute_dtype):

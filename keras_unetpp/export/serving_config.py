@@ -18,6 +18,7 @@ CONFIG_FILE = "models.config"
 
 _VERSION = re.compile(r"^\d+$")
 _MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+_URL = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
 
 
 def check_model_name(model_name):
@@ -29,6 +30,25 @@ def check_model_name(model_name):
             f"served model). Received: model_name={model_name!r}"
         )
     return model_name
+
+
+def check_base_path(base_path):
+    """Raises a `ValueError` unless `base_path` is None, absolute or a URL.
+
+    TF Serving resolves a relative `base_path` against its own working
+    directory, which is rarely the export's, so only absolute paths
+    (`"/models"`) and storage URLs (`"gs://bucket/models"`) are accepted.
+    """
+    if base_path is None:
+        return None
+    text = str(base_path)
+    if not (text.startswith("/") or _URL.match(text)):
+        raise ValueError(
+            "`base_path` must be an absolute path as the server sees it (e.g. "
+            "'/models' in the tensorflow/serving container) or a storage URL "
+            f"(e.g. 'gs://bucket/models'). Received: base_path={base_path!r}"
+        )
+    return text
 
 
 def versions(model_dir):
@@ -83,7 +103,8 @@ def serving_config_text(export_dir, base_path=None):
         str, a `ModelServerConfig` text protobuf.
     """
     export_dir = pathlib.Path(export_dir)
-    root = str(base_path) if base_path is not None else str(export_dir.resolve())
+    base_path = check_base_path(base_path)
+    root = base_path if base_path is not None else str(export_dir.resolve())
     root = root.rstrip("/") or "/"
     lines = [
         "# TF Serving model config written by keras_unetpp.export: one entry",

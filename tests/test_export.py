@@ -18,6 +18,7 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
+from tensorflow.core.protobuf import saved_model_pb2
 
 import keras_unetpp as ku
 from keras_unetpp.data.decode import prepare_image
@@ -228,7 +229,7 @@ def variants(model, tmp_path_factory):
     root = tmp_path_factory.mktemp("variants")
     uint8 = export_pruned(model, root / "uint8", levels=[2], input_dtype="uint8")
     minmax = export_pruned(model, root / "minmax", levels=[1], input_dtype="uint16",
-                           normalization="minmax")
+                           normalization="minmax", jit_compile=True)
     bf16 = export_pruned(model, root / "bf16", levels=[3], compute_dtype="bfloat16")
     # A static-size, three-class model with a logits head: the export must
     # free its spatial size and apply the softmax the head leaves out.
@@ -421,6 +422,26 @@ def test_mixed_precision_model_exports_as_trained_or_in_float32(tmp_path):
     assert 0.0 < differences["bfloat16"] <= 0.02
 
 
+def _xla_marked(version_dir):
+    """Whether a SavedModel holds a function marked `jit_compile=True`."""
+    saved = saved_model_pb2.SavedModel()
+    saved.ParseFromString((pathlib.Path(version_dir) / "saved_model.pb").read_bytes())
+    return any(
+        function.attr["_XlaMustCompile"].b
+        for function in saved.meta_graphs[0].graph_def.library.function
+        if "_XlaMustCompile" in function.attr
+    )
+
+
+def test_jit_compile_option_marks_the_serving_function(exported, variants):
+    """jit_compile=True saves the XLA mark (its outputs: the fresh-process test)."""
+    assert _xla_marked(variants["minmax"])
+    assert load_metadata(variants["minmax"])["jit_compile"] is True
+    _, paths = exported
+    assert not _xla_marked(paths[1])
+    assert load_metadata(paths[1])["jit_compile"] is False
+
+
 def test_pad_to_stride_matches_pad_to_multiple():
     for batch, height, width in SIZES + ((1, 1, 1), (1, 7, 2)):
         images = _images(batch, height, width, channels=2)
@@ -528,6 +549,7 @@ def test_failure_while_moving_into_place_rolls_back(small_model, tmp_path,
         ({"training_info": "adam"}, r"must be a dict.*Received: training_info='adam'"),
         ({"training_info": {"x": object}}, r"JSON-serialisable"),
         ({"base_path": "models"}, r"absolute path.*Received: base_path='models'"),
+        ({"jit_compile": "yes"}, r"Received: jit_compile='yes'"),
     ],
 )
 def test_invalid_arguments_write_nothing(small_model, tmp_path, kwargs, match):

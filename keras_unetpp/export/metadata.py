@@ -37,6 +37,7 @@ def build_metadata(
     output_activation,
     training_info,
     normalization="dtype",
+    jit_compile=False,
 ):
     """The metadata dict of one exported level.
 
@@ -56,6 +57,8 @@ def build_metadata(
             `None`.
         normalization: `"dtype"` or `"minmax"`, how the serving function
             maps pixels to the model's input. Defaults to `"dtype"`.
+        jit_compile: bool, whether the serving function is marked for XLA.
+            Defaults to `False`.
 
     Returns:
         A JSON-serialisable dict.
@@ -126,6 +129,7 @@ def build_metadata(
         "threshold": threshold if binary else None,
         "head_activation": output_activation,
         "compute_dtype": compute_dtype,
+        "jit_compile": jit_compile,
         "training": training_info,
         "exported_at": datetime.datetime.now(datetime.timezone.utc).isoformat(
             timespec="seconds"

@@ -22,6 +22,7 @@ import shutil
 import uuid
 
 import keras
+import tensorflow as tf
 
 from keras_unetpp.export import metadata as metadata_lib
 from keras_unetpp.export import serving_config, signatures
@@ -44,6 +45,7 @@ def export_pruned(
     training_info=None,
     base_path=None,
     normalization="dtype",
+    jit_compile=False,
 ):
     """Exports each pruned level of a UNet++ as a SavedModel for TF Serving.
 
@@ -108,6 +110,11 @@ def export_pruned(
         normalization: `"dtype"` or `"minmax"`, the image normalization the
             model was trained with (`keras_unetpp.data`'s option of the same
             name). Defaults to `"dtype"`.
+        jit_compile: bool, whether the serving function is marked for XLA
+            compilation (`tf.function(jit_compile=True)`), so that a server
+            built with XLA fuses the graph on GPU. XLA compiles once per
+            input shape, so this suits clients that send a few fixed sizes.
+            Defaults to `False`.
 
     Returns:
         dict mapping each level to the `pathlib.Path` of its version folder.
@@ -132,6 +139,11 @@ def export_pruned(
     threshold = _check_threshold(threshold)
     compute_dtype = _check_compute_dtype(compute_dtype)
     training_info = metadata_lib.check_training_info(training_info)
+    if not isinstance(jit_compile, bool):
+        raise ValueError(
+            "`jit_compile` must be True or False. "
+            f"Received: jit_compile={jit_compile!r}"
+        )
     serving_config.check_base_path(base_path)
     export_dir = pathlib.Path(export_dir)
     if export_dir.exists() and not export_dir.is_dir():
@@ -161,6 +173,7 @@ def export_pruned(
                 compute_dtype=compute_dtype,
                 training_info=training_info,
                 normalization=normalization,
+                jit_compile=jit_compile,
             )
         paths = {}
         for level in levels:
@@ -186,6 +199,7 @@ def _write_level(
     compute_dtype,
     training_info,
     normalization,
+    jit_compile,
 ):
     """Writes the SavedModel and metadata of one level into `folder`."""
     pruned = _serving_model(prune(model, level), level, compute_dtype)
@@ -199,14 +213,12 @@ def _write_level(
         output_activation=output_activation,
         normalization=normalization,
     )
+    spec = signatures.input_signature(pruned.inputs[0].shape[-1], input_dtype)
+    if jit_compile:
+        serve = tf.function(serve, input_signature=spec, jit_compile=True,
+                            autograph=False)
     archive = keras.export.ExportArchive()
-    archive.add_endpoint(
-        "serving_default",
-        serve,
-        input_signature=signatures.input_signature(
-            pruned.inputs[0].shape[-1], input_dtype
-        ),
-    )
+    archive.add_endpoint("serving_default", serve, input_signature=spec)
     archive.write_out(str(folder), verbose=False)
     metadata_lib.write_metadata(
         folder,
@@ -222,6 +234,7 @@ def _write_level(
             output_activation=output_activation,
             training_info=training_info,
             normalization=normalization,
+            jit_compile=jit_compile,
         ),
     )
 

@@ -229,6 +229,25 @@ def test_same_seed_same_epochs_new_epochs_differ(tmp_path):
     assert not np.array_equal(first[0][0], other[0][0])
 
 
+def test_default_seed_is_reproducible_and_file_cache_works(tmp_path):
+    sources, source_masks = _labelled(8)
+    pairs = _write_pairs(tmp_path, sources, source_masks)
+
+    def first_epoch(cache):
+        ds = data.make_dataset(
+            pairs, image_size=(32, 32), training=True, batch_size=4,
+            augmentation=data.Augmentation(), deterministic=True, cache=cache,
+        )
+        return _batches(ds)
+
+    in_memory = first_epoch(True)
+    on_disk = first_epoch(str(tmp_path / "cache"))
+    np.testing.assert_array_equal(in_memory[0], on_disk[0])
+    np.testing.assert_array_equal(in_memory[1], on_disk[1])
+    assert list(tmp_path.glob("cache*.index"))
+    np.testing.assert_array_equal(first_epoch(False)[0], in_memory[0])
+
+
 def test_targets_by_output_name_and_class_masks(tmp_path):
     labels = np.random.default_rng(1).integers(0, 4, (5, 32, 32), dtype=np.uint8)
     pairs = _write_pairs(tmp_path, labels * 60, labels)

@@ -172,6 +172,11 @@ def test_tfds_errors_name_the_feature_and_the_example(trimaps):
         list(ds)
 
 
+def test_unprepared_folder_data_set_says_how_to_prepare_it(tmp_path):
+    with pytest.raises(ValueError, match=r"not prepared .*prepare_tfds_folder\('nope'"):
+        data.tfds_dataset("segmentation_folder/nope", "train", data_dir=tmp_path)
+
+
 def test_prepare_tfds_folder_rejects_bad_input(tmp_path):
     (tmp_path / "images").mkdir()
     (tmp_path / "masks").mkdir()

@@ -313,15 +313,25 @@ def tfds_dataset(
     """
     settings = processing_settings(mask_map=mask_map, **processing)
     options = settings.decode
-    ds, info = tfds.load(
-        name,
-        split=split,
-        data_dir=None if data_dir is None else str(data_dir),
-        download=download,
-        shuffle_files=settings.training,
-        with_info=True,
-        read_config=tfds.ReadConfig(add_tfds_id=True, shuffle_seed=settings.seed),
-    )
+    try:
+        ds, info = tfds.load(
+            name,
+            split=split,
+            data_dir=None if data_dir is None else str(data_dir),
+            download=download,
+            shuffle_files=settings.training,
+            with_info=True,
+            read_config=tfds.ReadConfig(add_tfds_id=True, shuffle_seed=settings.seed),
+        )
+    except ValueError as e:
+        if not str(name).startswith(BUILDER_NAME + "/"):
+            raise
+        raise ValueError(
+            f"The folder data set {name!r} is not prepared in {str(data_dir)!r}; "
+            "write it once with keras_unetpp.data.prepare_tfds_folder("
+            f"{str(name).split('/', 1)[1]!r}, splits, data_dir). "
+            f"Received: name={name!r}, data_dir={data_dir!r}"
+        ) from e
     features = list(info.features.keys())
     for arg, key in (("image_key", image_key), ("mask_key", mask_key)):
         if key not in features:

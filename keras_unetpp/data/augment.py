@@ -21,22 +21,24 @@ class Augmentation:
 
     Each transform is optional. Geometric transforms move the image and the
     mask together (the mask with nearest-neighbour resampling, so it keeps
-    its label values); intensity transforms touch the image only. All
-    randomness is stateless and comes from one seed per sample, which
-    `make_dataset` derives from its `seed`: the same seed gives the same
-    augmented batches in every run, and every epoch gets new ones.
+    its label values); intensity transforms touch the image only. The
+    transforms run on whole batches, with an independent draw for every
+    sample. All randomness is stateless and comes from one seed per batch,
+    which `make_dataset` derives from its `seed`: the same seed gives the
+    same augmented batches in every run, and every epoch gets new ones.
 
     In order, per sample:
 
-    1. scale (random crop / zoom): a window of `image_size / s` is cut at a
+    1. orientation: flips (left-right and up-down, each with probability
+       1/2) and 0 to 3 quarter turns; with both on, each of the 8
+       orientations is equally likely. For a non-square `image_size` only
+       0 or 2 quarter turns are used, so the shape is kept.
+    2. scale (random crop / zoom): a window of `image_size / s` is cut at a
        random place (padded with zeros where it sticks out) and resized to
        `image_size`, with `s` log-uniform in `scale_range` (`s > 1` zooms
-       in).
-    2. flips: left-right and up-down, each with probability 1/2.
-    3. 90-degree turns: 0, 1, 2 or 3 quarter turns (0 or 2 for non-square
-       `image_size`, so the shape is kept).
-    4. brightness: adds `d`, uniform in `[-brightness, brightness]`.
-    5. contrast: `(x - mean) * c + mean` per channel, `c` uniform in
+       in). In crop mode this is the random crop itself.
+    3. brightness: adds `d`, uniform in `[-brightness, brightness]`.
+    4. contrast: `(x - mean) * c + mean` per channel, `c` uniform in
        `[1 - contrast, 1 + contrast]`; then the image is clipped to [0, 1].
 
     Args:

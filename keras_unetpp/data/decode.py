@@ -246,7 +246,7 @@ def prepare_mask(array, options, name):
                     "not fit num_classes=1: a binary mask holds 0 (background) "
                     "and one foreground value (1, 255, ...). For class-index "
                     "masks set num_classes; for soft or JPEG masks set "
-                    "mask_threshold."
+                    "mask_threshold; to merge or drop values use mask_map."
                 )
             foreground = plane != 0
         return foreground.astype(np.uint8)

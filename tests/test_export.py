@@ -156,6 +156,7 @@ def test_metadata(model, exported):
         info = load_metadata(path)
         pruned = ku.prune(model, level)
         assert info["level"] == level and info["source_depth"] == 3
+        assert info["source_model"] == {"name": "unetpp", "heads": [1, 2, 3]}
         assert info["model_name"] == f"unetpp_l{level}" and info["version"] == 1
         assert info["parameters"] == pruned.count_params()
         assert info["flops"]["per_image"] == ku.count_flops(pruned, 256, 256)
@@ -452,9 +453,17 @@ def test_pad_to_stride_matches_pad_to_multiple():
             assert (int(h), int(w)) == (eh, ew)
 
 
-def test_next_version_overwrite_and_refusal(small_model, tmp_path):
+def test_next_version_overwrite_and_refusal(tmp_path):
+    small_model = ku.build(depth=2, filters=(4, 8, 16), deep_supervision=True)
+    small_model.compile(optimizer="adam", loss=ku.BCEDiceLoss())
+    small_model.optimizer.build(small_model.trainable_variables)
+    small_model.optimizer.iterations.assign(120)
     first = export_pruned(small_model, tmp_path, levels=[1], model_name="cells")
     assert first == {1: tmp_path / "cells_l1" / "1"}
+    assert load_metadata(first[1])["source_model"] == {
+        "name": "unetpp", "heads": [1, 2], "optimizer": "Adam",
+        "optimizer_steps": 120,
+    }
     # The next version is one more than the highest of any exported level.
     second = export_pruned(small_model, tmp_path, model_name="cells")
     assert second == {1: tmp_path / "cells_l1" / "2", 2: tmp_path / "cells_l2" / "2"}

@@ -15,6 +15,7 @@ import tensorflow as tf
 
 from keras_unetpp.export import signatures
 from keras_unetpp.flops import count_flops
+from keras_unetpp.pruning import head_levels, model_depth
 from keras_unetpp.version import __version__
 
 METADATA_FILE = "keras_unetpp_metadata.json"
@@ -30,7 +31,7 @@ def build_metadata(
     level,
     model_name,
     version,
-    source_depth,
+    source_model,
     input_dtype,
     threshold,
     compute_dtype,
@@ -46,7 +47,7 @@ def build_metadata(
         level: int, its level L (the stride is `2**L`).
         model_name: str, the served model's base name (without `_l<L>`).
         version: int, the version folder's number.
-        source_depth: int, depth of the model it was pruned from.
+        source_model: the full `keras.Model` it was pruned from.
         input_dtype: str, dtype of the `image` input.
         threshold: float, the mask threshold of one-class models.
         compute_dtype: str, dtype of the convolutions (`"float32"`,
@@ -79,7 +80,8 @@ def build_metadata(
         "model_name": f"{model_name}_l{level}",
         "base_model_name": model_name,
         "level": level,
-        "source_depth": source_depth,
+        "source_depth": model_depth(source_model),
+        "source_model": _source_info(source_model),
         "version": version,
         "parameters": int(model.count_params()),
         "flops": {
@@ -140,6 +142,16 @@ def build_metadata(
             "tensorflow": tf.__version__,
         },
     }
+
+
+def _source_info(model):
+    """Name, heads and optimizer steps of the model the levels come from."""
+    info = {"name": model.name, "heads": head_levels(model)}
+    optimizer = getattr(model, "optimizer", None)
+    if optimizer is not None and optimizer.built:
+        info["optimizer"] = optimizer.__class__.__name__
+        info["optimizer_steps"] = int(optimizer.iterations.numpy())
+    return info
 
 
 def check_training_info(training_info):

@@ -129,7 +129,7 @@ def export_pruned(
     # exported/models.config, exported/nuclei_l1/1/ ... exported/nuclei_l4/1/
     ```
     """
-    depth = model_depth(model)
+    model_depth(model)  # A clear error for models not built by keras_unetpp.
     levels = _check_levels(model, levels)
     model_name = serving_config.check_model_name(
         model.name if model_name is None else model_name
@@ -167,7 +167,6 @@ def export_pruned(
                 staged[level],
                 model_name=model_name,
                 version=version,
-                source_depth=depth,
                 input_dtype=input_dtype,
                 threshold=threshold,
                 compute_dtype=compute_dtype,
@@ -193,7 +192,6 @@ def _write_level(
     folder,
     model_name,
     version,
-    source_depth,
     input_dtype,
     threshold,
     compute_dtype,
@@ -227,7 +225,7 @@ def _write_level(
             level,
             model_name=model_name,
             version=version,
-            source_depth=source_depth,
+            source_model=model,
             input_dtype=input_dtype,
             threshold=threshold,
             compute_dtype=_conv_compute_dtype(pruned),

@@ -25,7 +25,14 @@ Quick start (synthetic data, no download):
 
 
 class UsageError(Exception):
-    """A bad flag value that argparse cannot see (e.g. a malformed JSON)."""
+    """A bad combination of flags that argparse cannot see."""
+
+
+class _Parser(argparse.ArgumentParser):
+    """An `ArgumentParser` whose usage errors are one line on stderr."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
 def _json_dict(text):
@@ -253,7 +260,7 @@ def _add_export(commands):
 
 def make_parser():
     """The argument parser of `keras-unetpp` (all subcommands)."""
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog=PROG,
         description="UNet++ segmentation: train, evaluate the pruned levels, "
         "predict masks and export SavedModels for TF Serving.",

@@ -1,0 +1,218 @@
+"""Tests of the `keras-unetpp` command: the whole job, errors, synthetic data."""
+
+import csv
+import json
+import os
+import subprocess
+import sys
+
+import cv2
+import keras
+import numpy as np
+import pytest
+
+from keras_unetpp import cli, training
+
+TINY = ["--image-size", "32", "32", "--depth", "2", "--filters", "4",
+        "--batch-size", "4", "--verbose", "0"]
+
+
+def _run(argv):
+    assert cli.main(argv) == 0
+
+
+def _error(capsys, argv):
+    """Runs the CLI expecting a usage error; returns its one stderr line."""
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(argv)
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert "Traceback" not in err
+    lines = err.splitlines()
+    assert len(lines) == 1, err
+    return lines[0]
+
+
+@pytest.fixture(scope="module")
+def synthetic_dir(tmp_path_factory):
+    root = tmp_path_factory.mktemp("synthetic")
+    _run(["synthetic", str(root), "--num-images", "16", "--image-size", "32", "32"])
+    return root
+
+
+def test_synthetic_writes_a_labelled_reproducible_data_set(tmp_path, capsys):
+    _run(["synthetic", str(tmp_path / "a"), "--num-images", "8",
+          "--image-size", "32", "48", "--val-fraction", "0.25", "--seed", "3"])
+    assert "SYNTHETIC" in capsys.readouterr().out
+    root = tmp_path / "a"
+    assert "SYNTHETIC DATA" in (root / "README.txt").read_text()
+    with open(root / "manifest.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert [r["suggested_split"] for r in rows].count("val") == 2
+    for row in rows:
+        image = cv2.imread(str(root / "images" / f"{row['stem']}.png"),
+                           cv2.IMREAD_UNCHANGED)
+        mask = cv2.imread(str(root / "masks" / f"{row['stem']}.png"),
+                          cv2.IMREAD_UNCHANGED)
+        assert image.shape == mask.shape == (32, 48)
+        assert set(np.unique(mask)) <= {0, 255}
+        assert float(row["foreground_fraction"]) == pytest.approx(
+            np.mean(mask > 0), abs=1e-4)
+        # Foreground is brighter than background on average: learnable.
+        assert image[mask > 0].mean() > image[mask == 0].mean() + 20
+    _run(["synthetic", str(tmp_path / "b"), "--num-images", "8",
+          "--image-size", "32", "48", "--val-fraction", "0.25", "--seed", "3"])
+    for name in ("images", "masks"):
+        for path in sorted((root / name).iterdir()):
+            assert path.read_bytes() == (tmp_path / "b" / name / path.name).read_bytes()
+
+
+@pytest.mark.slow
+def test_train_evaluate_export_predict_end_to_end(synthetic_dir, tmp_path, capsys):
+    run = tmp_path / "run"
+    _run(["train", "--data", str(synthetic_dir), "--output", str(run),
+          "--epochs", "2", "--loss-weights", "0.5", "1", *TINY])
+    out = capsys.readouterr().out
+    assert "best val_output_l2_iou" in out
+    config = json.loads((run / "run.json").read_text())
+    assert config["data"]["train_images"] == 12
+    assert config["data"]["val_images"] == 4
+    assert config["model"]["deep_supervision"] is True
+    assert config["training"]["loss_weights"] == [0.5, 1.0]
+    assert [r["epoch"] for r in training.read_history(run)] == [0, 1]
+    assert (run / "best.keras").is_file() and (run / "last.keras").is_file()
+    assert any(p.name.startswith("events.out") for p in (run / "logs").rglob("*"))
+
+    _run(["evaluate", str(run), "--latency-runs", "2"])
+    out = capsys.readouterr().out
+    assert "accurate" in out and "levels.png" in out
+    table = json.loads((run / "evaluation" / "levels.json").read_text())
+    assert [r["level"] for r in table] == ["L1", "L2", "accurate"]
+    assert all(r["images"] == 4 for r in table)
+    assert (run / "evaluation" / "levels.png").read_bytes()[:4] == b"\x89PNG"
+
+    _run(["export", str(run), "--levels", "1", "2", "--model-name", "cells"])
+    assert (run / "export" / "cells_l1" / "1" / "saved_model.pb").is_file()
+    assert (run / "export" / "cells_l2" / "1" / "saved_model.pb").is_file()
+    assert "cells_l2" in (run / "export" / "models.config").read_text()
+
+    # Images of other sizes and kinds: RGB 8-bit and gray 16-bit.
+    images = tmp_path / "new"
+    images.mkdir()
+    rng = np.random.default_rng(0)
+    cv2.imwrite(str(images / "rgb.png"), rng.integers(0, 255, (45, 61, 3), np.uint8))
+    cv2.imwrite(str(images / "gray16.png"),
+                rng.integers(0, 65535, (70, 33), np.uint16))
+    _run(["predict", str(run), str(images), "--output", str(tmp_path / "pred"),
+          "--overlays", "--level", "1"])
+    for name, shape in (("rgb", (45, 61)), ("gray16", (70, 33))):
+        mask = cv2.imread(str(tmp_path / "pred" / "masks" / f"{name}.png"),
+                          cv2.IMREAD_UNCHANGED)
+        assert mask.shape == shape and mask.dtype == np.uint8
+        assert set(np.unique(mask)) <= {0, 255}
+        over = cv2.imread(str(tmp_path / "pred" / "overlays" / f"{name}.png"))
+        assert over.shape == (*shape, 3)
+
+    # The same command on a finished run with other settings is refused.
+    line = _error(capsys, ["train", "--data", str(synthetic_dir), "--output",
+                           str(run), "--epochs", "2", *TINY[:-2], "--depth", "1",
+                           "--verbose", "0"])
+    assert "holds a run made with other settings" in line
+    assert "model.depth: 2 -> 1" in line
+
+
+def _wait_for(predicate, timeout, process):
+    import time
+
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if predicate():
+            return True
+        if process.poll() is not None:
+            return False
+        time.sleep(0.02)
+    return False
+
+
+@pytest.mark.slow
+def test_train_resumes_after_a_kill_mid_epoch(synthetic_dir, tmp_path):
+    run = tmp_path / "run"
+    argv = ["train", "--data", str(synthetic_dir), "--output", str(run),
+            "--architecture", "unet", "--epochs", "2", "--steps-per-epoch", "100",
+            "--save-every", "2", "--no-tensorboard", *TINY]
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
+    log = open(tmp_path / "first.log", "w")
+    process = subprocess.Popen([sys.executable, "-m", "keras_unetpp", *argv],
+                               stdout=log, stderr=subprocess.STDOUT, env=env)
+    try:
+        saved = _wait_for(lambda: training.read_state(run) is not None, 240, process)
+    finally:
+        process.kill()
+        process.wait()
+        log.close()
+    assert saved, (tmp_path / "first.log").read_text()[-2000:]
+    state = training.read_state(run)
+    assert state["epoch"] == 0 and 0 < state["batch"] < 100  # killed mid-epoch
+    assert not (run / "last.keras").exists()
+
+    _run(argv)  # the same command again
+    history = training.read_history(run)
+    assert [row["epoch"] for row in history] == [0, 1]
+    assert all("val_iou" in row for row in history)
+    model = keras.saving.load_model(run / "last.keras")
+    # Nothing lost, nothing done twice: exactly 2 x 100 optimizer steps.
+    assert int(model.optimizer.iterations) == 200
+    assert training.read_state(run)["epoch"] == 2
+
+
+def test_help_lists_every_command(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["--help"])
+    assert exit_info.value.code == 0
+    out = capsys.readouterr().out
+    for command in ("synthetic", "train", "evaluate", "predict", "export"):
+        assert command in out
+
+
+@pytest.mark.parametrize(
+    "argv, expected",
+    [
+        (["train", "--data", "x"], "required: --output"),
+        (["train", "--output", "o", "--data", "/nonexistent/data"],
+         "Received: data_dir='/nonexistent/data'"),
+        (["train", "--output", "o"], "exactly one data source"),
+        (["train", "--output", "o", "--images", "."], "needs a masks folder"),
+        (["train", "--output", "o", "--data", ".", "--image-size", "30", "30"],
+         "multiples of 2**depth = 16"),
+        (["train", "--output", "o", "--data", ".", "--epochs", "0"],
+         "expected a positive integer: '0'"),
+        (["train", "--output", "o", "--data", ".", "--mask-map", "{1: 1}"],
+         "not valid JSON"),
+        (["train", "--output", "o", "--data", ".", "--architecture", "unet",
+          "--deep-supervision"], "deep supervision is a UNet++"),
+        (["train", "--output", "o", "--data", ".", "--channels", "2"],
+         "invalid choice: 2"),
+        (["evaluate", "/nonexistent/run"], "is not a training run"),
+        (["export", "."], "is not a training run"),
+        (["frobnicate"], "invalid choice: 'frobnicate'"),
+    ],
+)
+def test_bad_arguments_exit_2_with_one_line(argv, expected, capsys, tmp_path,
+                                            monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "images").mkdir()
+    (tmp_path / "masks").mkdir()
+    line = _error(capsys, argv)
+    assert line.startswith("keras-unetpp")
+    assert expected in line
+
+
+def test_predict_reports_missing_model_and_empty_folders(capsys, tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "run.json").write_text(json.dumps({"data": {}, "model": {},
+                                              "training": {}}))
+    line = _error(capsys, ["predict", str(run), str(tmp_path)])
+    assert "No saved model" in line
+    line = _error(capsys, ["evaluate", str(run), "--model", "nope.keras"])
+    assert "Received: model='nope.keras'" in line

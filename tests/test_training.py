@@ -1,0 +1,204 @@
+"""Tests of keras_unetpp.training: per-head compile, checkpoints, resume, BN trap."""
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import keras_unetpp as ku
+from keras_unetpp import blocks, training
+from keras_unetpp.synthetic import synthetic_sample
+
+SIZE = 32
+
+
+def _arrays(count, seed):
+    rng = np.random.default_rng(seed)
+    images, masks = zip(*(synthetic_sample(rng, (SIZE, SIZE)) for _ in range(count)))
+    x = (np.stack(images)[..., None] / 255.0).astype("float32")
+    y = (np.stack(masks)[..., None] > 0).astype("float32")
+    return x, y
+
+
+def _dataset(x, y, batch_size=4, names=None, shuffle=True):
+    target = y if names is None else {name: y for name in names}
+    ds = tf.data.Dataset.from_tensor_slices((x, target))
+    if shuffle:
+        ds = ds.shuffle(len(x), seed=0)
+    return ds.batch(batch_size)
+
+
+def _tiny(deep_supervision=True):
+    return ku.build(
+        depth=2,
+        input_shape=(None, None, 1),
+        filters=(4, 8, 16),
+        deep_supervision=deep_supervision,
+    )
+
+
+def test_compile_model_puts_a_loss_and_metrics_on_every_head():
+    model = training.compile_model(_tiny(), loss_weights=[0.25, 1.0])
+    assert set(model.loss) == {"output_l1", "output_l2"}
+    assert all(isinstance(loss, ku.BCEDiceLoss) for loss in model.loss.values())
+    x, y = _arrays(4, seed=1)
+    logs = model.evaluate(x, {"output_l1": y, "output_l2": y}, verbose=0,
+                          return_dict=True)
+    for key in ("output_l1_iou", "output_l1_dice", "output_l2_iou", "output_l2_dice"):
+        assert 0.0 <= logs[key] <= 1.0
+    # The total is the weighted sum of the head losses: 0.25 * l1 + 1.0 * l2.
+    expected = 0.25 * logs["output_l1_loss"] + logs["output_l2_loss"]
+    assert logs["loss"] == pytest.approx(expected, rel=1e-4)
+
+
+@pytest.mark.parametrize(
+    "weights, match",
+    [([1.0], "one weight per head"), ([0.0, 0.0], "not all zero"),
+     ({"output_l9": 1.0, "output_l1": 1.0}, "one weight per head")],
+)
+def test_compile_model_rejects_bad_loss_weights(weights, match):
+    with pytest.raises(ValueError, match=match):
+        training.compile_model(_tiny(), loss_weights=weights)
+
+
+def test_monitor_name_is_the_deepest_head_of_a_deep_supervision_model():
+    assert training.monitor_name(_tiny(), "iou") == "val_output_l2_iou"
+    assert training.monitor_name(_tiny(False), "dice") == "val_dice"
+    with pytest.raises(ValueError, match="Received: monitor='f1'"):
+        training.monitor_name(_tiny(), "f1")
+
+
+class _Interrupt(keras.callbacks.Callback):
+    """Raises after a given number of training batches, like a kill."""
+
+    def __init__(self, after_batches):
+        super().__init__()
+        self.after = after_batches
+        self.seen = 0
+
+    def on_train_batch_end(self, batch, logs=None):
+        self.seen += 1
+        if self.seen == self.after:
+            raise KeyboardInterrupt("simulated interruption")
+
+
+@pytest.mark.slow
+def test_train_resumes_mid_epoch_without_losing_or_repeating_steps(tmp_path):
+    x, y = _arrays(16, seed=2)
+    train_ds = _dataset(x, y)  # 4 batches per epoch
+    val_ds = _dataset(x[:8], y[:8], shuffle=False)
+    keras.utils.set_random_seed(0)
+    model = _tiny(False)
+    # 4 batches per epoch, state saved every 2 batches within an epoch; the
+    # interruption comes in the 11th batch (epoch 2, batch 3), after the
+    # save at epoch 2, batch 2: one step is lost and done again.
+    with pytest.raises(KeyboardInterrupt):
+        training.train(model, train_ds, val_ds, tmp_path, epochs=4, save_every=2,
+                       callbacks=[_Interrupt(11)], tensorboard=False, verbose=0)
+    state = training.read_state(tmp_path)
+    assert (state["epoch"], state["batch"]) == (2, 2)
+    assert len(training.read_history(tmp_path)) == 2
+    keras.utils.set_random_seed(0)
+    fresh = _tiny(False)
+    result = training.train(fresh, train_ds, val_ds, tmp_path, epochs=4,
+                            save_every=2, tensorboard=False, verbose=0)
+    assert result["resumed_from"] == (2, 2)
+    # Every optimizer step happened exactly once: 4 epochs x 4 batches.
+    assert int(fresh.optimizer.iterations) == 16
+    history = result["history"]
+    assert [row["epoch"] for row in history] == [0, 1, 2, 3]
+    best = max(row["val_iou"] for row in history)
+    assert result["best"] == pytest.approx(best)
+    saved = keras.saving.load_model(tmp_path / "last.keras", compile=False)
+    for a, b in zip(saved.weights, fresh.weights):
+        np.testing.assert_array_equal(a.numpy(), b.numpy())
+    # The best checkpoint holds the epoch with the best validation IoU.
+    best_model = keras.saving.load_model(tmp_path / "best.keras", compile=False)
+    metric = ku.IoUScore()
+    for images, masks in val_ds:
+        metric.update_state(masks, best_model(images, training=False))
+    assert float(metric.result()) == pytest.approx(best, abs=1e-5)
+    # Another batch size (so another epoch length) is refused.
+    with pytest.raises(ValueError, match="same data and batch size"):
+        training.train(_tiny(False), _dataset(x, y, batch_size=8), val_ds,
+                       tmp_path, epochs=5, tensorboard=False, verbose=0)
+
+
+def test_train_rejects_bad_arguments(tmp_path):
+    x, y = _arrays(4, seed=5)
+    ds = _dataset(x, y, names=["output_l1", "output_l2"])
+    with pytest.raises(ValueError, match="Received: epochs=0"):
+        training.train(_tiny(), ds, None, tmp_path, epochs=0)
+    with pytest.raises(ValueError, match="Received: save_every=0"):
+        training.train(_tiny(), ds, None, tmp_path, save_every=0)
+    with pytest.raises(ValueError, match="Received: lr_schedule='step'"):
+        training.train(_tiny(), ds, None, tmp_path, lr_schedule="step")
+    with pytest.raises(ValueError, match="no known finite length"):
+        training.train(_tiny(), ds.repeat(), None, tmp_path)
+
+
+class _Clock:
+    def __init__(self):
+        self.now = 0.0
+
+    def __call__(self):
+        return self.now
+
+
+def test_time_budget_stops_before_the_epoch_that_would_overrun(monkeypatch):
+    clock = _Clock()
+    monkeypatch.setattr(training.time, "monotonic", clock)
+    budget = training.TimeBudget(100.0)
+    budget.set_model(_tiny())
+    budget.model.stop_training = False
+    budget.on_train_begin()
+    for epoch, now in enumerate([30.0, 60.0]):  # 30 s per epoch
+        clock.now = now
+        budget.on_epoch_end(epoch)
+        assert not budget.model.stop_training
+    clock.now = 90.0  # a fourth epoch would end at 120 s > 100 s
+    budget.on_epoch_end(2)
+    assert budget.model.stop_training and budget.exhausted
+    with pytest.raises(ValueError, match="Received: seconds=0"):
+        training.TimeBudget(0)
+
+
+def _short_training(tmp_path):
+    """24 Adam steps at a high rate: the moving statistics must keep up."""
+    keras.utils.set_random_seed(0)
+    x, y = _arrays(32, seed=0)
+    model = ku.build(depth=2, input_shape=(SIZE, SIZE, 1), filters=(4, 8, 16))
+    training.train(model, _dataset(x, y, batch_size=8), None, tmp_path, epochs=1,
+                   steps_per_epoch=24, learning_rate=3e-3, tensorboard=False,
+                   verbose=0)
+    return training.batch_norm_gap(model, _dataset(x, y, batch_size=8,
+                                                   shuffle=False))
+
+
+@pytest.mark.slow
+def test_inference_mode_scores_like_training_mode_after_short_training(tmp_path):
+    # The batch-norm trap: with Keras' default momentum (0.99) a UNet++
+    # trained for a few dozen steps scores well with batch statistics and
+    # collapses in inference mode. keras_unetpp's defaults must not.
+    training_iou, inference_iou = _short_training(tmp_path)
+    assert training_iou > 0.5
+    assert inference_iou > training_iou - 0.05
+
+
+@pytest.mark.slow
+def test_batch_norm_gap_detects_lagging_moving_statistics(tmp_path, monkeypatch):
+    # Control for the test above: the same training with Keras' default
+    # momentum does fall into the trap, and batch_norm_gap shows it.
+    monkeypatch.setattr(blocks, "BATCH_NORM_MOMENTUM", 0.99)
+    training_iou, inference_iou = _short_training(tmp_path)
+    assert training_iou > 0.5
+    assert inference_iou < training_iou - 0.2
+
+
+def test_batch_norm_gap_leaves_moving_statistics_unchanged():
+    model = _tiny(False)
+    x, y = _arrays(4, seed=6)
+    before = [w.numpy().copy() for w in model.non_trainable_weights]
+    training.batch_norm_gap(model, _dataset(x, y))
+    for a, b in zip(before, model.non_trainable_weights):
+        np.testing.assert_array_equal(a, b.numpy())

@@ -324,3 +324,35 @@ def test_live_tensorflow_model_server(served, client_lib, tmp_path):
         server.wait(timeout=30)
         log.close()
 
+
+
+def _readme_blocks(language):
+    readme = (CLIENT.parent / "README.md").read_text()
+    return re.findall(rf"```{language}\n(.*?)```", readme, flags=re.S)
+
+
+def test_readme_rest_example_matches_the_signature(served):
+    """The curl body of export/README.md is a valid request for a uint8 export."""
+    (curl,) = [block for block in _readme_blocks("bash") if ":predict" in block]
+    body = json.loads(re.search(r"-d '(.*)'", curl, flags=re.S).group(1))
+    with _rest_server(served["models"]) as address:
+        request = urllib.request.Request(
+            f"http://{address}/v1/models/cells_l2:predict",
+            data=json.dumps(body).encode(),
+        )
+        outputs = json.loads(urllib.request.urlopen(request).read())["outputs"]
+    pixels = np.asarray(body["inputs"]["image"], np.uint8)
+    assert pixels.shape == (1, 2, 3, 1)
+    direct = _direct(served, "cells_l2", pixels)
+    np.testing.assert_array_equal(np.asarray(outputs["mask"]), direct["mask"])
+
+
+def test_readme_grpc_example_runs(served):
+    """The gRPC snippet of export/README.md, pointed at the in-process server."""
+    (snippet,) = [b for b in _readme_blocks("python") if "PredictRequest" in b]
+    with _grpc_server(served["models"]) as address:
+        namespace = {}
+        exec(snippet.replace("localhost:8500", address)
+             .replace('"unetpp_l2"', '"cells_l2"'), namespace)
+    assert namespace["mask"].shape == (1, 565, 584, 1)
+    assert namespace["mask"].dtype == np.uint8

@@ -38,6 +38,7 @@ _LAZY = {
     "split_pairs": "keras_unetpp.data",
     "tfds_dataset": "keras_unetpp.data",
     "export_pruned": "keras_unetpp.export",
+    "load_metadata": "keras_unetpp.export",
 }
 
 __all__ = [
@@ -61,6 +62,7 @@ __all__ = [
     "folder_pairs",
     "head_levels",
     "inference_model",
+    "load_metadata",
     "make_dataset",
     "manifest_stems",
     "model_depth",

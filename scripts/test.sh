@@ -8,5 +8,5 @@ fi
 . .venv/bin/activate
 pip install --quiet --upgrade pip
 pip install --quiet -e ".[test]"
-ruff check keras_unetpp tests
+ruff check keras_unetpp tests export benchmarks
 python -m pytest -q "$@"

@@ -342,7 +342,6 @@ def check_global_batch(batch_size, strategy=None, drop_remainder=False):
     """
     tf = _tf()
     strategy = strategy or tf.distribute.get_strategy()
-    replicas = strategy.num_replicas_in_sync
     if (
         isinstance(batch_size, bool)
         or not isinstance(batch_size, numbers.Integral)
@@ -361,6 +360,7 @@ def check_global_batch(batch_size, strategy=None, drop_remainder=False):
             "TPUs compile the step for one static batch shape: batch the data "
             "with drop_remainder=True. Received: drop_remainder=False"
         )
+    replicas = strategy.num_replicas_in_sync
     if drop_remainder and batch_size % replicas:
         lower = batch_size - batch_size % replicas
         raise ValueError(
@@ -507,10 +507,7 @@ def build_in_scope(
             )
     with strategy.scope():
         model = builder(**build_kwargs)
-        if sync_batch_norm and strategy.num_replicas_in_sync > 1:
-            for layer in model.layers:
-                if isinstance(layer, keras.layers.BatchNormalization):
-                    layer.synchronized = True
+        prepare_for_strategy(model, strategy, sync_batch_norm=sync_batch_norm)
         levels = head_levels(model)
         num_classes = model.get_layer(output_name(levels[-1])).output.shape[-1]
         if loss is None:
@@ -525,9 +522,61 @@ def build_in_scope(
         if isinstance(optimizer, (str, dict)):
             optimizer = keras.optimizers.get(optimizer)
         model.compile(optimizer=optimizer, loss=loss, metrics=metrics)
+    return model
+
+
+def prepare_for_strategy(model, strategy=None, sync_batch_norm=True):
+    """Readies a model built in `strategy.scope()` for `fit()` under it.
+
+    `build_in_scope` calls this; call it yourself after building (or
+    loading) a model in a strategy's scope by other means, before `fit()`.
+
+    - With more than one replica and `sync_batch_norm=True`, the batch
+      normalization layers normalize with the statistics of the global
+      batch (see `build_in_scope`).
+    - Under `MultiWorkerMirroredStrategy`, `fit()` and `evaluate()` of this
+      model get around two multi-worker gaps of Keras 3's TensorFlow
+      trainer (checked up to Keras 3.15), which otherwise fail with
+      "Attempt to convert a value (PerReplica...)" and "Invalid reduction
+      dimension 0". The model's graph, weights and saved files do not
+      change.
+
+    Args:
+        model: a `keras.Model` whose variables were created in
+            `strategy.scope()`.
+        strategy: a `tf.distribute.Strategy`; `None` uses the current one.
+            Defaults to `None`.
+        sync_batch_norm: bool. Defaults to `True`.
+
+    Returns:
+        `model`, changed in place.
+
+    Example:
+
+    ```python
+    strategy = keras_unetpp.get_strategy("multi_worker")
+    with strategy.scope():
+        model = keras_unetpp.build(depth=4, deep_supervision=True)
+        keras_unetpp.prepare_for_strategy(model, strategy)
+        model.compile(optimizer="adam", loss=keras_unetpp.BCEDiceLoss())
+    ```
+    """
+    tf = _tf()
+    strategy = strategy or tf.distribute.get_strategy()
+    if sync_batch_norm and strategy.num_replicas_in_sync > 1:
+        for layer in _all_layers(model):
+            if isinstance(layer, keras.layers.BatchNormalization):
+                layer.synchronized = True
     if isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
         _multi_worker_compat(model)
     return model
+
+
+def _all_layers(model):
+    for layer in model.layers:
+        yield layer
+        if hasattr(layer, "layers"):
+            yield from _all_layers(layer)
 
 
 def _multi_worker_compat(model):
@@ -551,6 +600,9 @@ def _multi_worker_compat(model):
     all replicas of all workers.
     """
     tf = _tf()
+    if getattr(model, "_keras_unetpp_multi_worker", False):
+        return
+    model._keras_unetpp_multi_worker = True
     train_step, test_step = model.train_step, model.test_step
 
     def local_value(value):

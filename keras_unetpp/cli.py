@@ -356,11 +356,12 @@ def _run_train(args):
     best = result["best"]
     best_text = "n/a" if best is None else f"{best:.4f}"
     epochs = len(result["history"])
+    epochs = f"{epochs} epoch{'' if epochs == 1 else 's'}"
     if result["stopped_by_time_budget"]:
-        print(f"Stopped by --time-budget after {epochs} epochs; run the same "
+        print(f"Stopped by --time-budget after {epochs}; run the same "
               "command to continue.")
     print(
-        f"Done ({epochs} epochs): best {result['monitor']} = {best_text}. Run folder "
+        f"Done ({epochs}): best {result['monitor']} = {best_text}. Run folder "
         f"{result['run_dir']}: best.keras, last.keras, history.csv, logs/ "
         f"(tensorboard --logdir {result['run_dir']}/logs)."
     )

@@ -101,7 +101,7 @@ def overlay(image, mask):
     rgb[foreground] = (1 - OVERLAY_ALPHA) * rgb[foreground] + (
         OVERLAY_ALPHA * OVERLAY_COLOR
     )
-    out = np.clip(rgb, 0, 255).astype(np.uint8)
+    out = np.clip(np.rint(rgb), 0, 255).astype(np.uint8)
     contours, _ = cv2.findContours(
         foreground.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE
     )

@@ -11,7 +11,9 @@
 # Both models get the same number of epochs; TIME_BUDGET (minutes per model)
 # is a safety net that ends training after the last epoch that fits. Run the
 # same command again to continue an interrupted or budget-stopped run.
-# Results: $OUT/comparison.{md,csv,json,png} and each run's evaluation/.
+# Results: $OUT/comparison.{md,csv,json,png} and each run's evaluation/;
+# the last lines compare batch-statistics and inference-mode IoU (the
+# batch-norm trap).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export TF_CPP_MIN_LOG_LEVEL=${TF_CPP_MIN_LOG_LEVEL:-2}
@@ -42,3 +44,4 @@ echo "training wall time: UNet++ $(( (mid - start) / 60 )) min, U-Net $(( (end -
 keras-unetpp evaluate "$OUT/unetpp" --latency-runs 20
 keras-unetpp evaluate "$OUT/unet" --latency-runs 20
 python scripts/compare_runs.py "$OUT/unetpp" "$OUT/unet" --output "$OUT"
+python scripts/bn_gap.py "$OUT/unetpp" "$OUT/unet"

@@ -250,7 +250,8 @@ def train_run(
         },
     }
     output_dir = pathlib.Path(output_dir)
-    if (output_dir / RUN_CONFIG).is_file():
+    if (output_dir / RUN_CONFIG).is_file() and training.read_state(output_dir):
+        # Only a run with saved progress is bound to its settings.
         _check_resume(output_dir, config)
     if deep_supervision:
         names = [output_name(level) for level in range(1, depth + 1)]

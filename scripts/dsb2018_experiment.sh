@@ -41,7 +41,7 @@ keras-unetpp train "${COMMON[@]}" --output "$OUT/unet" --architecture unet
 end=$(date +%s)
 echo "training wall time: UNet++ $(( (mid - start) / 60 )) min, U-Net $(( (end - mid) / 60 )) min ($(nproc) CPU cores)"
 
-keras-unetpp evaluate "$OUT/unetpp" --latency-runs 20
-keras-unetpp evaluate "$OUT/unet" --latency-runs 20
+keras-unetpp evaluate "$OUT/unetpp" --latency-batch-size 8 --latency-runs 20
+keras-unetpp evaluate "$OUT/unet" --latency-batch-size 8 --latency-runs 20
 python scripts/compare_runs.py "$OUT/unetpp" "$OUT/unet" --output "$OUT"
 python scripts/bn_gap.py "$OUT/unetpp" "$OUT/unet"

@@ -72,3 +72,16 @@ def test_memory_and_ratio_records(quick_run):
     assert "accurate / L1 inference time, d1 DS, float32" in ratios
     machine = [r for r in records if r["record"] == "machine"]
     assert len(machine) == 1 and machine[0]["tensorflow_version"]
+
+
+def test_gpu_check_says_when_there_is_no_gpu():
+    import tensorflow as tf
+
+    if tf.config.list_physical_devices("GPU"):
+        pytest.skip("this machine has a GPU: run benchmarks/gpu_check.sh instead")
+    completed = subprocess.run(
+        [sys.executable, str(REPO / "benchmarks" / "gpu_check.py"), "--require-gpu"],
+        capture_output=True, text=True, timeout=120, check=False,
+    )
+    assert completed.returncode == 3
+    assert "No GPU found by TensorFlow: the GPU check was not run." in completed.stdout

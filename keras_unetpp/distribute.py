@@ -1,9 +1,9 @@
 """Training on several devices or machines with `tf.distribute`.
 
-This is the only TensorFlow-specific module of the training path: the model,
-losses and metrics use `keras.ops` only and run inside any strategy scope.
+The model, the losses and the metrics use `keras.ops` only and run inside
+any strategy scope; what is specific to `tf.distribute` lives here.
 TensorFlow is imported when a function here runs, never at import time, so
-that `import keras_unetpp` stays cheap under the JAX and PyTorch backends.
+that importing this module stays cheap under the JAX and PyTorch backends.
 
 Four strategies are supported, picked by name:
 
@@ -633,15 +633,25 @@ def is_chief(strategy=None):
     cluster has no chief; on a single machine it is always `True`.
 
     Args:
-        strategy: a `tf.distribute.Strategy`; `None` uses the current one.
-            Defaults to `None`.
+        strategy: a `tf.distribute.Strategy`; `None` uses the strategy of
+            the enclosing `strategy.scope()`, and outside any scope reads
+            the `TF_CONFIG` environment variable. Defaults to `None`.
 
     Returns:
         bool.
     """
     tf = _tf()
-    strategy = strategy or tf.distribute.get_strategy()
-    return bool(strategy.extended.should_checkpoint)
+    if strategy is None and tf.distribute.has_strategy():
+        strategy = tf.distribute.get_strategy()
+    if strategy is not None:
+        return bool(strategy.extended.should_checkpoint)
+    if not os.environ.get("TF_CONFIG"):
+        return True
+    config = validate_tf_config()
+    task_type, index = config["task"]["type"], config["task"]["index"]
+    if task_type == "chief":
+        return True
+    return task_type == "worker" and index == 0 and "chief" not in config["cluster"]
 
 
 def save_on_chief(model, filepath, strategy=None, save_fn=None):
@@ -657,8 +667,8 @@ def save_on_chief(model, filepath, strategy=None, save_fn=None):
         filepath: where the chief saves: a `.keras` file (whole model), a
             `.weights.h5` file (weights), or a directory for a TensorFlow
             SavedModel (`model.export`) when `save_fn` is `None`.
-        strategy: a `tf.distribute.Strategy`; `None` uses the current one.
-            Defaults to `None`.
+        strategy: a `tf.distribute.Strategy`; `None` decides as
+            `is_chief(None)` does. Defaults to `None`.
         save_fn: optional callable `save_fn(model, path)` that writes the
             model to `path` (e.g. a serving export). Defaults to `None`.
 

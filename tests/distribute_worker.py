@@ -5,8 +5,8 @@ Every worker trains the same tiny UNet++ on the same data (each step takes
 its share of one global batch), then writes its initial and final weights to
 `<out>/initial_<task index>.npz` and `<out>/weights_<task index>.npz` (so
 that the test can compare the workers, and replay the training on one
-device) and calls `save_on_chief` for a `.keras` checkpoint and a SavedModel
-export into `<out>/chief/`; only the chief may write there.
+device) and calls `save_on_chief` for a `.keras` checkpoint and a TF Serving
+export (`export_pruned`) into `<out>/chief/`; only the chief may write there.
 """
 
 import json
@@ -24,6 +24,7 @@ def worker_data():
 
 
 def main(out):
+    import keras_unetpp
     from keras_unetpp import distribute
 
     # The strategy comes first, before any other TensorFlow operation.
@@ -56,8 +57,15 @@ def main(out):
     np.savez(os.path.join(out, f"weights_{task['index']}.npz"), *weights)
     chief_dir = os.path.join(out, "chief")
     written = [
-        distribute.save_on_chief(model, os.path.join(chief_dir, name), strategy)
-        for name in ("unetpp.keras", "saved_model")
+        # Outside the scope and without `strategy`: the chief from TF_CONFIG.
+        distribute.save_on_chief(model, os.path.join(chief_dir, "unetpp.keras")),
+        # The TF Serving export of keras_unetpp.export, by the chief only.
+        distribute.save_on_chief(
+            model,
+            os.path.join(chief_dir, "export"),
+            strategy,
+            save_fn=lambda m, path: keras_unetpp.export_pruned(m, path),
+        ),
     ]
     probe = model.predict(images[:2], verbose=0)
     report = {

@@ -49,6 +49,27 @@ def test_default_strategy_has_one_replica_and_is_chief():
     assert distribute.is_chief(strategy)
 
 
+@pytest.mark.parametrize(
+    "cluster, task, chief",
+    [
+        (TWO_WORKERS, {"type": "worker", "index": 0}, True),
+        (TWO_WORKERS, {"type": "worker", "index": 1}, False),
+        ({"chief": ["c:1"], "worker": ["w:1"]}, {"type": "chief", "index": 0}, True),
+        ({"chief": ["c:1"], "worker": ["w:1"]}, {"type": "worker", "index": 0}, False),
+        (
+            {"worker": ["w:1"], "evaluator": ["e:1"]},
+            {"type": "evaluator", "index": 0},
+            False,
+        ),
+    ],
+)
+def test_is_chief_outside_a_scope_reads_tf_config(monkeypatch, cluster, task, chief):
+    monkeypatch.setenv("TF_CONFIG", json.dumps({"cluster": cluster, "task": task}))
+    assert distribute.is_chief() is chief
+    monkeypatch.delenv("TF_CONFIG")
+    assert distribute.is_chief() is True
+
+
 def test_unknown_strategy_name():
     with pytest.raises(ValueError, match=r"one of .*Received: name='horovod'"):
         distribute.get_strategy("horovod")
@@ -397,11 +418,11 @@ def test_only_the_chief_writes_checkpoint_and_export(multi_worker_run):
     assert chief["is_chief"] and not other["is_chief"]
     assert chief["written"] == [
         str(out / "chief" / "unetpp.keras"),
-        str(out / "chief" / "saved_model"),
+        str(out / "chief" / "export"),
     ]
     assert other["written"] == [None, None]
     assert sorted(p.name for p in (out / "chief").iterdir()) == [
-        "saved_model",
+        "export",
         "unetpp.keras",
     ]
     # The other worker wrote into its temporary folder and cleaned up.
@@ -410,6 +431,9 @@ def test_only_the_chief_writes_checkpoint_and_export(multi_worker_run):
     probe = np.load(out / "probe_0.npy")
     restored = keras.saving.load_model(out / "chief" / "unetpp.keras")
     np.testing.assert_allclose(restored.predict(images, verbose=0), probe, atol=1e-5)
-    reloaded = tf.saved_model.load(str(out / "chief" / "saved_model"))
-    served = reloaded.serve(images)
-    np.testing.assert_allclose(served.numpy(), probe, atol=1e-5)
+    # The TF Serving export: one level (depth 2), version 1.
+    version = out / "chief" / "export" / "unetpp_l2" / "1"
+    assert (version / "saved_model.pb").is_file()
+    reloaded = tf.saved_model.load(str(version))
+    served = reloaded.signatures["serving_default"](image=tf.constant(images))
+    np.testing.assert_allclose(served["probabilities"].numpy(), probe, atol=1e-5)

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+import keras_unetpp
 from keras_unetpp import DiceScore, IoUScore, build, distribute
 
 assert keras.backend.backend() == "tensorflow", "run with KERAS_BACKEND=tensorflow"
@@ -174,3 +175,13 @@ def test_fit_matches_single_device_and_keeps_replicas_equal(strategy):
         assert len(replicas) == 2
         np.testing.assert_array_equal(replicas[0], replicas[1])
     assert moved > len(initial) // 2
+    # Pruned and inference-mode models share the mirrored variables.
+    for make in (
+        lambda m: keras_unetpp.prune(m, 1),
+        lambda m: keras_unetpp.inference_model(m, "accurate"),
+    ):
+        np.testing.assert_allclose(
+            make(mirrored).predict(images, batch_size=4, verbose=0),
+            make(single).predict(images, batch_size=4, verbose=0),
+            atol=1e-4,  # the weights agree to 1e-5
+        )

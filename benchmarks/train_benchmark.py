@@ -55,6 +55,8 @@ LEVERS = {
     "xla": {"xla": True},
     "interop1": {"env": {"TF_NUM_INTEROP_THREADS": "1"}},
     "no_onednn": {"env": {"TF_ENABLE_ONEDNN_OPTS": "0"}},
+    # jemalloc instead of glibc's malloc (Debian: apt-get install libjemalloc2).
+    "jemalloc": {"env": {"LD_PRELOAD": "libjemalloc.so.2"}},
 }
 PEER_NAMES = {
     "keras_unetpp": "keras_unetpp",
@@ -85,27 +87,58 @@ def _config(impl, depth, ds, precision, args, **extra):
     return config
 
 
+def _peer_configs(depth, modes, args):
+    configs = []
+    for peer in args.peers:
+        for ds in modes:
+            # MONAI's deep supervision has no inference counterpart to time.
+            if peer == "kuc" or not ds:
+                configs.append((peer, ds))
+    return configs
+
+
 def plan(args):
-    """The groups of speed configurations and the memory configurations."""
+    """The groups of speed configurations and the memory configurations.
+
+    Per depth, keras_unetpp without and with deep supervision in each
+    precision side by side; at depth 4, the peers side by side with
+    keras_unetpp in float32.
+    """
     groups = []
-    for depth in args.depths:
-        for ds in args.modes:
-            group = [
-                _config("keras_unetpp", depth, ds, p, args) for p in args.precisions
-            ]
-            if depth == 4:
-                if "kuc" in args.peers:
-                    group.append(_config("kuc", depth, ds, "float32", args))
-                if "monai" in args.peers and not ds:
-                    group.append(_config("monai", depth, ds, "float32", args))
-            groups.append(group)
-    depth = max(args.depths)
-    for lever in args.levers:
-        base = _config("keras_unetpp", depth, False, "float32", args)
-        groups.append([base, _config("keras_unetpp", depth, False, "float32", args,
-                                     **LEVERS[lever])])
+    if args.only in (None, "speed"):
+        for depth in args.depths:
+            groups.append(
+                [
+                    _config("keras_unetpp", depth, ds, p, args)
+                    for ds, p in itertools.product(args.modes, args.precisions)
+                ]
+            )
+            peers = _peer_configs(depth, args.modes, args) if depth == 4 else []
+            if peers:
+                groups.append(
+                    [
+                        _config("keras_unetpp", depth, ds, "float32", args)
+                        for ds in args.modes
+                    ]
+                    + [
+                        _config(peer, depth, ds, "float32", args)
+                        for peer, ds in peers
+                    ]
+                )
+        if args.levers:
+            # The plain model and each variant side by side, in the same rounds.
+            depth = max(args.depths)
+            groups.append(
+                [_config("keras_unetpp", depth, False, "float32", args)]
+                + [
+                    _config(
+                        "keras_unetpp", depth, False, "float32", args, **LEVERS[lever]
+                    )
+                    for lever in args.levers
+                ]
+            )
     memory = []
-    if args.memory_size:
+    if args.memory_size and args.only in (None, "memory"):
         depth = max(args.depths)
         mem = dict(
             vars(args), size=args.memory_size, batch=args.memory_batch, ref_size=0
@@ -114,16 +147,15 @@ def plan(args):
         # --quick measures the memory of the first precision only.
         precisions = args.precisions[:1] if args.quick else args.precisions
         for ds, precision in itertools.product(args.modes, precisions):
+            if ds and precision != "float32":
+                continue  # as much saved as without deep supervision
             memory.append(
                 _config("keras_unetpp", depth, ds, precision, mem, infer=False)
             )
         if depth == 4:
-            for peer in args.peers:
-                for ds in args.modes:
-                    if peer == "kuc" or not ds:
-                        memory.append(
-                            _config(peer, depth, ds, "float32", mem, infer=False)
-                        )
+            for peer, ds in _peer_configs(depth, args.modes, args):
+                if not ds:
+                    memory.append(_config(peer, depth, ds, "float32", mem, infer=False))
     return groups, memory
 
 
@@ -381,6 +413,13 @@ def ratio_records(groups_results):
                                 _paired(base["infer"]["step_s"][mode], infer_steps),
                             )
             if ds:
+                base = by_name.get(f"keras_unetpp-d{depth}-nods-{config['precision']}")
+                if base:
+                    add(
+                        f"training time DS / no DS, d{depth}, {config['precision']}",
+                        _paired(steps, base["train"]["step_s"]),
+                        note="cost of the extra heads and their losses",
+                    )
                 infer = result["infer"]["step_s"]
                 add(
                     f"accurate / L{depth} inference time, {tag}, "
@@ -390,9 +429,11 @@ def ratio_records(groups_results):
                 )
             for other in ready:
                 oc = other["config"]
-                if oc["impl"] == "keras_unetpp" or oc["precision"] != config[
-                    "precision"
-                ]:
+                if (
+                    oc["impl"] == "keras_unetpp"
+                    or oc["precision"] != config["precision"]
+                    or oc["deep_supervision"] != ds
+                ):
                     continue
                 add(
                     f"training speed keras_unetpp / {_label(oc)}, {tag}, "
@@ -402,7 +443,7 @@ def ratio_records(groups_results):
                 )
         for result in ready:
             config = result["config"]
-            if _is_lever(config) and ready[0] is not result:
+            if _is_lever(config) and not _is_lever(ready[0]["config"]):
                 base = ready[0]
                 add(
                     f"lever speed-up ({_label(config)}) / plain, "
@@ -542,6 +583,8 @@ def build_parser():
                         help="interpreter that has the peers installed")
     parser.add_argument("--python", default=sys.executable,
                         help="interpreter that has keras_unetpp installed")
+    parser.add_argument("--only", choices=["speed", "memory"],
+                        help="run only the speed or only the memory part")
     parser.add_argument("--levers", nargs="*", default=[], choices=sorted(LEVERS),
                         help="also time these variants beside the plain "
                         "float32 model: XLA, one inter-op thread, no oneDNN")

@@ -165,10 +165,10 @@ def test_fit_lowers_the_loss_and_weights_reload_for_tensorflow(tmp_path):
     )
     images, masks = _squares(8, seed=5)
     targets = {name: masks for name in heads}
-    before = model.evaluate(images, targets, batch_size=4, verbose=0, return_dict=True)
-    model.fit(images, targets, batch_size=4, epochs=4, verbose=0)
-    after = model.evaluate(images, targets, batch_size=4, verbose=0, return_dict=True)
-    assert after["loss"] < before["loss"]
+    # The training loss (batch statistics, as in training) goes down.
+    history = model.fit(images, targets, batch_size=4, epochs=4, verbose=0).history
+    assert history["loss"][-1] < 0.9 * history["loss"][0], history["loss"]
+    assert 0.0 <= history["output_l2_iou"][-1] <= 1.0
 
     folder = pathlib.Path(os.environ.get("KERAS_UNETPP_ARTIFACTS", tmp_path))
     folder.mkdir(parents=True, exist_ok=True)

@@ -1,5 +1,7 @@
 #!/usr/bin/env bash
-# Sets up a virtual environment (if needed) and runs the whole test suite.
+# Sets up a virtual environment (if needed) and runs the whole test suite:
+# ruff, every test under the TensorFlow backend, then the backend-agnostic core
+# tests (model, pruning, losses, metrics, serialization) under JAX and PyTorch.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 if [ ! -x .venv/bin/python ]; then
@@ -8,5 +10,14 @@ fi
 . .venv/bin/activate
 pip install --quiet --upgrade pip
 pip install --quiet -e ".[test]"
+export TF_CPP_MIN_LOG_LEVEL=2
 ruff check keras_unetpp tests export benchmarks
 python -m pytest -q "$@"
+CORE_TESTS="tests/test_model.py tests/test_pruning.py tests/test_losses.py tests/test_metrics.py tests/test_serialization.py tests/test_api.py"
+for backend in jax torch; do
+  echo "== core tests under KERAS_BACKEND=$backend"
+  # JAX on CPU: cheaper XLA compilation of the many tiny test programs.
+  KERAS_BACKEND=$backend JAX_PLATFORMS=cpu \
+    XLA_FLAGS="--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true" \
+    python -m pytest -q -p no:cacheprovider $CORE_TESTS
+done

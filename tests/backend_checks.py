@@ -21,6 +21,7 @@ import pathlib
 import keras
 import numpy as np
 import pytest
+from gradients import value_and_gradient
 from keras import ops
 
 import keras_unetpp
@@ -30,29 +31,6 @@ BACKEND = keras.backend.backend()
 CONFIG = dict(
     depth=2, input_shape=(32, 32, 1), filters=(4, 8, 16), deep_supervision=True
 )
-
-
-def value_and_gradient(fn, x):
-    """`fn(x)` and d sum(fn(x)) / dx as NumPy arrays, on any backend."""
-    if BACKEND == "jax":
-        import jax
-
-        value, grad = jax.value_and_grad(lambda v: ops.sum(fn(v)))(ops.array(x))
-    elif BACKEND == "torch":
-        import torch
-
-        variable = torch.tensor(x, requires_grad=True)
-        value = ops.sum(fn(variable))
-        value.backward()
-        grad = variable.grad
-    else:
-        import tensorflow as tf
-
-        variable = tf.Variable(x)
-        with tf.GradientTape() as tape:
-            value = ops.sum(fn(variable))
-        grad = tape.gradient(value, variable)
-    return float(ops.convert_to_numpy(value)), ops.convert_to_numpy(grad)
 
 
 def _squares(n, seed):

@@ -9,11 +9,11 @@ answers `{"ready": ...}`. Then it reads one JSON command per line and answers
 each with one JSON line, prefixed with `@@ ` so that library logs on stdout
 cannot be mistaken for answers:
 
-- `{"cmd": "train", "steps": n}`: one reference matmul, then n timed
-  training steps; answers the seconds of each (wall clock, and CPU time of
-  all the process' threads) and of the matmul.
-- `{"cmd": "infer", "order": [modes]}`: one reference matmul, then one timed
-  forward pass of each inference mode, in the given order.
+- `{"cmd": "train", "steps": n}`: n timed training steps between two
+  reference matmuls; answers the seconds of each step (wall clock, and CPU
+  time of all the process' threads) and the mean seconds of the matmuls.
+- `{"cmd": "infer", "order": [modes]}`: one timed forward pass of each
+  inference mode, in the given order, between two reference matmuls.
 - `{"cmd": "memory", "steps": n}`: resets the allocator statistics, runs n
   training steps, answers the allocator peak and the process' peak RSS.
 - `{"cmd": "quit"}`: answers the peak RSS and exits.
@@ -97,19 +97,21 @@ def serve(config):
         command = json.loads(line)
         cmd = command["cmd"]
         if cmd == "train":
-            ref = _timed(runner.reference)
+            before = _timed(runner.reference)
             steps = [_timed_cpu(runner.train_step) for _ in range(command["steps"])]
+            after = _timed(runner.reference)
             _answer(
                 {
-                    "ref_s": ref,
+                    "ref_s": (before + after) / 2,
                     "step_s": [wall for wall, _ in steps],
                     "step_cpu_s": [cpu for _, cpu in steps],
                 }
             )
         elif cmd == "infer":
-            ref = _timed(runner.reference)
+            before = _timed(runner.reference)
             times = {m: _timed(runner.infer_modes[m][0]) for m in command["order"]}
-            _answer({"ref_s": ref, "step_s": times})
+            after = _timed(runner.reference)
+            _answer({"ref_s": (before + after) / 2, "step_s": times})
         elif cmd == "memory":
             runner.reset_memory()
             steps = [_timed(runner.train_step) for _ in range(command["steps"])]

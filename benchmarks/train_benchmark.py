@@ -57,6 +57,13 @@ LEVERS = {
     "no_onednn": {"env": {"TF_ENABLE_ONEDNN_OPTS": "0"}},
     # jemalloc instead of glibc's malloc (Debian: apt-get install libjemalloc2).
     "jemalloc": {"env": {"LD_PRELOAD": "libjemalloc.so.2"}},
+    # TensorFlow's best-fit-with-coalescing pool for CPU tensors.
+    "bfc": {"env": {"TF_CPU_ALLOCATOR_USE_BFC": "true"}},
+    # The paper's configuration: no normalization, convolutions with biases.
+    "no_norm": {"build_kwargs": {"normalization": "none"}},
+    # More work per step: compare their % of peak, not their step times.
+    "batch16": {"batch": 16},
+    "size256": {"size": 256},
 }
 PEER_NAMES = {
     "keras_unetpp": "keras_unetpp",
@@ -77,10 +84,10 @@ def _config(impl, depth, ds, precision, args, **extra):
         "ref_size": args.ref_size,
     }
     config.update(extra)
-    suffix = "".join(
-        f"-{k}={v}" if k != "env" else "-" + "-".join(f"{a}={b}" for a, b in v.items())
-        for k, v in sorted(extra.items())
-    )
+    if "lever" in extra:
+        suffix = f"-{extra['lever']}"
+    else:
+        suffix = "".join(f"-{k}={v}" for k, v in sorted(extra.items()))
     config["name"] = (
         f"{impl}-d{depth}-{'ds' if ds else 'nods'}-{precision}{suffix}"
     )
@@ -132,7 +139,8 @@ def plan(args):
                 [_config("keras_unetpp", depth, False, "float32", args)]
                 + [
                     _config(
-                        "keras_unetpp", depth, False, "float32", args, **LEVERS[lever]
+                        "keras_unetpp", depth, False, "float32", args,
+                        lever=lever, **LEVERS[lever],
                     )
                     for lever in args.levers
                 ]
@@ -268,10 +276,8 @@ def run_memory(config, args, log):
 
 def _label(config):
     label = PEER_NAMES[config["impl"]]
-    if config.get("xla"):
-        label += " +XLA"
-    for key, value in config.get("env", {}).items():
-        label += f" {key}={value}"
+    if "lever" in config:
+        label += f" +{config['lever']}"
     return label
 
 
@@ -286,6 +292,7 @@ def _base_record(config):
         "batch": config["batch"],
         "xla": bool(config.get("xla", False)),
         "env": config.get("env", {}),
+        "lever": config.get("lever"),
     }
 
 
@@ -367,7 +374,7 @@ def memory_records(results):
 
 
 def _is_lever(config):
-    return bool(config.get("xla") or config.get("env"))
+    return "lever" in config
 
 
 def _paired(a, b):
@@ -445,6 +452,8 @@ def ratio_records(groups_results):
             config = result["config"]
             if _is_lever(config) and not _is_lever(ready[0]["config"]):
                 base = ready[0]
+                if config["lever"] in ("batch16", "size256"):
+                    continue  # different work per step: see their % of peak
                 add(
                     f"lever speed-up ({_label(config)}) / plain, "
                     f"d{config['depth']} float32, training",
@@ -587,7 +596,9 @@ def build_parser():
                         help="run only the speed or only the memory part")
     parser.add_argument("--levers", nargs="*", default=[], choices=sorted(LEVERS),
                         help="also time these variants beside the plain "
-                        "float32 model: XLA, one inter-op thread, no oneDNN")
+                        "float32 model: XLA, one inter-op thread, no oneDNN, "
+                        "jemalloc, TensorFlow's BFC allocator, no normalization, "
+                        "batch 16, 256x256 images")
     parser.add_argument("--memory-size", type=int, default=256,
                         help="image size of the memory runs (0: none)")
     parser.add_argument("--memory-batch", type=int, default=8)

@@ -646,13 +646,14 @@ def main(argv=None):
         f"{machine.get('CPU(s)', os.cpu_count())} CPUs ({machine.get('simd', '')}); "
         + ", ".join(f"{k} {v}" for k, v in machine.items() if k.endswith("version"))
     )
-    print(
-        f"\nSpeed: {args.size}x{args.size}x1 images, batch {args.batch}, medians "
-        f"of {args.steps} steps after {args.warmup} warm-up; a training step "
-        "counts 3x the forward FLOPs; % peak = achieved / float32 "
-        f"{args.ref_size}^2 matmul in the same process and round.\n"
-    )
-    print(speed_table(speed))
+    if speed:
+        print(
+            f"\nSpeed: {args.size}x{args.size}x1 images, batch {args.batch}, "
+            f"medians of {args.steps} steps after {args.warmup} warm-up; a "
+            "training step counts 3x the forward FLOPs; % peak = achieved / "
+            f"float32 {args.ref_size}^2 matmul in the same process and round.\n"
+        )
+        print(speed_table(speed))
     if mem:
         print(f"\nMemory: one training step, {args.memory_size}x{args.memory_size}"
               f"x1, batch {args.memory_batch}, each configuration alone in a "

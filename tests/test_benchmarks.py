@@ -75,13 +75,13 @@ def test_memory_and_ratio_records(quick_run):
 
 
 def test_gpu_check_says_when_there_is_no_gpu():
-    import tensorflow as tf
-
-    if tf.config.list_physical_devices("GPU"):
-        pytest.skip("this machine has a GPU: run benchmarks/gpu_check.sh instead")
     completed = subprocess.run(
-        [sys.executable, str(REPO / "benchmarks" / "gpu_check.py"), "--require-gpu"],
+        [sys.executable, str(REPO / "benchmarks" / "gpu_check.py"), "--require-gpu",
+         "--skip-speed"],
         capture_output=True, text=True, timeout=120, check=False,
     )
-    assert completed.returncode == 3
+    if completed.returncode != 3:
+        # A machine with a GPU: the check ran there and said how it went.
+        assert "GPU check passed on GPU." in completed.stdout, completed.stderr[-2000:]
+        return
     assert "No GPU found by TensorFlow: the GPU check was not run." in completed.stdout

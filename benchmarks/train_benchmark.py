@@ -114,12 +114,12 @@ def plan(args):
     groups = []
     if args.only in (None, "speed"):
         for depth in args.depths:
-            groups.append(
-                [
-                    _config("keras_unetpp", depth, ds, p, args)
-                    for ds, p in itertools.product(args.modes, args.precisions)
-                ]
-            )
+            group = [
+                _config("keras_unetpp", depth, ds, p, args)
+                for ds, p in itertools.product(args.modes, args.precisions)
+            ]
+            if group:
+                groups.append(group)
             peers = _peer_configs(depth, args.modes, args) if depth == 4 else []
             if peers:
                 groups.append(

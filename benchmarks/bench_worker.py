@@ -12,8 +12,8 @@ cannot be mistaken for answers:
 - `{"cmd": "train", "steps": n}`: n timed training steps between two
   reference matmuls; answers the seconds of each step (wall clock, and CPU
   time of all the process' threads) and the mean seconds of the matmuls.
-- `{"cmd": "infer", "order": [modes]}`: one timed forward pass of each
-  inference mode, in the given order, between two reference matmuls.
+- `{"cmd": "infer", "order": [modes]}`: one reference matmul, then one
+  timed forward pass of each inference mode, in the given order.
 - `{"cmd": "memory", "steps": n}`: resets the allocator statistics, runs n
   training steps, answers the allocator peak and the process' peak RSS.
 - `{"cmd": "quit"}`: answers the peak RSS and exits.
@@ -108,10 +108,9 @@ def serve(config):
                 }
             )
         elif cmd == "infer":
-            before = _timed(runner.reference)
+            ref = _timed(runner.reference)
             times = {m: _timed(runner.infer_modes[m][0]) for m in command["order"]}
-            after = _timed(runner.reference)
-            _answer({"ref_s": (before + after) / 2, "step_s": times})
+            _answer({"ref_s": ref, "step_s": times})
         elif cmd == "memory":
             runner.reset_memory()
             steps = [_timed(runner.train_step) for _ in range(command["steps"])]

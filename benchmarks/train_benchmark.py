@@ -114,9 +114,15 @@ def plan(args):
     groups = []
     if args.only in (None, "speed"):
         for depth in args.depths:
+            # Below the deepest depth, deep supervision adds little that the
+            # pruned heads of the deepest model do not show: skipped unless
+            # it is the only mode asked for.
+            modes = args.modes
+            if depth != max(args.depths) and len(modes) > 1:
+                modes = [ds for ds in modes if not ds]
             group = [
                 _config("keras_unetpp", depth, ds, p, args)
-                for ds, p in itertools.product(args.modes, args.precisions)
+                for ds, p in itertools.product(modes, args.precisions)
             ]
             if group:
                 groups.append(group)
@@ -249,6 +255,17 @@ def run_group(group, args, log):
             record["ref_s"].append(answer["ref_s"])
             for mode, seconds in answer["step_s"].items():
                 record["step_s"].setdefault(mode, []).append(seconds)
+    # The peak is TensorFlow's float32 matmul for every configuration: a
+    # PyTorch worker is compared with the matmul of the group's first
+    # TensorFlow worker in the same rounds (PyTorch's own CPU matmul may be
+    # slower, which would flatter its percentages).
+    tf_workers = [w for w in alive if w.config["impl"] != "monai"]
+    for worker in alive:
+        if worker.config["impl"] == "monai" and tf_workers:
+            reference = tf_workers[0]
+            train[id(worker)]["ref_s"] = train[id(reference)]["ref_s"]
+            infer[id(worker)]["ref_s"] = infer[id(reference)]["ref_s"]
+            worker.info["ref_flops"] = reference.info["ref_flops"]
     results = []
     for worker in workers:
         closing = worker.close()

@@ -144,6 +144,28 @@ class KerasRunner:
         call()
         return call, 2 * n**3
 
+    def peaks(self, repeats=3):
+        """Best GFLOP/s of a float32 and a bfloat16 reference-size matmul."""
+        import time
+
+        tf = self.tf
+        n = self._ref[1] and round((self._ref[1] / 2) ** (1 / 3))
+        if not n:
+            return {}
+        result = {}
+        for dtype in ("float32", "bfloat16"):
+            a = tf.cast(tf.random.normal((n, n), seed=1), dtype)
+            b = tf.cast(tf.random.normal((n, n), seed=2), dtype)
+            call = tf.function(lambda a=a, b=b: tf.reduce_sum(tf.matmul(a, b)[:1, :1]))
+            float(call())
+            best = float("inf")
+            for _ in range(repeats):
+                start = time.perf_counter()
+                float(call())
+                best = min(best, time.perf_counter() - start)
+            result[f"{dtype}_matmul_gflops"] = 2 * n**3 / best / 1e9
+        return result
+
     def train_step(self):
         self.model.train_on_batch(self.x, self.y)
 

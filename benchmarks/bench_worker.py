@@ -91,6 +91,7 @@ def serve(config):
             "rss_import_bytes": rss_before,
             "rss_built_bytes": rss_built,
             "versions": _versions(),
+            "peaks": runner.peaks() if hasattr(runner, "peaks") else {},
         }
     )
     for line in sys.stdin:

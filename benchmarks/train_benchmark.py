@@ -579,8 +579,13 @@ def machine_record(results):
                 f for f in flags if f in ("avx2", "avx512f", "avx512_bf16", "amx_bf16")
             )
     record["cpu_count"] = os.cpu_count()
+    peaks = {}
     for result in results:
         record.update(result["info"].get("versions", {}))
+        for key, value in result["info"].get("peaks", {}).items():
+            peaks.setdefault(key, []).append(value)
+    # The best of each worker's start-up measurement, median over workers.
+    record.update({key: _median(values) for key, values in peaks.items()})
     return record
 
 
@@ -663,6 +668,12 @@ def main(argv=None):
         f"{machine.get('CPU(s)', os.cpu_count())} CPUs ({machine.get('simd', '')}); "
         + ", ".join(f"{k} {v}" for k, v in machine.items() if k.endswith("version"))
     )
+    if "float32_matmul_gflops" in machine:
+        print(
+            f"Matmul peaks ({args.ref_size}^2): float32 "
+            f"{machine['float32_matmul_gflops']:.0f} GFLOP/s, bfloat16 "
+            f"{machine['bfloat16_matmul_gflops']:.0f} GFLOP/s"
+        )
     if speed:
         print(
             f"\nSpeed: {args.size}x{args.size}x1 images, batch {args.batch}, "

@@ -52,8 +52,7 @@ def measure_latency(model, image_shape, batch_size=1, runs=10, warmup=2):
     random batch; the first `warmup` calls (tracing, memory allocation) are
     not timed, then `runs` calls are, and the shortest call time is divided
     by the batch size. The shortest time is the one least disturbed by
-    other processes on the machine, so levels compare fairly on a busy
-    computer.
+    other processes on the machine.
 
     Args:
         model: a single-output `keras.Model`.
@@ -66,18 +65,39 @@ def measure_latency(model, image_shape, batch_size=1, runs=10, warmup=2):
     Returns:
         float, milliseconds per image.
     """
+    return measure_latencies([model], image_shape, batch_size, runs, warmup)[0]
+
+
+def measure_latencies(models, image_shape, batch_size=1, runs=10, warmup=2):
+    """`measure_latency` of several models, timed in turn, round by round.
+
+    Each round times one call of every model, so a busy spell of the machine
+    slows all of them alike instead of one, and the models compare fairly.
+
+    Args:
+        models: list of single-output `keras.Model`s.
+        image_shape: `(height, width, channels)` of one image.
+        batch_size: int, images per call. Defaults to `1`.
+        runs: int, rounds of timed calls. Defaults to `10`.
+        warmup: int, untimed calls of each model first. Defaults to `2`.
+
+    Returns:
+        list of floats, milliseconds per image, in the order of `models`.
+    """
     batch_size = _positive_int(batch_size, "batch_size")
     runs = _positive_int(runs, "runs")
     images = tf.random.stateless_uniform((batch_size, *image_shape), seed=(0, 0))
-    forward = tf.function(lambda x: model(x, training=False))
-    for _ in range(warmup):
-        forward(images).numpy()
-    times = []
+    forwards = [tf.function(model) for model in models]
+    for forward in forwards:
+        for _ in range(warmup):
+            forward(images, training=False).numpy()
+    best = [float("inf")] * len(models)
     for _ in range(runs):
-        start = time.perf_counter()
-        forward(images).numpy()
-        times.append(time.perf_counter() - start)
-    return 1000.0 * min(times) / batch_size
+        for k, forward in enumerate(forwards):
+            start = time.perf_counter()
+            forward(images, training=False).numpy()
+            best[k] = min(best[k], time.perf_counter() - start)
+    return [1000.0 * t / batch_size for t in best]
 
 
 def _num_classes(model):
@@ -107,7 +127,8 @@ def evaluate_levels(
     `prune(model, L)` (the pruned model is that sub-graph with the same
     weights), and the accurate mode is the mean of the heads, as in
     `inference_model(model, "accurate")`. Parameters, FLOPs and latency are
-    those of the pruned (or accurate-mode) model itself.
+    those of the pruned (or accurate-mode) model itself; the latencies are
+    measured round by round over all levels (`measure_latencies`).
 
     Args:
         model: a model from `keras_unetpp.build` or `build_unet`, with
@@ -163,15 +184,21 @@ def evaluate_levels(
     if count == 0:
         raise ValueError("The evaluation dataset is empty. Received: 0 images")
     channels = int(model.inputs[0].shape[-1])
-    rows = []
+    subs, labels = [], []
     for key in keys:
         if key == "accurate":
-            sub = inference_model(model, "accurate")
-            label = "accurate"
+            subs.append(inference_model(model, "accurate"))
+            labels.append("accurate")
         else:
             level = int(key[len("output_l"):])
-            sub = prune(model, level)
-            label = f"L{level}"
+            subs.append(prune(model, level))
+            labels.append(f"L{level}")
+    latencies = measure_latencies(
+        subs, (height, width, channels), batch_size=latency_batch_size,
+        runs=latency_runs,
+    )
+    rows = []
+    for key, sub, label, ms in zip(keys, subs, labels, latencies):
         iou, dice, iou_per_image = (float(m.result()) for m in scores[key])
         rows.append(
             {
@@ -182,12 +209,7 @@ def evaluate_levels(
                 "iou_per_image": iou_per_image,
                 "params": int(sub.count_params()),
                 "flops": count_flops(sub, height, width),
-                "ms_per_image": measure_latency(
-                    sub,
-                    (height, width, channels),
-                    batch_size=latency_batch_size,
-                    runs=latency_runs,
-                ),
+                "ms_per_image": ms,
                 "images": count,
             }
         )

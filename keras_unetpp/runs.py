@@ -24,7 +24,12 @@ import pathlib
 import keras
 
 from keras_unetpp import data, evaluation, prediction, training
-from keras_unetpp.distribute import get_strategy
+from keras_unetpp.distribute import (
+    check_global_batch,
+    get_strategy,
+    is_chief,
+    prepare_for_strategy,
+)
 from keras_unetpp.export import export_pruned
 from keras_unetpp.model import build, build_unet, output_name
 from keras_unetpp.pruning import head_levels, inference_model, model_depth, prune
@@ -267,6 +272,8 @@ def train_run(
         seed=seed,
         depth=depth,
     )
+    distribution = get_strategy(strategy)
+    check_global_batch(batch_size, distribution)
     train_ds, train_count = source_dataset(
         source,
         "train",
@@ -275,7 +282,9 @@ def train_run(
         **processing,
     )
     val_ds, val_count = source_dataset(source, "val", **processing)
-    distribution = get_strategy(strategy)
+    # In a multi-worker job only the chief writes the run folder; the other
+    # workers keep their own checkpoints and logs in a scratch subfolder.
+    run_dir = _worker_dir(output_dir, distribution)
     keras.utils.set_random_seed(seed)
     with _dtype_policy(precision), distribution.scope():
         model_kwargs = dict(
@@ -289,10 +298,11 @@ def train_run(
             model = build_unet(**model_kwargs)
         else:
             model = build(deep_supervision=deep_supervision, **model_kwargs)
-        output_dir.mkdir(parents=True, exist_ok=True)
+        prepare_for_strategy(model, distribution)
+        run_dir.mkdir(parents=True, exist_ok=True)
         config["data"]["train_images"] = train_count
         config["data"]["val_images"] = val_count
-        with open(output_dir / RUN_CONFIG, "w") as f:
+        with open(run_dir / RUN_CONFIG, "w") as f:
             json.dump(config, f, indent=2)
             f.write("\n")
         if verbose:
@@ -305,7 +315,7 @@ def train_run(
             model,
             train_ds,
             val_ds,
-            output_dir,
+            run_dir,
             epochs=epochs,
             steps_per_epoch=steps_per_epoch,
             learning_rate=learning_rate,
@@ -319,6 +329,14 @@ def train_run(
         )
     result["run_dir"] = output_dir
     return result
+
+
+def _worker_dir(output_dir, distribution):
+    """The run folder of this process: `output_dir` for the chief."""
+    if is_chief(distribution):
+        return output_dir
+    resolver = distribution.cluster_resolver
+    return output_dir / ".workers" / f"{resolver.task_type}_{resolver.task_id}"
 
 
 def load_run_model(run_dir, model="best"):

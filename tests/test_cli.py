@@ -216,3 +216,15 @@ def test_predict_reports_missing_model_and_empty_folders(capsys, tmp_path):
     assert "No saved model" in line
     line = _error(capsys, ["evaluate", str(run), "--model", "nope.keras"])
     assert "Received: model='nope.keras'" in line
+
+
+@pytest.mark.slow
+def test_train_under_mirrored_strategy(synthetic_dir, tmp_path):
+    run = tmp_path / "mirrored"
+    _run(["train", "--data", str(synthetic_dir), "--output", str(run),
+          "--epochs", "1", "--strategy", "mirrored", *TINY])
+    assert json.loads((run / "run.json").read_text())["training"]["strategy"] == (
+        "mirrored")
+    model = keras.saving.load_model(run / "last.keras", compile=False)
+    assert model.get_layer("x_0_1_bn1").synchronized is False  # one replica here
+    assert not (run / ".workers").exists()  # the only process is the chief

@@ -3,7 +3,8 @@
 The public API is declared here and only here. The model, the losses and the
 metrics use `keras` and `keras.ops` only and are imported eagerly; they run on
 every Keras backend. The TensorFlow-specific parts (`tf.data` pipelines,
-SavedModel export, `tf.distribute`) are imported on first use, so that
+SavedModel export, `tf.distribute`, the training and evaluation jobs) are
+imported on first use, so that
 `import keras_unetpp` under the JAX or PyTorch backend does not load them.
 """
 
@@ -47,6 +48,13 @@ _LAZY = {
     "split_pairs": "keras_unetpp.data",
     "tfds_dataset": "keras_unetpp.data",
     "export_pruned": "keras_unetpp.export",
+    "train": "keras_unetpp.training",
+    "compile_model": "keras_unetpp.training",
+    "batch_norm_gap": "keras_unetpp.training",
+    "evaluate_levels": "keras_unetpp.evaluation",
+    "plot_tradeoff": "keras_unetpp.evaluation",
+    "predict_folder": "keras_unetpp.prediction",
+    "write_synthetic_dataset": "keras_unetpp.synthetic",
     "load_metadata": "keras_unetpp.export",
 }
 
@@ -59,6 +67,7 @@ __all__ = [
     "SamplePair",
     "__version__",
     "batch_for_strategy",
+    "batch_norm_gap",
     "bce_dice",
     "build",
     "build_in_scope",
@@ -66,10 +75,12 @@ __all__ = [
     "categorical_ce_dice",
     "check_global_batch",
     "check_pairs",
+    "compile_model",
     "count_flops",
     "data",
     "distribute",
     "dsb2018_pairs",
+    "evaluate_levels",
     "export",
     "export_pruned",
     "folder_pairs",
@@ -84,6 +95,8 @@ __all__ = [
     "node_name",
     "output_name",
     "pad_to_multiple",
+    "plot_tradeoff",
+    "predict_folder",
     "predict_padded",
     "prepare_for_strategy",
     "prepare_tfds_folder",
@@ -92,7 +105,9 @@ __all__ = [
     "soft_dice",
     "split_pairs",
     "tfds_dataset",
+    "train",
     "validate_tf_config",
+    "write_synthetic_dataset",
 ]
 
 

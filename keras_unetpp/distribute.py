@@ -31,6 +31,7 @@ from keras_unetpp.losses import BCEDiceLoss, CategoricalCEDiceLoss
 from keras_unetpp.metrics import IoUScore
 from keras_unetpp.model import build, output_name
 from keras_unetpp.pruning import head_levels
+from keras_unetpp.validation import check_int
 
 STRATEGIES = ("default", "mirrored", "multi_worker", "tpu")
 
@@ -342,14 +343,7 @@ def check_global_batch(batch_size, strategy=None, drop_remainder=False):
     """
     tf = _tf()
     strategy = strategy or tf.distribute.get_strategy()
-    if (
-        isinstance(batch_size, bool)
-        or not isinstance(batch_size, numbers.Integral)
-        or (batch_size < 1)
-    ):
-        raise ValueError(
-            f"`batch_size` must be a positive int. Received: batch_size={batch_size!r}"
-        )
+    check_int(batch_size, "batch_size")
     if not isinstance(drop_remainder, bool):
         raise ValueError(
             "`drop_remainder` must be a bool. "

@@ -13,7 +13,6 @@ against latency like the paper's figure, and `format_table()` prints them.
 
 import csv
 import json
-import numbers
 import pathlib
 import time
 
@@ -23,6 +22,7 @@ from keras_unetpp.flops import count_flops
 from keras_unetpp.metrics import DiceScore, IoUScore
 from keras_unetpp.model import output_name
 from keras_unetpp.pruning import head_levels, inference_model, prune
+from keras_unetpp.validation import check_int
 
 COLUMNS = (
     "model",
@@ -35,14 +35,6 @@ COLUMNS = (
     "ms_per_image",
     "images",
 )
-
-
-def _positive_int(value, arg):
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or (
-        value < 1
-    ):
-        raise ValueError(f"`{arg}` must be a positive int. Received: {arg}={value!r}")
-    return int(value)
 
 
 def measure_latency(model, image_shape, batch_size=1, runs=10, warmup=2):
@@ -84,8 +76,8 @@ def measure_latencies(models, image_shape, batch_size=1, runs=10, warmup=2):
     Returns:
         list of floats, milliseconds per image, in the order of `models`.
     """
-    batch_size = _positive_int(batch_size, "batch_size")
-    runs = _positive_int(runs, "runs")
+    batch_size = check_int(batch_size, "batch_size")
+    runs = check_int(runs, "runs")
     images = tf.random.stateless_uniform((batch_size, *image_shape), seed=(0, 0))
     forwards = [tf.function(model) for model in models]
     for forward in forwards:

@@ -18,7 +18,6 @@ side of `keras-unetpp train|evaluate|predict|export`.
 
 import contextlib
 import json
-import numbers
 import pathlib
 
 import keras
@@ -34,6 +33,7 @@ from keras_unetpp.export import export_pruned
 from keras_unetpp.model import build, build_unet, output_name
 from keras_unetpp.pruning import head_levels, inference_model, model_depth, prune
 from keras_unetpp.sources import source_dataset
+from keras_unetpp.validation import check_int
 from keras_unetpp.version import __version__
 
 RUN_CONFIG = "run.json"
@@ -81,14 +81,6 @@ def _image_size(image_size, depth):
             f"depth={depth}. Received: image_size={image_size!r}"
         )
     return [height, width]
-
-
-def _positive(value, arg):
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or (
-        value < 1
-    ):
-        raise ValueError(f"`{arg}` must be a positive int. Received: {arg}={value!r}")
-    return int(value)
 
 
 def _check_resume(run_dir, config):
@@ -219,7 +211,7 @@ def train_run(
             "option. Received: architecture='unet', deep_supervision=True"
         )
     image_size = _image_size(image_size, depth)
-    batch_size = _positive(batch_size, "batch_size")
+    batch_size = check_int(batch_size, "batch_size")
     config = {
         "keras_unetpp": __version__,
         "data": {

@@ -34,6 +34,7 @@ from keras_unetpp.losses import BCEDiceLoss, CategoricalCEDiceLoss
 from keras_unetpp.metrics import DiceScore, IoUScore
 from keras_unetpp.model import output_name
 from keras_unetpp.pruning import head_levels, model_depth
+from keras_unetpp.validation import check_int
 
 MONITORS = ("iou", "dice")
 LR_SCHEDULES = ("constant", "cosine")
@@ -309,14 +310,7 @@ class TimeBudget(keras.callbacks.Callback):
 
 def _steps(dataset, steps_per_epoch):
     if steps_per_epoch is not None:
-        if isinstance(steps_per_epoch, bool) or not isinstance(
-            steps_per_epoch, numbers.Integral
-        ) or steps_per_epoch < 1:
-            raise ValueError(
-                "`steps_per_epoch` must be a positive int. "
-                f"Received: steps_per_epoch={steps_per_epoch!r}"
-            )
-        return int(steps_per_epoch)
+        return check_int(steps_per_epoch, "steps_per_epoch")
     cardinality = int(dataset.cardinality())
     if cardinality < 1:
         raise ValueError(
@@ -424,21 +418,9 @@ def train(
                                 epochs=30, save_every=50)
     ```
     """
-    if isinstance(epochs, bool) or not isinstance(epochs, numbers.Integral) or (
-        epochs < 1
-    ):
-        raise ValueError(
-            f"`epochs` must be a positive int. Received: epochs={epochs!r}"
-        )
-    if save_every is not None and (
-        isinstance(save_every, bool)
-        or not isinstance(save_every, numbers.Integral)
-        or save_every < 1
-    ):
-        raise ValueError(
-            "`save_every` must be a positive int or None. "
-            f"Received: save_every={save_every!r}"
-        )
+    check_int(epochs, "epochs")
+    if save_every is not None:
+        check_int(save_every, "save_every")
     steps = _steps(train_data, steps_per_epoch)
     if tensorboard and importlib.util.find_spec("tensorboard") is None:
         raise ValueError(

@@ -9,6 +9,7 @@ import tensorflow as tf
 from keras_unetpp.data import augment, decode, processing
 from keras_unetpp.data.augment import Augmentation
 from keras_unetpp.data.pairs import SamplePair
+from keras_unetpp.validation import check_bool, check_int
 
 AUTOTUNE = tf.data.AUTOTUNE
 
@@ -19,21 +20,6 @@ Settings = collections.namedtuple(
      "resize_mode", "cache", "shuffle_buffer", "seed", "drop_remainder",
      "deterministic", "decode"],
 )
-
-
-def _int(value, arg, low, high=None):
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or (
-        value < low or (high is not None and value > high)
-    ):
-        bounds = f">= {low}" if high is None else f"in [{low}, {high}]"
-        raise ValueError(f"`{arg}` must be an int {bounds}. Received: {arg}={value!r}")
-    return int(value)
-
-
-def _bool(value, arg):
-    if not isinstance(value, bool):
-        raise ValueError(f"`{arg}` must be a bool. Received: {arg}={value!r}")
-    return value
 
 
 def processing_settings(
@@ -57,7 +43,7 @@ def processing_settings(
     depth=4,
 ):
     """Checks the processing arguments (see `make_dataset`) into `Settings`."""
-    depth = _int(depth, "depth", 0, 6)
+    depth = check_int(depth, "depth", 0, 6)
     try:
         image_size = tuple(image_size)
     except TypeError:
@@ -74,12 +60,12 @@ def processing_settings(
             f"{depth} times). Received: image_size={image_size!r}"
         )
     image_size = (int(image_size[0]), int(image_size[1]))
-    channels = _int(channels, "channels", 1, 3)
+    channels = check_int(channels, "channels", 1, 3)
     if channels == 2:
         raise ValueError(f"`channels` must be 1 or 3. Received: channels={channels}")
-    num_classes = _int(num_classes, "num_classes", 1, 65535)
-    batch_size = _int(batch_size, "batch_size", 1)
-    training = _bool(training, "training")
+    num_classes = check_int(num_classes, "num_classes", 1, 65535)
+    batch_size = check_int(batch_size, "batch_size", 1)
+    training = check_bool(training, "training")
     if augmentation is not None:
         if not isinstance(augmentation, Augmentation):
             raise ValueError(
@@ -113,11 +99,11 @@ def processing_settings(
             "`cache` must be True (memory), False or a file path prefix. "
             f"Received: cache={cache!r}"
         )
-    shuffle_buffer = _int(shuffle_buffer, "shuffle_buffer", 0)
-    seed = _int(seed, "seed", 0)
-    drop_remainder = _bool(drop_remainder, "drop_remainder")
-    deterministic = _bool(deterministic, "deterministic")
-    invert_mask = _bool(invert_mask, "invert_mask")
+    shuffle_buffer = check_int(shuffle_buffer, "shuffle_buffer", 0)
+    seed = check_int(seed, "seed", 0)
+    drop_remainder = check_bool(drop_remainder, "drop_remainder")
+    deterministic = check_bool(deterministic, "deterministic")
+    invert_mask = check_bool(invert_mask, "invert_mask")
     if mask_threshold is not None:
         if isinstance(mask_threshold, bool) or not isinstance(
             mask_threshold, numbers.Real

@@ -59,6 +59,7 @@ _LAZY = {
     "predict_folder": "keras_unetpp.prediction",
     "write_synthetic_dataset": "keras_unetpp.synthetic",
     "load_metadata": "keras_unetpp.export",
+    "fuse_batch_norm": "keras_unetpp.fused_batch_norm",
 }
 
 __all__ = [
@@ -87,6 +88,7 @@ __all__ = [
     "export",
     "export_pruned",
     "folder_pairs",
+    "fuse_batch_norm",
     "get_strategy",
     "head_levels",
     "inference_model",

@@ -408,4 +408,18 @@ def _build_graph(
         for level in levels
     }
     outputs = heads if deep_supervision else heads[output_name(depth)]
-    return keras.Model(inputs, outputs, name=name)
+    return _use_backend_kernels(keras.Model(inputs, outputs, name=name))
+
+
+def _use_backend_kernels(model):
+    """Runs batch normalization as the backend's fused kernel where it has one.
+
+    Only TensorFlow needs this (JAX's XLA fuses the element-wise ops itself);
+    see `keras_unetpp/fused_batch_norm.py`. The graph, its layers and what is
+    saved stay core Keras.
+    """
+    if keras.backend.backend() == "tensorflow":
+        from keras_unetpp.fused_batch_norm import fuse_batch_norm
+
+        fuse_batch_norm(model)
+    return model

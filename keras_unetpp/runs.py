@@ -30,6 +30,7 @@ from keras_unetpp.distribute import (
     prepare_for_strategy,
 )
 from keras_unetpp.export import export_pruned
+from keras_unetpp.fused_batch_norm import fuse_batch_norm
 from keras_unetpp.model import build, build_unet, output_name
 from keras_unetpp.pruning import head_levels, inference_model, model_depth, prune
 from keras_unetpp.sources import source_dataset
@@ -351,7 +352,9 @@ def load_run_model(run_dir, model="best"):
             f"No saved model at {str(path)!r}; train the run first (or pass "
             f"a .keras file). Received: model={str(model)!r}"
         )
-    return keras.saving.load_model(path, compile=False)
+    loaded = keras.saving.load_model(path, compile=False)
+    fuse_batch_norm(loaded)
+    return loaded
 
 
 def evaluate_run(

@@ -272,3 +272,22 @@ def test_only_core_keras_layers():
     for layer in model.layers:
         assert type(layer).__module__.startswith("keras.src.layers"), layer
         assert type(layer).__name__ != "Lambda"
+
+
+def test_batch_norm_uses_fused_kernel_only_on_tensorflow():
+    """On TensorFlow, build() serves batch norm with the fused kernel.
+
+    The layers stay core Keras either way; on JAX and PyTorch nothing is
+    patched (their compilers fuse the element-wise ops themselves).
+    """
+    model = keras_unetpp.build(depth=1, input_shape=(8, 8, 1), filters=4)
+    norms = [
+        layer
+        for layer in model.layers
+        if isinstance(layer, keras.layers.BatchNormalization)
+    ]
+    assert len(norms) == 6
+    assert all(type(layer) is keras.layers.BatchNormalization for layer in norms)
+    on_tensorflow = keras.backend.backend() == "tensorflow"
+    for layer in norms:
+        assert ("call" in vars(layer)) == on_tensorflow

@@ -77,6 +77,8 @@ class KerasRunner:
     def _build(self, config):
         impl = config["impl"]
         if impl == "keras_unetpp":
+            import keras
+
             import keras_unetpp
 
             size, depth = config["size"], config["depth"]
@@ -86,6 +88,14 @@ class KerasRunner:
                 deep_supervision=config["deep_supervision"],
                 **config.get("build_kwargs", {}),
             )
+            if config.get("batch_norm") == "keras":
+                # Keras' own batch-norm computation: a clone is rebuilt from
+                # the layer configs, without `fuse_batch_norm`.
+                plain = keras.models.clone_model(model)
+                plain.set_weights(model.get_weights())
+                model = plain
+            if config.get("recompute"):
+                keras_unetpp.recompute_nodes(model)
             if config["deep_supervision"]:
                 heads = {"accurate": keras_unetpp.inference_model(model)}
                 for level in range(depth, 0, -1):

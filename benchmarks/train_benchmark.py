@@ -61,10 +61,19 @@ LEVERS = {
     "bfc": {"env": {"TF_CPU_ALLOCATOR_USE_BFC": "true"}},
     # The paper's configuration: no normalization, convolutions with biases.
     "no_norm": {"build_kwargs": {"normalization": "none"}},
+    # Keras' own batch normalization (moments, then scale and shift, as
+    # separate ops; float32 casts under mixed precision) instead of
+    # TensorFlow's fused kernel (`keras_unetpp.fuse_batch_norm`).
+    "keras_bn": {"batch_norm": "keras"},
+    # Recompute each node's activations in the backward pass
+    # (`keras_unetpp.recompute_nodes`): less memory, more compute.
+    "recompute": {"recompute": True},
     # More work per step: compare their % of peak, not their step times.
     "batch16": {"batch": 16},
     "size256": {"size": 256},
 }
+# Levers whose training-step memory is measured too (beside the plain model).
+MEMORY_LEVERS = ("keras_bn", "recompute")
 PEER_NAMES = {
     "keras_unetpp": "keras_unetpp",
     "kuc": "keras-unet-collection",
@@ -139,18 +148,20 @@ def plan(args):
                     ]
                 )
         if args.levers:
-            # The plain model and each variant side by side, in the same rounds.
+            # The plain model and each variant side by side, in the same
+            # rounds; one group per precision of --lever-precisions.
             depth = max(args.depths)
-            groups.append(
-                [_config("keras_unetpp", depth, False, "float32", args)]
-                + [
-                    _config(
-                        "keras_unetpp", depth, False, "float32", args,
-                        lever=lever, **LEVERS[lever],
-                    )
-                    for lever in args.levers
-                ]
-            )
+            for precision in args.lever_precisions:
+                groups.append(
+                    [_config("keras_unetpp", depth, False, precision, args)]
+                    + [
+                        _config(
+                            "keras_unetpp", depth, False, precision, args,
+                            lever=lever, **LEVERS[lever],
+                        )
+                        for lever in args.levers
+                    ]
+                )
     memory = []
     if args.memory_size and args.only in (None, "memory"):
         depth = max(args.depths)
@@ -166,6 +177,14 @@ def plan(args):
             memory.append(
                 _config("keras_unetpp", depth, ds, precision, mem, infer=False)
             )
+        for lever in args.levers:
+            if lever in MEMORY_LEVERS:
+                memory.append(
+                    _config(
+                        "keras_unetpp", depth, False, "float32", mem,
+                        infer=False, lever=lever, **LEVERS[lever],
+                    )
+                )
         if depth == 4:
             for peer, ds in _peer_configs(depth, args.modes, args):
                 if not ds:
@@ -473,13 +492,13 @@ def ratio_records(groups_results):
                     continue  # different work per step: see their % of peak
                 add(
                     f"lever speed-up ({_label(config)}) / plain, "
-                    f"d{config['depth']} float32, training",
+                    f"d{config['depth']} {config['precision']}, training",
                     _paired(base["train"]["step_s"], result["train"]["step_s"]),
                 )
                 mode = f"L{config['depth']}"
                 add(
                     f"lever speed-up ({_label(config)}) / plain, "
-                    f"d{config['depth']} float32, inference",
+                    f"d{config['depth']} {config['precision']}, inference",
                     _paired(
                         base["infer"]["step_s"][mode], result["infer"]["step_s"][mode]
                     ),
@@ -618,9 +637,13 @@ def build_parser():
                         help="run only the speed or only the memory part")
     parser.add_argument("--levers", nargs="*", default=[], choices=sorted(LEVERS),
                         help="also time these variants beside the plain "
-                        "float32 model: XLA, one inter-op thread, no oneDNN, "
+                        "model: XLA, one inter-op thread, no oneDNN, "
                         "jemalloc, TensorFlow's BFC allocator, no normalization, "
-                        "batch 16, 256x256 images")
+                        "Keras' unfused batch norm, batch 16, 256x256 images")
+    parser.add_argument("--lever-precisions", nargs="+", default=["float32"],
+                        choices=PRECISIONS,
+                        help="the precisions in which the levers are timed "
+                        "(one group each)")
     parser.add_argument("--memory-size", type=int, default=256,
                         help="image size of the memory runs (0: none)")
     parser.add_argument("--memory-batch", type=int, default=8)

@@ -60,6 +60,7 @@ _LAZY = {
     "write_synthetic_dataset": "keras_unetpp.synthetic",
     "load_metadata": "keras_unetpp.export",
     "fuse_batch_norm": "keras_unetpp.fused_batch_norm",
+    "recompute_nodes": "keras_unetpp.recompute",
 }
 
 __all__ = [
@@ -107,6 +108,7 @@ __all__ = [
     "prepare_for_strategy",
     "prepare_tfds_folder",
     "prune",
+    "recompute_nodes",
     "resolve_precision",
     "save_on_chief",
     "set_precision",

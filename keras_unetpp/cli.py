@@ -169,6 +169,10 @@ def _add_train(commands):
     t.add_argument("--precision", default="float32",
                    choices=("float32", "mixed_float16", "mixed_bfloat16"),
                    help="Keras dtype policy (default: float32)")
+    t.add_argument("--recompute", action="store_true",
+                   help="recompute each node's activations in the backward "
+                   "pass: less memory per step (larger batches or images), "
+                   "more compute (default: off)")
     t.add_argument("--strategy", default="default",
                    choices=("default", "mirrored", "multi_worker", "tpu"),
                    help="tf.distribute strategy (default: default)")
@@ -346,6 +350,7 @@ def _run_train(args):
         monitor=args.monitor,
         augment=args.augment,
         precision=args.precision,
+        recompute=args.recompute,
         strategy=args.strategy,
         save_every=args.save_every,
         seed=args.seed,

@@ -33,6 +33,7 @@ from keras_unetpp.export import export_pruned
 from keras_unetpp.fused_batch_norm import fuse_batch_norm
 from keras_unetpp.model import build, build_unet, output_name
 from keras_unetpp.pruning import head_levels, inference_model, model_depth, prune
+from keras_unetpp.recompute import recompute_nodes
 from keras_unetpp.sources import source_dataset
 from keras_unetpp.validation import check_int
 from keras_unetpp.version import __version__
@@ -133,6 +134,7 @@ def train_run(
     monitor="iou",
     augment=True,
     precision="float32",
+    recompute=False,
     strategy="default",
     save_every=None,
     seed=0,
@@ -178,6 +180,9 @@ def train_run(
             Defaults to `True`.
         precision: Keras dtype policy, e.g. `"mixed_float16"`. Defaults to
             `"float32"`.
+        recompute: bool, recompute each node's activations in the
+            backward pass (`keras_unetpp.recompute_nodes`): less memory per
+            training step, more compute. Defaults to `False`.
         strategy: `"default"`, `"mirrored"`, `"multi_worker"` or `"tpu"`.
             Defaults to `"default"`.
         save_every: int, save the resumable state every this many batches
@@ -243,6 +248,7 @@ def train_run(
             "loss_weights": None if loss_weights is None else list(loss_weights),
             "monitor": monitor,
             "precision": precision,
+            "recompute": bool(recompute),
             "strategy": strategy,
             "save_every": save_every,
         },
@@ -292,6 +298,8 @@ def train_run(
         else:
             model = build(deep_supervision=deep_supervision, **model_kwargs)
         prepare_for_strategy(model, distribution)
+        if recompute:
+            recompute_nodes(model)
         run_dir.mkdir(parents=True, exist_ok=True)
         config["data"]["train_images"] = train_count
         config["data"]["val_images"] = val_count

@@ -15,9 +15,13 @@ SCRIPT = REPO / "benchmarks" / "train_benchmark.py"
 def quick_run(tmp_path_factory):
     json_path = tmp_path_factory.mktemp("bench") / "results.jsonl"
     # Depth 1 with deep supervision: two workers (float32 and
-    # mixed_bfloat16) side by side, then one memory worker (float32).
+    # mixed_bfloat16) side by side; the lever group in mixed_bfloat16 (the
+    # plain model without deep supervision beside its Keras-batch-norm
+    # and recomputing variants); then the memory workers (float32: plain and
+    # both levers).
     completed = subprocess.run(
         [sys.executable, str(SCRIPT), "--quick", "--depths", "1", "--modes", "ds",
+         "--levers", "keras_bn", "recompute", "--lever-precisions", "mixed_bfloat16",
          "--json", str(json_path)],
         capture_output=True, text=True, timeout=240, check=False,
     )
@@ -37,7 +41,7 @@ def test_prints_the_tables(quick_run):
 
 def test_speed_records(quick_run):
     _, records = quick_run
-    speed = [r for r in records if r["record"] == "speed"]
+    speed = [r for r in records if r["record"] == "speed" and r["deep_supervision"]]
     # Two configurations, each with training and the inference modes
     # accurate, L1 (the depth-1 model has one head only).
     modes = sorted((r["precision"], r["mode"]) for r in speed)
@@ -60,10 +64,35 @@ def test_speed_records(quick_run):
     assert train[0]["gflop_per_image"] == train[1]["gflop_per_image"]
 
 
+def test_lever_records(quick_run):
+    _, records = quick_run
+    levers = [
+        r for r in records if r["record"] == "speed" and not r["deep_supervision"]
+    ]
+    assert sorted((r["lever"] or "plain", r["phase"]) for r in levers) == [
+        ("keras_bn", "infer"), ("keras_bn", "train"),
+        ("plain", "infer"), ("plain", "train"),
+        ("recompute", "infer"), ("recompute", "train"),
+    ]
+    assert {r["precision"] for r in levers} == {"mixed_bfloat16"}
+    # The same network either way: same parameters and FLOPs.
+    assert len({(r["params"], r["gflop_per_image"]) for r in levers}) == 1
+    ratios = {r["ratio"]: r["value"] for r in records if r["record"] == "ratio"}
+    for lever in ("keras_bn", "recompute"):
+        for phase in ("training", "inference"):
+            name = (
+                f"lever speed-up (keras_unetpp +{lever}) / plain, d1 "
+                f"mixed_bfloat16, {phase}"
+            )
+            assert ratios[name] > 0
+
+
 def test_memory_and_ratio_records(quick_run):
     _, records = quick_run
     memory = [r for r in records if r["record"] == "memory"]
-    assert [r["precision"] for r in memory] == ["float32"]
+    assert [(r["precision"], r["lever"]) for r in memory] == [
+        ("float32", None), ("float32", "keras_bn"), ("float32", "recompute"),
+    ]
     for r in memory:
         assert r["allocator_peak_mb"] > 0
         assert r["max_rss_mb"] > r["allocator_peak_mb"]

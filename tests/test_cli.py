@@ -228,3 +228,14 @@ def test_train_under_mirrored_strategy(synthetic_dir, tmp_path):
     model = keras.saving.load_model(run / "last.keras", compile=False)
     assert model.get_layer("x_0_1_bn1").synchronized is False  # one replica here
     assert not (run / ".workers").exists()  # the only process is the chief
+
+
+def test_train_with_recomputed_nodes(synthetic_dir, tmp_path):
+    run = tmp_path / "recompute"
+    _run(["train", "--data", str(synthetic_dir), "--output", str(run),
+          "--epochs", "1", "--recompute", *TINY])
+    assert json.loads((run / "run.json").read_text())["training"]["recompute"]
+    # The saved model is a plain UNet++ that loads without keras_unetpp.
+    model = keras.saving.load_model(run / "last.keras", compile=False,
+                                    safe_mode=True)
+    assert "call" not in vars(model)

@@ -1,0 +1,207 @@
+"""Training with recomputed nodes: less activation memory for more compute.
+
+Backpropagation keeps every intermediate tensor of the forward pass until
+its gradient is computed. In a UNet++ most of them are inside the nodes: the
+concatenation of X(i,0..j-1) and U(X(i+1,j-1)), then, per convolution, its
+output, the normalized and the activated tensor. `recompute_nodes(model)`
+makes a training step keep only each node's output: the backward pass runs
+the node's forward again (from the outputs of the nodes it reads) and
+differentiates that. The peak memory of a training step falls by the
+measured amount in `docs/performance.md`, at the cost of a second forward
+pass through the nodes (about a third more FLOPs per step).
+
+It changes how the model trains, not what it computes: the model, its
+layers and what is saved stay the same, inference is untouched, and the
+gradients and the batch-normalization statistics equal those of a plain
+step (the recomputation skips the moving-average update that the first pass
+made). TensorFlow only: the backward recomputation is a `tf.custom_gradient`.
+"""
+
+import re
+import types
+
+import keras
+import tensorflow as tf
+
+from keras_unetpp.fused_batch_norm import fuse_batch_norm, recomputing
+from keras_unetpp.model import node_name
+from keras_unetpp.pruning import head_levels, model_depth
+
+_NODE_LAYER = re.compile(r"^x_(\d+)_(\d+)_")
+_MARK = "_keras_unetpp_recompute"
+
+
+def recompute_nodes(model):
+    """Trains `model` with each node's activations recomputed in the backward pass.
+
+    From then on, every training call of the model (`fit`, `train_on_batch`,
+    `model(x, training=True)` under a `tf.GradientTape`) keeps only the
+    outputs of the nodes X(i,j) and recomputes everything inside a node
+    (concatenation, convolutions, normalizations, activations) when its
+    gradient is needed. Inference calls are unchanged. Calling it again is a
+    no-op; the model's compiled step functions are reset.
+
+    Args:
+        model: a `keras.Model` from `keras_unetpp.build` or `build_unet`
+            (any depth, with or without deep supervision), on the
+            TensorFlow backend. Its nodes must be deterministic: dropout is
+            refused, because the recomputation would draw another mask.
+
+    Returns:
+        int, the number of recomputed nodes.
+
+    Example:
+
+    ```python
+    model = keras_unetpp.build(depth=4, input_shape=(512, 512, 1))
+    keras_unetpp.recompute_nodes(model)  # fits larger batches or images
+    model.compile(optimizer="adam", loss=keras_unetpp.BCEDiceLoss())
+    model.fit(dataset, epochs=100)
+    model.save("unetpp.keras")  # a plain UNet++ file
+    ```
+    """
+    if keras.backend.backend() != "tensorflow":
+        raise ValueError(
+            "recompute_nodes() recomputes with TensorFlow custom gradients and "
+            "needs the TensorFlow backend (KERAS_BACKEND=tensorflow). Received: "
+            f"backend={keras.backend.backend()!r}"
+        )
+    if not isinstance(model, keras.Model):
+        raise ValueError(
+            f"recompute_nodes() needs a keras_unetpp model. Received: {model!r}"
+        )
+    depth = model_depth(model)
+    for layer in model.layers:
+        if isinstance(layer, keras.layers.Dropout) and layer.rate > 0:
+            raise ValueError(
+                "recompute_nodes() needs deterministic nodes, but layer "
+                f"{layer.name!r} is a dropout (the recomputation would draw "
+                "another mask and the gradients would be wrong). Build the "
+                f"model with dropout=0. Received: {layer.name} rate={layer.rate}"
+            )
+    if getattr(model, _MARK, None) is None:
+        # Batch norm skips its moving-average update while a node is
+        # recomputed; the fused layers know how.
+        fuse_batch_norm(model)
+        plan = _Plan(model, depth)
+        model.call = types.MethodType(_recomputing_call, model)
+        setattr(model, _MARK, plan)
+        for attribute in ("train_function", "test_function", "predict_function"):
+            if getattr(model, attribute, None) is not None:
+                setattr(model, attribute, None)
+    return len(getattr(model, _MARK).nodes)
+
+
+def is_recomputing(model):
+    """Whether `recompute_nodes` was applied to `model`."""
+    return getattr(model, _MARK, None) is not None
+
+
+class _Node:
+    """One node X(i,j) as a sub-model from the node outputs it reads."""
+
+    def __init__(self, model, key, input_keys, output_tensor, input_tensors):
+        self.key = key
+        self.input_keys = input_keys
+        self.model = keras.Model(
+            input_tensors, output_tensor, name=f"{model.name}_{node_name(*key)}"
+        )
+
+
+class _Plan:
+    """The model's nodes in execution order, and its heads."""
+
+    def __init__(self, model, depth):
+        outputs = {}  # (i, j) -> the Keras tensor of X(i,j)'s output
+        for layer in model.layers:
+            match = _NODE_LAYER.match(layer.name)
+            if match:
+                # Layers are in topological order: the last one of a node
+                # produces its output.
+                outputs[int(match.group(1)), int(match.group(2))] = layer.output
+        self.input_tensor = model.inputs[0]
+        self.nodes = []
+        for key in self._order(outputs, depth):
+            i, j = key
+            if j == 0:
+                input_keys = ["image"] if i == 0 else [(i - 1, 0)]
+            else:
+                input_keys = [(i, k) for k in range(j) if (i, k) in outputs]
+                input_keys.append((i + 1, j - 1))
+            tensors = [
+                self.input_tensor if k == "image" else outputs[k] for k in input_keys
+            ]
+            self.nodes.append(_Node(model, key, input_keys, outputs[key], tensors))
+        self.heads = {}
+        for level in head_levels(model):
+            name = f"output_l{level}"
+            self.heads[name] = keras.Model(
+                outputs[0, level], model.get_layer(name).output, name=name
+            )
+        self.dict_output = isinstance(model.output, dict)
+
+    @staticmethod
+    def _order(outputs, depth):
+        keys = [(i, 0) for i in range(depth + 1)]
+        for j in range(1, depth + 1):
+            keys += [(i, j) for i in range(depth - j + 1) if (i, j) in outputs]
+        return keys
+
+
+def _recomputing_call(model, inputs, training=None, mask=None):
+    """The model's `call`: nodes recomputed in the backward pass when training."""
+    if not training:
+        return type(model).call(model, inputs, training=training, mask=mask)
+    plan = getattr(model, _MARK)
+    values = {"image": inputs}
+    for node in plan.nodes:
+        args = [values[key] for key in node.input_keys]
+        values[node.key] = _recomputed(node.model, args)
+    heads = {
+        name: head(values[0, int(name[len("output_l") :])], training=True)
+        for name, head in plan.heads.items()
+    }
+    if plan.dict_output:
+        return heads
+    (only,) = heads.values()
+    return only
+
+
+def _recomputed(node_model, args):
+    """`node_model(args)` whose backward pass recomputes it from `args`."""
+
+    @tf.custom_gradient
+    def forward(*args):
+        outputs = node_model(list(args), training=True)
+
+        def backward(upstream, variables=None):
+            variables = list(variables or ())
+            inputs = _after(upstream, args)
+            with tf.GradientTape() as tape:
+                tape.watch(inputs)
+                with recomputing():
+                    again = node_model(list(inputs), training=True)
+            gradients = tape.gradient(
+                again, list(inputs) + variables, output_gradients=upstream
+            )
+            return gradients[: len(args)], gradients[len(args) :]
+
+        return outputs, backward
+
+    return forward(*args)
+
+
+def _after(upstream, args):
+    """`args`, made to depend on `upstream` so that nothing runs before it.
+
+    The recomputation needs only the node's inputs, which exist since the
+    forward pass: without a dependency, the graph executor would recompute
+    every node as early as it can, all at once, and keep it all until its
+    gradient comes, which is more memory, not less. A data dependency (not a
+    control dependency, which XLA ignores) on one element of the upstream
+    gradient holds each recomputation back until its gradient is due. The
+    added value is 0 (NaN if the gradient is NaN, which it then is anyway).
+    """
+    first = tf.reshape(upstream, [-1])[:1]
+    zero = tf.reduce_sum(tf.where(tf.math.is_nan(first), first, tf.zeros_like(first)))
+    return [arg + tf.cast(zero, arg.dtype) for arg in args]

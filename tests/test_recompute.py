@@ -1,0 +1,189 @@
+"""`recompute_nodes`: the same training, with nodes recomputed for their gradients."""
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import keras_unetpp
+from keras_unetpp.recompute import is_recomputing, recompute_nodes
+
+pytestmark = pytest.mark.skipif(
+    keras.backend.backend() != "tensorflow",
+    reason="recompute_nodes uses TensorFlow custom gradients",
+)
+
+
+def _twins(**kwargs):
+    kwargs = {"depth": 2, "input_shape": (16, 16, 1), "filters": 4, **kwargs}
+    plain = keras_unetpp.build(**kwargs)
+    recomputed = keras_unetpp.build(**kwargs)
+    recomputed.set_weights(plain.get_weights())
+    return plain, recomputed
+
+
+def _batch(seed=0, size=16):
+    rng = np.random.default_rng(seed)
+    images = rng.random((4, size, size, 1), dtype=np.float32)
+    masks = (images > 0.6).astype("float32")
+    return tf.constant(images), tf.constant(masks)
+
+
+def _loss_and_gradients(model, images, masks):
+    with tf.GradientTape() as tape:
+        outputs = model(images, training=True)
+        heads = outputs.values() if isinstance(outputs, dict) else [outputs]
+        loss = tf.add_n(
+            [tf.reduce_mean(keras.losses.binary_crossentropy(masks, h)) for h in heads]
+        )
+    return loss, tape.gradient(loss, model.trainable_variables)
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [{}, {"deep_supervision": True}, {"normalization": "group"}],
+    ids=["plain", "deep-supervision", "group-norm"],
+)
+def test_gradients_and_statistics_equal_a_plain_step(kwargs):
+    plain, recomputed = _twins(**kwargs)
+    # X(0,0), X(1,0), X(2,0), X(0,1), X(1,1), X(0,2).
+    assert recompute_nodes(recomputed) == 6
+    images, masks = _batch()
+    loss, gradients = _loss_and_gradients(plain, images, masks)
+    loss_r, gradients_r = _loss_and_gradients(recomputed, images, masks)
+    np.testing.assert_allclose(loss_r.numpy(), loss.numpy(), rtol=1e-6)
+    assert len(gradients_r) == len(gradients) == len(plain.trainable_variables)
+    for variable, got, want in zip(plain.trainable_variables, gradients_r, gradients):
+        assert got is not None, variable.path
+        np.testing.assert_allclose(
+            got.numpy(), want.numpy(), rtol=1e-4, atol=1e-6, err_msg=variable.path
+        )
+    # One moving-average update, as in the plain step (not two).
+    pairs = zip(recomputed.non_trainable_variables, plain.non_trainable_variables)
+    for got, want in pairs:
+        np.testing.assert_allclose(
+            got.numpy(), want.numpy(), rtol=1e-5, atol=1e-7, err_msg=want.path
+        )
+
+
+def test_fit_matches_plain_training_and_saves_a_plain_model(tmp_path):
+    plain, recomputed = _twins(deep_supervision=True)
+    recompute_nodes(recomputed)
+    images, masks = _batch(seed=1)
+    targets = {f"output_l{level}": masks for level in (1, 2)}
+    for model in (plain, recomputed):
+        model.compile(
+            optimizer=keras.optimizers.Adam(1e-2),
+            loss={name: "binary_crossentropy" for name in targets},
+        )
+        model.fit(images, targets, batch_size=2, epochs=2, shuffle=False, verbose=0)
+    for got, want in zip(recomputed.weights, plain.weights):
+        np.testing.assert_allclose(
+            got.numpy(), want.numpy(), rtol=1e-4, atol=1e-5, err_msg=want.path
+        )
+    # Inference runs the ordinary graph; the saved file is a plain UNet++.
+    np.testing.assert_allclose(
+        recomputed.predict(images, verbose=0)["output_l2"],
+        plain.predict(images, verbose=0)["output_l2"],
+        atol=1e-5,
+    )
+    path = tmp_path / "recomputed.keras"
+    recomputed.save(path)
+    reloaded = keras.saving.load_model(path, safe_mode=True, compile=False)
+    assert not is_recomputing(reloaded)
+    np.testing.assert_allclose(
+        reloaded.predict(images, verbose=0)["output_l2"],
+        recomputed.predict(images, verbose=0)["output_l2"],
+        atol=1e-6,
+    )
+
+
+def test_keras_batch_norm_fallback_updates_statistics_once():
+    """Synchronized batch norm runs Keras' computation: still one update."""
+    plain, recomputed = _twins()
+    for model in (plain, recomputed):
+        for layer in model.layers:
+            if isinstance(layer, keras.layers.BatchNormalization):
+                layer.synchronized = True
+    recompute_nodes(recomputed)
+    images, masks = _batch(seed=2)
+    _loss_and_gradients(plain, images, masks)
+    _loss_and_gradients(recomputed, images, masks)
+    pairs = zip(recomputed.non_trainable_variables, plain.non_trainable_variables)
+    for got, want in pairs:
+        np.testing.assert_allclose(
+            got.numpy(), want.numpy(), rtol=1e-5, atol=1e-7, err_msg=want.path
+        )
+
+
+def test_unet_baseline_and_idempotence():
+    model = keras_unetpp.build_unet(depth=2, input_shape=(16, 16, 1), filters=4)
+    # X(0,0), X(1,0), X(2,0), X(1,1), X(0,2): the U-Net's nodes.
+    assert recompute_nodes(model) == 5
+    call = vars(model)["call"]
+    assert recompute_nodes(model) == 5
+    assert vars(model)["call"] is call
+    images, masks = _batch(seed=3)
+    loss, gradients = _loss_and_gradients(model, images, masks)
+    assert np.isfinite(loss.numpy())
+    assert all(g is not None for g in gradients)
+
+
+def test_refuses_dropout_and_foreign_models():
+    model = keras_unetpp.build(
+        depth=1, input_shape=(8, 8, 1), filters=4, dropout=0.2
+    )
+    with pytest.raises(ValueError, match="x_0_0_drop1.*dropout"):
+        recompute_nodes(model)
+    assert not is_recomputing(model)
+    inputs = keras.Input((8, 8, 1))
+    other = keras.Model(inputs, keras.layers.Conv2D(1, 3)(inputs))
+    with pytest.raises(ValueError, match="not built by keras_unetpp"):
+        recompute_nodes(other)
+    with pytest.raises(ValueError, match="needs a keras_unetpp model"):
+        recompute_nodes("model.keras")
+
+
+def _conv_ops(model, images, masks):
+    graph = (
+        tf.function(lambda x, y: _loss_and_gradients(model, x, y))
+        .get_concrete_function(images, masks)
+        .graph
+    )
+    return sum(op.type == "Conv2D" for op in graph.get_operations())
+
+
+def test_backward_pass_runs_the_nodes_again():
+    plain, recomputed = _twins()
+    recompute_nodes(recomputed)
+    images, masks = _batch(seed=4)
+    forward = _conv_ops(plain, images, masks)
+    # 6 nodes x 2 convolutions + the 1x1 head, and the input gradients of the
+    # 3 transposed convolutions (a transposed convolution is a
+    # Conv2DBackpropInput op; its input gradient is a Conv2D).
+    assert forward == 13 + 3
+    # The forward convolutions, then the 12 of the nodes once more.
+    assert _conv_ops(recomputed, images, masks) == forward + 12
+
+
+def _step_memory(model, images, masks):
+    """Allocator bytes a training step needs above what is allocated before it."""
+    model.train_on_batch(images, masks)  # traced and warmed up
+    before = tf.config.experimental.get_memory_info("CPU:0")["current"]
+    tf.config.experimental.reset_memory_stats("CPU:0")
+    model.train_on_batch(images, masks)
+    return tf.config.experimental.get_memory_info("CPU:0")["peak"] - before
+
+
+def test_training_step_needs_less_memory():
+    plain, recomputed = _twins(depth=3, input_shape=(64, 64, 1), filters=8)
+    recompute_nodes(recomputed)
+    images, masks = _batch(seed=5, size=64)
+    needs = {}
+    for name, model in (("plain", plain), ("recomputed", recomputed)):
+        model.compile(optimizer="adam", loss="binary_crossentropy")
+        needs[name] = _step_memory(model, images, masks)
+    # Activations of one 64x64x8 float32 image tensor: 128 KiB; a batch of 4
+    # through 10 nodes keeps several MiB without recomputation.
+    assert needs["plain"] > 2**20
+    assert needs["recomputed"] < 0.8 * needs["plain"], needs

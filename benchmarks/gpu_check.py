@@ -8,7 +8,10 @@ On a GPU, with the same initial weights and the same batches:
    `compile()` adds): losses side by side, final outputs compared;
 3. training and inference speed of float32, mixed_float16 and both with XLA
    (medians of `--steps` steps after warm-up);
-4. export of the mixed_float16 model as a `.keras` file and as a SavedModel
+4. peak memory of one training step: float32, mixed_float16, and
+   mixed_float16 with `keras_unetpp.recompute_nodes` (TensorFlow's
+   allocator statistics of the device);
+5. export of the mixed_float16 model as a `.keras` file and as a SavedModel
    (`model.export`), reloaded and compared with the model.
 
 Prints one JSON line per check and a summary; exits 1 if a numerical check
@@ -167,6 +170,39 @@ def check_speed(args, out):
                     "infer_vs_float32": infer / base[1]})
 
 
+def check_memory(args, out, device):
+    """Allocator peak of one training step per configuration, in MB."""
+    import tensorflow as tf
+
+    import keras_unetpp
+
+    x, y = _batch(args.size, args.batch, seed=2)
+    base = None
+    for precision, recompute in (
+        ("float32", False), ("mixed_float16", False), ("mixed_float16", True)
+    ):
+        model, keras = _build(precision, args)
+        if recompute:
+            keras_unetpp.recompute_nodes(model)
+        _compile(model, keras)
+        targets = {name: y for name in model.output}
+        model.train_on_batch(x, targets)  # traced and warmed up
+        before = tf.config.experimental.get_memory_info(device)["current"]
+        tf.config.experimental.reset_memory_stats(device)
+        model.train_on_batch(x, targets)
+        peak = tf.config.experimental.get_memory_info(device)["peak"]
+        key = f"{precision}{'+recompute' if recompute else ''}"
+        record = {"check": "memory", "config": key, "device": device,
+                  "step_peak_mb": (peak - before) / 2**20,
+                  "total_peak_mb": peak / 2**20,
+                  "size": args.size, "batch": args.batch}
+        if base is None:
+            base = peak - before
+        record["step_peak_vs_float32"] = (peak - before) / base
+        _emit(out, record)
+        del model
+
+
 def check_export(model, x, args, out):
     """The mixed_float16 model saved, reloaded and exported; True if equal."""
     import keras
@@ -238,6 +274,7 @@ def main(argv=None):
     ok, model, x = check_numerics(args, args.out)
     if not args.skip_speed:
         check_speed(args, args.out)
+    check_memory(args, args.out, "GPU:0" if gpus else "CPU:0")
     ok = check_export(model, x, args, args.out) and ok
     print(f"GPU check {'passed' if ok else 'FAILED'} on "
           f"{'GPU' if gpus else 'CPU'}.", flush=True)

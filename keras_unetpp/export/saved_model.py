@@ -29,6 +29,7 @@ from keras_unetpp.export import serving_config, signatures
 from keras_unetpp.fused_batch_norm import fuse_batch_norm
 from keras_unetpp.model import output_name
 from keras_unetpp.pruning import head_levels, model_depth, prune
+from keras_unetpp.validation import is_int
 
 COMPUTE_DTYPES = (None, "float32", "bfloat16", "float16")
 
@@ -300,7 +301,7 @@ def _check_levels(model, levels):
             f"for every head. Received: levels={received!r}"
         ) from None
     if not levels or len(set(levels)) != len(levels) or not all(
-        isinstance(level, numbers.Integral) and not isinstance(level, bool)
+        is_int(level)
         for level in levels
     ):
         raise ValueError(
@@ -346,11 +347,7 @@ def _choose_version(model_dirs, version, overwrite):
     }
     if version is None:
         return max(existing, default=0) + 1
-    if (
-        isinstance(version, bool)
-        or not isinstance(version, numbers.Integral)
-        or version < 0
-    ):
+    if not is_int(version) or version < 0:
         raise ValueError(
             "`version` must be a non-negative int (TF Serving version folders "
             f"are numbers) or None for the next one. Received: version={version!r}"

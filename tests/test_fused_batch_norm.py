@@ -246,3 +246,20 @@ def test_is_idempotent_and_resets_traced_functions():
 def test_rejects_what_is_not_a_keras_layer():
     with pytest.raises(ValueError, match="needs a Keras model or layer"):
         fuse_batch_norm("model.keras")
+
+
+def test_trains_under_xla():
+    """`jit_compile=True` (GPUs, TPUs): XLA compiles the fused kernel too."""
+    fused = keras_unetpp.build(depth=1, input_shape=(16, 16, 1), filters=4)
+    plain = keras.models.clone_model(fused)
+    plain.set_weights(fused.get_weights())
+    rng = np.random.default_rng(6)
+    images = rng.random((4, 16, 16, 1), dtype=np.float32)
+    masks = (images > 0.5).astype("float32")
+    for model, jit in ((fused, True), (plain, False)):
+        model.compile(optimizer="sgd", loss="binary_crossentropy", jit_compile=jit)
+        model.fit(images, masks, batch_size=2, epochs=1, shuffle=False, verbose=0)
+    for got, want in zip(fused.weights, plain.weights):
+        np.testing.assert_allclose(
+            got.numpy(), want.numpy(), atol=1e-4, err_msg=got.path
+        )

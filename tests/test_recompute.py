@@ -187,3 +187,16 @@ def test_training_step_needs_less_memory():
     # through 10 nodes keeps several MiB without recomputation.
     assert needs["plain"] > 2**20
     assert needs["recomputed"] < 0.8 * needs["plain"], needs
+
+
+def test_trains_under_xla():
+    plain, recomputed = _twins()
+    recompute_nodes(recomputed)
+    images, masks = _batch(seed=6)
+    for model, jit in ((recomputed, True), (plain, False)):
+        model.compile(optimizer="sgd", loss="binary_crossentropy", jit_compile=jit)
+        model.fit(images, masks, batch_size=2, epochs=1, shuffle=False, verbose=0)
+    for got, want in zip(recomputed.weights, plain.weights):
+        np.testing.assert_allclose(
+            got.numpy(), want.numpy(), atol=1e-4, err_msg=want.path
+        )

@@ -47,7 +47,9 @@ PREDICTION_DIR = "predictions"
 
 # Settings that may change when a run is continued (more epochs, quieter
 # output); anything else must match the recorded run.
-_RESUMABLE_CHANGES = ("epochs", "save_every")
+# Settings a resumed run may change: how long, how often to save, and
+# recomputation (the same training with less memory, e.g. after running out).
+_RESUMABLE_CHANGES = ("epochs", "save_every", "recompute")
 # Recorded facts, not settings.
 _DERIVED = ("train_images", "val_images")
 
@@ -98,8 +100,9 @@ def _check_resume(run_dir, config):
     if changed:
         raise ValueError(
             f"{str(run_dir)!r} holds a run made with other settings; run the "
-            "same command to resume it (only --epochs may grow), or choose a "
-            f"new --output folder. Received: {'; '.join(changed)}"
+            "same command to resume it (only --epochs, --save-every and "
+            "--recompute may change), or choose a new --output folder. "
+            f" Received: {'; '.join(changed)}"
         )
 
 

@@ -232,9 +232,14 @@ def test_train_under_mirrored_strategy(synthetic_dir, tmp_path):
 
 def test_train_with_recomputed_nodes(synthetic_dir, tmp_path):
     run = tmp_path / "recompute"
-    _run(["train", "--data", str(synthetic_dir), "--output", str(run),
-          "--epochs", "1", "--recompute", *TINY])
+    argv = ["train", "--data", str(synthetic_dir), "--output", str(run), *TINY]
+    _run([*argv, "--epochs", "1"])
+    assert not json.loads((run / "run.json").read_text())["training"]["recompute"]
+    # A run may go on with --recompute (e.g. after running out of memory).
+    _run([*argv, "--epochs", "2", "--recompute"])
     assert json.loads((run / "run.json").read_text())["training"]["recompute"]
+    history = (run / "history.csv").read_text().splitlines()
+    assert len(history) == 1 + 2  # header, epoch 1, epoch 2
     # The saved model is a plain UNet++ that loads without keras_unetpp.
     model = keras.saving.load_model(run / "last.keras", compile=False,
                                     safe_mode=True)

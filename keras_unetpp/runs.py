@@ -102,7 +102,7 @@ def _check_resume(run_dir, config):
             f"{str(run_dir)!r} holds a run made with other settings; run the "
             "same command to resume it (only --epochs, --save-every and "
             "--recompute may change), or choose a new --output folder. "
-            f" Received: {'; '.join(changed)}"
+            f"Received: {'; '.join(changed)}"
         )
 
 

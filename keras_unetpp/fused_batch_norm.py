@@ -102,10 +102,19 @@ def fuse_batch_norm(model):
                 layer.call = types.MethodType(_fused_call, layer)
                 setattr(layer, _MARK, True)
             count += 1
+    reset_step_functions(model)
+    return count
+
+
+def reset_step_functions(model):
+    """Drops a model's traced `fit`/`evaluate`/`predict` steps.
+
+    The next call traces them again, through whatever its layers' `call`
+    now is.
+    """
     for attribute in ("train_function", "test_function", "predict_function"):
         if getattr(model, attribute, None) is not None:
             setattr(model, attribute, None)
-    return count
 
 
 def is_fused(layer):

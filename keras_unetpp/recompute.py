@@ -23,7 +23,11 @@ import types
 import keras
 import tensorflow as tf
 
-from keras_unetpp.fused_batch_norm import fuse_batch_norm, recomputing
+from keras_unetpp.fused_batch_norm import (
+    fuse_batch_norm,
+    recomputing,
+    reset_step_functions,
+)
 from keras_unetpp.model import node_name
 from keras_unetpp.pruning import head_levels, model_depth
 
@@ -86,9 +90,7 @@ def recompute_nodes(model):
         plan = _Plan(model, depth)
         model.call = types.MethodType(_recomputing_call, model)
         setattr(model, _MARK, plan)
-        for attribute in ("train_function", "test_function", "predict_function"):
-            if getattr(model, attribute, None) is not None:
-                setattr(model, attribute, None)
+        reset_step_functions(model)
     return len(getattr(model, _MARK).nodes)
 
 

@@ -28,7 +28,7 @@ from keras_unetpp.fused_batch_norm import (
     recomputing,
     reset_step_functions,
 )
-from keras_unetpp.model import node_name
+from keras_unetpp.model import node_name, output_name
 from keras_unetpp.pruning import head_levels, model_depth
 
 _NODE_LAYER = re.compile(r"^x_(\d+)_(\d+)_")
@@ -134,12 +134,13 @@ class _Plan:
                 self.input_tensor if k == "image" else outputs[k] for k in input_keys
             ]
             self.nodes.append(_Node(model, key, input_keys, outputs[key], tensors))
-        self.heads = {}
+        self.heads = {}  # output name -> (level, the head as a sub-model)
         for level in head_levels(model):
-            name = f"output_l{level}"
-            self.heads[name] = keras.Model(
+            name = output_name(level)
+            head = keras.Model(
                 outputs[0, level], model.get_layer(name).output, name=name
             )
+            self.heads[name] = (level, head)
         self.dict_output = isinstance(model.output, dict)
 
     @staticmethod
@@ -155,13 +156,16 @@ def _recomputing_call(model, inputs, training=None, mask=None):
     if not training:
         return type(model).call(model, inputs, training=training, mask=mask)
     plan = getattr(model, _MARK)
+    if not tf.is_tensor(inputs) and not hasattr(inputs, "shape"):
+        # A one-element list or dict, as Keras also accepts.
+        (inputs,) = keras.tree.flatten(inputs)
     values = {"image": inputs}
     for node in plan.nodes:
         args = [values[key] for key in node.input_keys]
         values[node.key] = _recomputed(node.model, args)
     heads = {
-        name: head(values[0, int(name[len("output_l") :])], training=True)
-        for name, head in plan.heads.items()
+        name: head(values[0, level], training=True)
+        for name, (level, head) in plan.heads.items()
     }
     if plan.dict_output:
         return heads

@@ -200,3 +200,24 @@ def test_trains_under_xla():
         np.testing.assert_allclose(
             got.numpy(), want.numpy(), atol=1e-4, err_msg=want.path
         )
+
+
+def test_pruned_model_and_list_inputs():
+    """A pruned sub-model trains with recomputation too; `[x]` is accepted."""
+    model = keras_unetpp.build(
+        depth=2, input_shape=(16, 16, 1), filters=4, deep_supervision=True
+    )
+    pruned = keras_unetpp.prune(model, 1)
+    reference = keras_unetpp.prune(keras.models.clone_model(model), 1)
+    reference.set_weights(pruned.get_weights())
+    # X(0,0), X(1,0), X(0,1).
+    assert recompute_nodes(pruned) == 3
+    images, masks = _batch(seed=7)
+    loss, gradients = _loss_and_gradients(reference, images, masks)
+    with tf.GradientTape() as tape:
+        outputs = pruned([images], training=True)
+        loss_r = tf.reduce_mean(keras.losses.binary_crossentropy(masks, outputs))
+    gradients_r = tape.gradient(loss_r, pruned.trainable_variables)
+    np.testing.assert_allclose(loss_r.numpy(), loss.numpy(), rtol=1e-6)
+    for got, want in zip(gradients_r, gradients):
+        np.testing.assert_allclose(got.numpy(), want.numpy(), rtol=1e-4, atol=1e-6)

@@ -414,9 +414,10 @@ def _build_graph(
 def _use_backend_kernels(model):
     """Runs batch normalization as the backend's fused kernel where it has one.
 
-    Only TensorFlow needs this (JAX's XLA fuses the element-wise ops itself);
-    see `keras_unetpp/fused_batch_norm.py`. The graph, its layers and what is
-    saved stay core Keras.
+    TensorFlow only (see `keras_unetpp/fused_batch_norm.py`): JAX's XLA
+    fuses Keras' element-wise batch norm itself, and the PyTorch backend keeps
+    Keras' computation. The graph, its layers and what is saved stay core
+    Keras.
     """
     if keras.backend.backend() == "tensorflow":
         from keras_unetpp.fused_batch_norm import fuse_batch_norm

@@ -278,7 +278,7 @@ def test_batch_norm_uses_fused_kernel_only_on_tensorflow():
     """On TensorFlow, build() serves batch norm with the fused kernel.
 
     The layers stay core Keras either way; on JAX and PyTorch nothing is
-    patched (their compilers fuse the element-wise ops themselves).
+    patched (the fused kernel is a TensorFlow op).
     """
     model = keras_unetpp.build(depth=1, input_shape=(8, 8, 1), filters=4)
     norms = [

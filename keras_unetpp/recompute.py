@@ -18,6 +18,7 @@ made). TensorFlow only: the backward recomputation is a `tf.custom_gradient`.
 """
 
 import re
+import threading
 import types
 
 import keras
@@ -182,7 +183,7 @@ def _recomputed(node_model, args):
 
         def backward(upstream, variables=None):
             variables = list(variables or ())
-            inputs = _after(upstream, args)
+            inputs = _after([upstream] + _previous_gradients(), args)
             with tf.GradientTape() as tape:
                 tape.watch(inputs)
                 with recomputing():
@@ -190,6 +191,7 @@ def _recomputed(node_model, args):
             gradients = tape.gradient(
                 again, list(inputs) + variables, output_gradients=upstream
             )
+            _remember_gradients(gradients)
             return gradients[: len(args)], gradients[len(args) :]
 
         return outputs, backward
@@ -197,17 +199,51 @@ def _recomputed(node_model, args):
     return forward(*args)
 
 
-def _after(upstream, args):
-    """`args`, made to depend on `upstream` so that nothing runs before it.
+# The gradients of the node whose backward pass was built last, per graph.
+_LAST = threading.local()
+
+
+def _previous_gradients():
+    """The input gradients of the node recomputed before, in a traced graph.
+
+    A backward pass is built once its upstream gradients exist, so the node
+    built before this one never waits for it: making this recomputation wait
+    for that node's gradients is safe, and runs the recomputations one at a
+    time, in order, instead of as many at once as the dense skips make ready
+    (which raised the peak memory, and made it vary from run to run). Eager
+    execution runs them one at a time anyway.
+    """
+    if tf.executing_eagerly():
+        return []
+    graph, tensors = getattr(_LAST, "entry", (None, []))
+    if graph is not tf.compat.v1.get_default_graph():
+        return []
+    return tensors
+
+
+def _remember_gradients(gradients):
+    if tf.executing_eagerly():
+        return
+    tensors = [g for g in gradients if g is not None and tf.is_tensor(g)][:1]
+    _LAST.entry = (tf.compat.v1.get_default_graph(), tensors)
+
+
+def _after(tensors, args):
+    """`args`, made to depend on `tensors` so that nothing runs before them.
 
     The recomputation needs only the node's inputs, which exist since the
     forward pass: without a dependency, the graph executor would recompute
     every node as early as it can, all at once, and keep it all until its
     gradient comes, which is more memory, not less. A data dependency (not a
-    control dependency, which XLA ignores) on one element of the upstream
-    gradient holds each recomputation back until its gradient is due. The
-    added value is 0 (NaN if the gradient is NaN, which it then is anyway).
+    control dependency, which XLA ignores) on one element of each tensor (the
+    upstream gradient, and the gradients of the node recomputed before)
+    holds each recomputation back until it is due. The added value is 0 (NaN
+    if a gradient is NaN, which the step's gradients then are anyway).
     """
-    first = tf.reshape(upstream, [-1])[:1]
-    zero = tf.reduce_sum(tf.where(tf.math.is_nan(first), first, tf.zeros_like(first)))
+    zero = 0.0
+    for tensor in tensors:
+        first = tf.cast(tf.reshape(tensor, [-1])[:1], tf.float32)
+        zero += tf.reduce_sum(
+            tf.where(tf.math.is_nan(first), first, tf.zeros_like(first))
+        )
     return [arg + tf.cast(zero, arg.dtype) for arg in args]

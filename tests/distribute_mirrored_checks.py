@@ -185,3 +185,29 @@ def test_fit_matches_single_device_and_keeps_replicas_equal(strategy):
             make(single).predict(images, batch_size=4, verbose=0),
             atol=1e-4,  # the weights agree to 1e-5
         )
+
+
+def test_recomputed_nodes_train_like_single_device(strategy):
+    """`recompute_nodes` under two replicas with synchronized batch norm.
+
+    Synchronized batch norm runs Keras' computation (not the fused kernel);
+    the recomputation must still leave one moving-average update per step,
+    and each replica recomputes only its own nodes.
+    """
+    config = dict(TINY, deep_supervision=True)
+    keras.utils.set_random_seed(5)
+    single = distribute.build_in_scope(None, optimizer="sgd", **config)
+    mirrored = distribute.build_in_scope(strategy, optimizer="sgd", **config)
+    assert keras_unetpp.recompute_nodes(mirrored) == 6
+    mirrored.set_weights(single.get_weights())
+    images, masks = _data(8, seed=6)
+    targets = {name: masks for name in single.output_names}
+    examples = tf.data.Dataset.from_tensor_slices((images, targets))
+    single.fit(examples.batch(4), epochs=2, verbose=0)
+    mirrored.fit(
+        distribute.batch_for_strategy(examples, 4, strategy), epochs=2, verbose=0
+    )
+    for got, want, variable in zip(
+        mirrored.get_weights(), single.get_weights(), mirrored.weights
+    ):
+        np.testing.assert_allclose(got, want, atol=1e-5, err_msg=variable.path)

@@ -306,7 +306,7 @@ def test_mirrored_strategy_on_two_logical_cpus():
         timeout=TIMEOUT_S,
     )
     assert result.returncode == 0, result.stdout[-6000:] + result.stderr[-3000:]
-    assert "5 passed" in result.stdout
+    assert "6 passed" in result.stdout
 
 
 # --- MultiWorkerMirroredStrategy, 2 local workers (own processes) --------------

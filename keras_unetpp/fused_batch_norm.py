@@ -26,8 +26,6 @@ the last, rank other than 4, epsilon below TensorFlow's minimum.
 on TensorFlow; call it yourself on a model loaded from a `.keras` file.
 """
 
-import contextlib
-import threading
 import types
 
 import keras
@@ -37,28 +35,6 @@ import tensorflow as tf
 _MIN_EPSILON = 1.001e-5
 _FUSED_DTYPES = ("float16", "bfloat16", "float32")
 _MARK = "_keras_unetpp_fused"
-_STATE = threading.local()
-
-
-@contextlib.contextmanager
-def recomputing():
-    """Marks calls that recompute a forward pass for its gradient.
-
-    Inside it, the batch-normalization layers served by `fuse_batch_norm`
-    normalize with the batch statistics as usual but leave their moving
-    averages alone: the first forward pass updated them already
-    (`keras_unetpp.recompute_nodes`).
-    """
-    previous = getattr(_STATE, "recomputing", False)
-    _STATE.recomputing = True
-    try:
-        yield
-    finally:
-        _STATE.recomputing = previous
-
-
-def _is_recomputing():
-    return getattr(_STATE, "recomputing", False)
 
 
 def fuse_batch_norm(model):
@@ -98,7 +74,7 @@ def fuse_batch_norm(model):
     count = 0
     for layer in model._flatten_layers(include_self=True, recursive=True):
         if isinstance(layer, keras.layers.BatchNormalization):
-            if not getattr(layer, _MARK, False):
+            if not is_fused(layer):
                 layer.call = types.MethodType(_fused_call, layer)
                 setattr(layer, _MARK, True)
             count += 1
@@ -138,19 +114,7 @@ def _can_fuse(layer, inputs, mask):
 def _fused_call(layer, inputs, training=None, mask=None):
     """`BatchNormalization.call` through `FusedBatchNormV3` (bound per layer)."""
     if not _can_fuse(layer, inputs, mask):
-        if not (_is_recomputing() and training):
-            return type(layer).call(layer, inputs, training=training, mask=mask)
-        # Keras' computation updates the moving averages: undo it.
-        saved = [
-            tf.identity(tf.convert_to_tensor(v))
-            for v in (layer.moving_mean, layer.moving_variance)
-        ]
-        with tf.control_dependencies(saved):
-            outputs = type(layer).call(layer, inputs, training=training, mask=mask)
-        with tf.control_dependencies([outputs]):
-            layer.moving_mean.assign(saved[0])
-            layer.moving_variance.assign(saved[1])
-        return tf.identity(outputs)
+        return type(layer).call(layer, inputs, training=training, mask=mask)
     channels = inputs.shape[-1]
     scale = _as_float32(layer.gamma) if layer.scale else tf.ones([channels])
     offset = _as_float32(layer.beta) if layer.center else tf.zeros([channels])
@@ -164,8 +128,6 @@ def _fused_call(layer, inputs, training=None, mask=None):
             tf.reduce_prod(tf.shape(inputs, out_type=tf.int64)[:-1]), tf.float32
         )
         variance = variance * ((count - 1.0) / tf.maximum(count, 1.0))
-        if _is_recomputing():
-            return outputs
         momentum = layer.momentum
         layer.moving_mean.assign(
             layer.moving_mean * momentum + mean * (1.0 - momentum)

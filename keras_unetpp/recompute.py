@@ -14,22 +14,19 @@ nodes (a third more FLOPs; 1.3-1.4x the step time on a CPU).
 It changes how the model trains, not what it computes: the model, its
 layers and what is saved stay the same, inference is untouched, and the
 gradients and the batch-normalization statistics equal those of a plain
-step (the recomputation skips the moving-average update that the first pass
-made). TensorFlow only: the backward recomputation is a `tf.custom_gradient`.
+step (the recomputation restores the moving averages that the first pass
+left). TensorFlow only: the backward recomputation is a `tf.custom_gradient`.
 """
 
 import re
 import threading
 import types
+import weakref
 
 import keras
 import tensorflow as tf
 
-from keras_unetpp.fused_batch_norm import (
-    fuse_batch_norm,
-    recomputing,
-    reset_step_functions,
-)
+from keras_unetpp.fused_batch_norm import reset_step_functions
 from keras_unetpp.model import node_name, output_name
 from keras_unetpp.pruning import head_levels, model_depth
 
@@ -85,10 +82,7 @@ def recompute_nodes(model):
                 "another mask and the gradients would be wrong). Build the "
                 f"model with dropout=0. Received: {layer.name} rate={layer.rate}"
             )
-    if getattr(model, _MARK, None) is None:
-        # Batch norm skips its moving-average update while a node is
-        # recomputed; the fused layers know how.
-        fuse_batch_norm(model)
+    if not is_recomputing(model):
         plan = _Plan(model, depth)
         model.call = types.MethodType(_recomputing_call, model)
         setattr(model, _MARK, plan)
@@ -185,13 +179,19 @@ def _recomputed(node_model, args):
         def backward(upstream, variables=None):
             variables = list(variables or ())
             inputs = _after([upstream] + _previous_gradients(), args)
+            # What the forward pass left in the node's state (the moving
+            # statistics of its batch norms), which the recomputation would
+            # update a second time.
+            state = node_model.non_trainable_variables
+            saved = [tf.identity(tf.convert_to_tensor(v)) for v in state]
             with tf.GradientTape() as tape:
                 tape.watch(inputs)
-                with recomputing():
-                    again = node_model(list(inputs), training=True)
+                again = node_model(list(inputs), training=True)
             gradients = tape.gradient(
                 again, list(inputs) + variables, output_gradients=upstream
             )
+            for variable, value in zip(state, saved):
+                variable.assign(value)
             _remember_gradients(gradients)
             return gradients[: len(args)], gradients[len(args) :]
 
@@ -217,16 +217,20 @@ def _previous_gradients():
     if tf.executing_eagerly():
         return []
     graph, tensors = getattr(_LAST, "entry", (None, []))
-    if graph is not tf.compat.v1.get_default_graph():
+    if graph is None or graph() is not tf.compat.v1.get_default_graph():
         return []
-    return tensors
+    return [tensor() for tensor in tensors if tensor() is not None]
 
 
 def _remember_gradients(gradients):
     if tf.executing_eagerly():
         return
     tensors = [g for g in gradients if g is not None and tf.is_tensor(g)][:1]
-    _LAST.entry = (tf.compat.v1.get_default_graph(), tensors)
+    # Weak references: a traced step's graph is not kept alive by this.
+    _LAST.entry = (
+        weakref.ref(tf.compat.v1.get_default_graph()),
+        [weakref.ref(tensor) for tensor in tensors],
+    )
 
 
 def _after(tensors, args):

@@ -1,6 +1,11 @@
-"""Argument checks shared by the modules: clear `ValueError`s, Keras style."""
+"""Argument checks shared by the modules: clear `InputError`s, Keras style.
+
+`InputError` is a `ValueError`; the command line reports it in one line.
+"""
 
 import numbers
+
+from keras_unetpp.errors import InputError
 
 
 def is_int(value):
@@ -33,12 +38,12 @@ def check_int(value, arg, low=1, high=None):
             expected = "a positive int"
         else:
             expected = f"an int >= {low}"
-        raise ValueError(f"`{arg}` must be {expected}. Received: {arg}={value!r}")
+        raise InputError(f"`{arg}` must be {expected}. Received: {arg}={value!r}")
     return int(value)
 
 
 def check_bool(value, arg):
     """Returns `value`, or raises unless it is a bool."""
     if not isinstance(value, bool):
-        raise ValueError(f"`{arg}` must be a bool. Received: {arg}={value!r}")
+        raise InputError(f"`{arg}` must be a bool. Received: {arg}={value!r}")
     return value

@@ -3,13 +3,17 @@
 This module only parses flags and calls the library (`keras_unetpp.runs`,
 `keras_unetpp.synthetic`, `keras_unetpp.sources`). TensorFlow is imported
 when a command runs, not for `--help` or a bad flag. Any bad argument, path
-or setting ends the command with exit status 2 and one line on stderr:
-`keras-unetpp <command>: error: <what is wrong>`.
+or setting (an `InputError`, or a file the system refuses) ends the command
+with exit status 2 and one line on stderr:
+`keras-unetpp <command>: error: <what is wrong>`. Any other exception is a
+bug: it keeps its traceback.
 """
 
 import argparse
 import json
 import sys
+
+from keras_unetpp.errors import InputError
 
 PROG = "keras-unetpp"
 
@@ -24,7 +28,7 @@ Quick start (synthetic data, no download):
 """
 
 
-class UsageError(Exception):
+class UsageError(InputError):
     """A bad combination of flags that argparse cannot see."""
 
 
@@ -459,8 +463,10 @@ def main(argv=None):
     command = args.command
     try:
         _COMMANDS[command](args)
-    except (UsageError, ValueError, FileNotFoundError, FileExistsError,
-            NotADirectoryError, PermissionError) as e:
+    except (UsageError, InputError, FileNotFoundError, FileExistsError,
+            NotADirectoryError, IsADirectoryError, PermissionError) as e:
+        # What the user got wrong: one line. Anything else is a bug and
+        # keeps its traceback (exit status 1).
         message = " ".join(str(e).split()) or type(e).__name__
         print(f"{PROG} {command}: error: {message}", file=sys.stderr)
         raise SystemExit(2) from None

@@ -27,6 +27,7 @@ import tempfile
 
 import keras
 
+from keras_unetpp.errors import InputError
 from keras_unetpp.losses import BCEDiceLoss, CategoricalCEDiceLoss
 from keras_unetpp.metrics import IoUScore
 from keras_unetpp.model import build, output_name
@@ -84,21 +85,21 @@ def get_strategy(name="default", devices=None, tpu=None):
     ```
     """
     if name not in STRATEGIES:
-        raise ValueError(f"`name` must be one of {STRATEGIES}. Received: name={name!r}")
+        raise InputError(f"`name` must be one of {STRATEGIES}. Received: name={name!r}")
     if name != "default" and keras.backend.backend() != "tensorflow":
-        raise ValueError(
+        raise InputError(
             f"The {name!r} strategy is a tf.distribute strategy and needs the "
             "TensorFlow backend (set KERAS_BACKEND=tensorflow). Under JAX, "
             "use `keras.distribution` instead. "
             f"Received: backend={keras.backend.backend()!r}"
         )
     if devices is not None and name != "mirrored":
-        raise ValueError(
+        raise InputError(
             "`devices` applies to the 'mirrored' strategy only. "
             f"Received: name={name!r}, devices={devices!r}"
         )
     if tpu is not None and name != "tpu":
-        raise ValueError(
+        raise InputError(
             f"`tpu` applies to the 'tpu' strategy only. Received: name={name!r}, "
             f"tpu={tpu!r}"
         )
@@ -123,7 +124,7 @@ def _mirrored_devices(devices):
         chosen = gpus or sorted(key for key in available if key[0] == "CPU")
         return [available[key] for key in chosen]
     if isinstance(devices, str) or not devices:
-        raise ValueError(
+        raise InputError(
             "`devices` must be a non-empty list of device names such as "
             f"['/gpu:0', '/gpu:1']. Received: devices={devices!r}"
         )
@@ -135,7 +136,7 @@ def _mirrored_devices(devices):
             spec = None
         key = None if spec is None else (spec.device_type, spec.device_index or 0)
         if key not in available:
-            raise ValueError(
+            raise InputError(
                 f"Device {device!r} is not available on this machine; the "
                 f"available devices are {sorted(available.values())}. "
                 f"Received: devices={devices!r}"
@@ -147,7 +148,7 @@ def _mirrored_devices(devices):
 def _multi_worker_strategy():
     tf = _tf()
     if not os.environ.get("TF_CONFIG"):
-        raise ValueError(
+        raise InputError(
             "The 'multi_worker' strategy reads the cluster from the TF_CONFIG "
             "environment variable, which is not set. Set it on every worker, "
             'e.g. {"cluster": {"worker": ["host0:12345", "host1:12345"]}, '
@@ -158,7 +159,7 @@ def _multi_worker_strategy():
     try:
         return tf.distribute.MultiWorkerMirroredStrategy()
     except RuntimeError as error:
-        raise ValueError(
+        raise InputError(
             "Could not start the 'multi_worker' strategy. Create it at the "
             "start of the program, before any other TensorFlow operation "
             f"(original error: {error}). "
@@ -174,7 +175,7 @@ def _tpu_strategy(tpu):
         tf.tpu.experimental.initialize_tpu_system(resolver)
         return tf.distribute.TPUStrategy(resolver)
     except (ValueError, RuntimeError, tf.errors.OpError) as error:
-        raise ValueError(
+        raise InputError(
             "No TPU is available: the 'tpu' strategy needs a Cloud TPU (a TPU "
             "VM, or a TPU name or grpc:// address in `tpu` or $TPU_NAME). "
             f"Use 'mirrored' or 'default' elsewhere (original error: {error}). "
@@ -214,7 +215,7 @@ def validate_tf_config(tf_config=None):
     if tf_config is None:
         tf_config = os.environ.get("TF_CONFIG")
         if not tf_config:
-            raise ValueError(
+            raise InputError(
                 "The TF_CONFIG environment variable is not set. "
                 "Received: TF_CONFIG=None"
             )
@@ -223,25 +224,25 @@ def validate_tf_config(tf_config=None):
         try:
             config = json.loads(tf_config)
         except json.JSONDecodeError as error:
-            raise ValueError(
+            raise InputError(
                 f"TF_CONFIG is not valid JSON ({error}). {received}"
             ) from None
     else:
         config = tf_config
     if not isinstance(config, dict):
-        raise ValueError(
+        raise InputError(
             f"TF_CONFIG must be a JSON object with 'cluster' and 'task'. {received}"
         )
     cluster = config.get("cluster")
     if not isinstance(cluster, dict) or not cluster:
-        raise ValueError(
+        raise InputError(
             "TF_CONFIG needs a 'cluster' object mapping job names to lists of "
             f"'host:port' addresses. {received}"
         )
     seen = {}
     for job, addresses in cluster.items():
         if job not in MULTI_WORKER_JOBS:
-            raise ValueError(
+            raise InputError(
                 f"TF_CONFIG has a {job!r} job; a multi-worker cluster has only "
                 f"the jobs {MULTI_WORKER_JOBS}. {received}"
             )
@@ -250,33 +251,33 @@ def validate_tf_config(tf_config=None):
             or not isinstance(addresses, list)
             or not (addresses)
         ):
-            raise ValueError(
+            raise InputError(
                 f"TF_CONFIG cluster job {job!r} must be a non-empty list of "
                 f"'host:port' addresses. {received}"
             )
         if job == "chief" and len(addresses) != 1:
-            raise ValueError(f"TF_CONFIG may have only one chief. {received}")
+            raise InputError(f"TF_CONFIG may have only one chief. {received}")
         for address in addresses:
             _check_address(address, job, received)
             if address in seen:
-                raise ValueError(
+                raise InputError(
                     f"TF_CONFIG gives {address!r} to both {seen[address]} and "
                     f"{job}; every task needs its own address. {received}"
                 )
             seen[address] = job
     if "worker" not in cluster and "chief" not in cluster:
-        raise ValueError(
+        raise InputError(
             f"TF_CONFIG cluster needs a 'worker' (or 'chief') job. {received}"
         )
     task = config.get("task")
     if not isinstance(task, dict) or "type" not in task or "index" not in task:
-        raise ValueError(
+        raise InputError(
             "TF_CONFIG needs a 'task' object with the 'type' and 'index' of "
             f"this process, e.g. {{'type': 'worker', 'index': 0}}. {received}"
         )
     task_type, index = task["type"], task["index"]
     if task_type not in cluster:
-        raise ValueError(
+        raise InputError(
             f"TF_CONFIG task type {task_type!r} is not a job of the cluster "
             f"{sorted(cluster)}. {received}"
         )
@@ -285,7 +286,7 @@ def validate_tf_config(tf_config=None):
         or not isinstance(index, numbers.Integral)
         or not (0 <= index < len(cluster[task_type]))
     ):
-        raise ValueError(
+        raise InputError(
             f"TF_CONFIG task index must be an int in [0, "
             f"{len(cluster[task_type])}) for job {task_type!r}. {received}"
         )
@@ -297,7 +298,7 @@ def _check_address(address, job, received):
         address.rpartition(":") if isinstance(address, str) else ("", "", "")
     )
     if not host or not port.isdigit() or not 0 < int(port) < 65536:
-        raise ValueError(
+        raise InputError(
             f"TF_CONFIG address {address!r} of job {job!r} is not 'host:port' "
             f"with a port in 1..65535. {received}"
         )
@@ -345,26 +346,26 @@ def check_global_batch(batch_size, strategy=None, drop_remainder=False):
     strategy = strategy or tf.distribute.get_strategy()
     check_int(batch_size, "batch_size")
     if not isinstance(drop_remainder, bool):
-        raise ValueError(
+        raise InputError(
             "`drop_remainder` must be a bool. "
             f"Received: drop_remainder={drop_remainder!r}"
         )
     if _is_tpu(strategy) and not drop_remainder:
-        raise ValueError(
+        raise InputError(
             "TPUs compile the step for one static batch shape: batch the data "
             "with drop_remainder=True. Received: drop_remainder=False"
         )
     replicas = strategy.num_replicas_in_sync
     if drop_remainder and batch_size % replicas:
         lower = batch_size - batch_size % replicas
-        raise ValueError(
+        raise InputError(
             f"The global batch size must be divisible by the {replicas} "
             "replicas in sync when batches have a static size "
             f"(drop_remainder=True); use {lower or replicas} or "
             f"{lower + replicas}. Received: batch_size={batch_size}"
         )
     if batch_size < replicas:
-        raise ValueError(
+        raise InputError(
             f"The global batch size is split across {replicas} replicas; "
             f"use at least {replicas} so that each replica gets an image. "
             f"Received: batch_size={batch_size}"
@@ -411,7 +412,7 @@ def batch_for_strategy(
     tf = _tf()
     strategy = strategy or tf.distribute.get_strategy()
     if shard_policy not in SHARD_POLICIES:
-        raise ValueError(
+        raise InputError(
             f"`shard_policy` must be one of {SHARD_POLICIES}. "
             f"Received: shard_policy={shard_policy!r}"
         )
@@ -494,7 +495,7 @@ def build_in_scope(
     if _is_tpu(strategy):
         shape = tuple(build_kwargs.get("input_shape", (None, None, 1)))
         if None in shape:
-            raise ValueError(
+            raise InputError(
                 "TPUs compile the model for static shapes: give a fixed "
                 "input_shape such as (96, 96, 1) and pad or resize the images. "
                 f"Received: input_shape={shape!r}"
@@ -699,7 +700,7 @@ def _default_save_fn(filepath):
     if filepath.endswith(".weights.h5"):
         return lambda model, path: model.save_weights(path)
     if os.path.splitext(filepath)[1]:
-        raise ValueError(
+        raise InputError(
             "`filepath` must end in '.keras' or '.weights.h5', or name a "
             "SavedModel directory (no extension), unless `save_fn` is given. "
             f"Received: filepath={filepath!r}"

@@ -18,6 +18,7 @@ import time
 
 import tensorflow as tf
 
+from keras_unetpp.errors import InputError
 from keras_unetpp.flops import count_flops
 from keras_unetpp.metrics import DiceScore, IoUScore
 from keras_unetpp.model import output_name
@@ -150,7 +151,7 @@ def evaluate_levels(
     height, width = (int(s) for s in image_size)
     levels = head_levels(model)
     if not levels:
-        raise ValueError(
+        raise InputError(
             "The model has no output_l<L> heads; it was not built by "
             f"keras_unetpp. Received: model={model.name!r}"
         )
@@ -174,7 +175,7 @@ def evaluate_levels(
                 metric.update_state(masks, outputs[key])
         count += int(images.shape[0])
     if count == 0:
-        raise ValueError("The evaluation dataset is empty. Received: 0 images")
+        raise InputError("The evaluation dataset is empty. Received: 0 images")
     channels = int(model.inputs[0].shape[-1])
     subs, labels = [], []
     for key in keys:
@@ -291,7 +292,7 @@ def plot_tradeoff(rows, path, title=None):
     from matplotlib.figure import Figure
 
     if not rows:
-        raise ValueError("Nothing to plot. Received: rows=[]")
+        raise InputError("Nothing to plot. Received: rows=[]")
     path = pathlib.Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     figure = Figure(figsize=(6, 4.5), dpi=100)

@@ -31,6 +31,8 @@ import types
 import keras
 import tensorflow as tf
 
+from keras_unetpp.errors import InputError
+
 # `FusedBatchNormV3` rejects a smaller epsilon.
 _MIN_EPSILON = 1.001e-5
 _FUSED_DTYPES = ("float16", "bfloat16", "float32")
@@ -62,13 +64,13 @@ def fuse_batch_norm(model):
     ```
     """
     if keras.backend.backend() != "tensorflow":
-        raise ValueError(
+        raise InputError(
             "fuse_batch_norm() uses TensorFlow kernels and needs the TensorFlow "
             "backend (KERAS_BACKEND=tensorflow). Received: "
             f"backend={keras.backend.backend()!r}"
         )
     if not isinstance(model, keras.layers.Layer):
-        raise ValueError(
+        raise InputError(
             f"fuse_batch_norm() needs a Keras model or layer. Received: {model!r}"
         )
     count = 0

@@ -15,16 +15,18 @@ All math uses `keras.ops`, so the losses run on every Keras backend.
 import keras
 from keras import ops
 
+from keras_unetpp.errors import InputError
+
 _EPSILON = 1e-7
 
 
 def _validate(from_logits, smooth, per_image, bce_weight, dice_weight):
     if not isinstance(from_logits, bool):
-        raise ValueError(
+        raise InputError(
             f"`from_logits` must be a bool. Received: from_logits={from_logits!r}"
         )
     if not isinstance(per_image, bool):
-        raise ValueError(
+        raise InputError(
             f"`per_image` must be a bool. Received: per_image={per_image!r}"
         )
     for arg, value in (
@@ -37,7 +39,7 @@ def _validate(from_logits, smooth, per_image, bce_weight, dice_weight):
             or not isinstance(value, (int, float))
             or (value < 0)
         ):
-            raise ValueError(
+            raise InputError(
                 f"`{arg}` must be a non-negative number. Received: {arg}={value!r}"
             )
 

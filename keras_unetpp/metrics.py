@@ -12,6 +12,8 @@ IoU). An empty prediction on an empty mask scores 1.
 import keras
 from keras import ops
 
+from keras_unetpp.errors import InputError
+
 AVERAGES = ("global", "per_image")
 
 
@@ -32,16 +34,16 @@ class _OverlapScore(keras.metrics.Metric):
             or not isinstance(num_classes, int)
             or (num_classes < 1)
         ):
-            raise ValueError(
+            raise InputError(
                 "`num_classes` must be a positive int. "
                 f"Received: num_classes={num_classes!r}"
             )
         if isinstance(threshold, bool) or not isinstance(threshold, (int, float)):
-            raise ValueError(
+            raise InputError(
                 f"`threshold` must be a number. Received: threshold={threshold!r}"
             )
         if average not in AVERAGES:
-            raise ValueError(
+            raise InputError(
                 f"`average` must be one of {AVERAGES}. Received: average={average!r}"
             )
         super().__init__(name=name, dtype=dtype)
@@ -92,7 +94,7 @@ class _OverlapScore(keras.metrics.Metric):
 
     def update_state(self, y_true, y_pred, sample_weight=None):
         if sample_weight is not None:
-            raise ValueError(
+            raise InputError(
                 f"{type(self).__name__} does not take sample weights; mask the "
                 "images instead."
             )

@@ -5,6 +5,7 @@ import numbers
 import keras
 
 from keras_unetpp import blocks
+from keras_unetpp.errors import InputError
 
 MIN_DEPTH = 1
 MAX_DEPTH = 6
@@ -29,12 +30,12 @@ def default_filters(depth):
 
 def _check_int(value, arg, low, high):
     if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        raise ValueError(
+        raise InputError(
             f"`{arg}` must be an integer between {low} and {high}. "
             f"Received: {arg}={value!r}"
         )
     if not low <= value <= high:
-        raise ValueError(
+        raise InputError(
             f"`{arg}` must be between {low} and {high}. Received: {arg}={value}"
         )
     return int(value)
@@ -42,7 +43,7 @@ def _check_int(value, arg, low, high):
 
 def _check_choice(value, arg, choices):
     if value not in choices:
-        raise ValueError(f"`{arg}` must be one of {choices}. Received: {arg}={value!r}")
+        raise InputError(f"`{arg}` must be one of {choices}. Received: {arg}={value!r}")
     return value
 
 
@@ -63,7 +64,7 @@ def _check_arguments(
     convs_per_node = _check_int(convs_per_node, "convs_per_node", 1, 8)
     data_format = data_format or keras.config.image_data_format()
     if data_format != "channels_last":
-        raise ValueError(
+        raise InputError(
             "keras_unetpp builds channels-last models only (NHWC, the fast "
             "layout on CPU, GPU and TPU); transpose your images instead. "
             f"Received: data_format={data_format!r}"
@@ -75,7 +76,7 @@ def _check_arguments(
     try:
         filters = tuple(filters)
     except TypeError:
-        raise ValueError(
+        raise InputError(
             f"`filters` must be an int or a sequence of {depth + 1} positive "
             f"ints (one per level 0..depth). Received: filters={filters!r}"
         ) from None
@@ -83,7 +84,7 @@ def _check_arguments(
         isinstance(f, numbers.Integral) and not isinstance(f, bool) and f > 0
         for f in filters
     ):
-        raise ValueError(
+        raise InputError(
             f"`filters` must have {depth + 1} positive ints for depth={depth} "
             f"(one per level 0..{depth}). Received: filters={filters!r}"
         )
@@ -91,12 +92,12 @@ def _check_arguments(
     try:
         input_shape = tuple(input_shape)
     except TypeError:
-        raise ValueError(
+        raise InputError(
             "`input_shape` must be (height, width, channels). "
             f"Received: input_shape={input_shape!r}"
         ) from None
     if len(input_shape) != 3 or input_shape[-1] is None or input_shape[-1] < 1:
-        raise ValueError(
+        raise InputError(
             "`input_shape` must be (height, width, channels) with a known "
             f"channel count; height and width may be None. "
             f"Received: input_shape={input_shape!r}"
@@ -104,7 +105,7 @@ def _check_arguments(
     stride = 2**depth
     for axis, size in zip(("height", "width"), input_shape[:2]):
         if size is not None and (size < stride or size % stride):
-            raise ValueError(
+            raise InputError(
                 f"The input {axis} must be a multiple of 2**depth = {stride} "
                 f"for depth={depth} (each level halves it). Pad or resize "
                 "the images (keras_unetpp.data does this), or use None for "
@@ -117,14 +118,14 @@ def _check_arguments(
         or not isinstance(dropout, numbers.Real)
         or not (0.0 <= dropout < 1.0)
     ):
-        raise ValueError(
+        raise InputError(
             f"`dropout` must be a float in [0, 1). Received: dropout={dropout!r}"
         )
     if output_activation == "auto":
         output_activation = "sigmoid" if num_classes == 1 else "softmax"
     _check_choice(output_activation, "output_activation", ("sigmoid", "softmax", None))
     if output_activation == "softmax" and num_classes == 1:
-        raise ValueError(
+        raise InputError(
             "A softmax over one channel is constant 1; use 'sigmoid' for "
             "binary segmentation. Received: output_activation='softmax', "
             "num_classes=1"

@@ -2,6 +2,7 @@
 
 import numpy as np
 
+from keras_unetpp.errors import InputError
 from keras_unetpp.pruning import model_depth
 
 
@@ -29,7 +30,7 @@ def pad_to_multiple(images, multiple, mode="reflect"):
     """
     images = np.asarray(images)
     if images.ndim != 4:
-        raise ValueError(
+        raise InputError(
             "`images` must be a batch (batch, height, width, channels). "
             f"Received: shape={images.shape}"
         )

@@ -21,6 +21,8 @@ import os
 
 import keras
 
+from keras_unetpp.errors import InputError
+
 PRECISIONS = ("auto", "float32", "mixed_bfloat16", "mixed_float16")
 
 # /proc/cpuinfo flags of native bfloat16 arithmetic (x86 and Arm).
@@ -96,7 +98,7 @@ def resolve_precision(precision="auto"):
         str, an explicit policy name.
     """
     if precision not in PRECISIONS:
-        raise ValueError(
+        raise InputError(
             f"`precision` must be one of {PRECISIONS}. "
             f"Received: precision={precision!r}"
         )
@@ -105,7 +107,7 @@ def resolve_precision(precision="auto"):
     override = os.environ.get("KERAS_UNETPP_PRECISION")
     if override:
         if override not in PRECISIONS[1:]:
-            raise ValueError(
+            raise InputError(
                 f"The environment variable KERAS_UNETPP_PRECISION must be one "
                 f"of {PRECISIONS[1:]}. Received: "
                 f"KERAS_UNETPP_PRECISION={override!r}"

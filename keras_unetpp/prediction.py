@@ -17,6 +17,7 @@ import tensorflow as tf
 
 from keras_unetpp.data import IMAGE_EXTENSIONS
 from keras_unetpp.data.decode import prepare_image, read_image
+from keras_unetpp.errors import InputError
 from keras_unetpp.padding import predict_padded
 
 # Colour of the foreground in overlays (RGB), and its opacity.
@@ -32,7 +33,7 @@ def image_files(input_dir):
     """
     folder = pathlib.Path(input_dir)
     if not folder.is_dir():
-        raise ValueError(
+        raise InputError(
             f"The input folder does not exist. Received: input_dir={str(folder)!r}"
         )
     files = sorted(
@@ -43,7 +44,7 @@ def image_files(input_dir):
         and p.suffix.lower() in IMAGE_EXTENSIONS
     )
     if not files:
-        raise ValueError(
+        raise InputError(
             f"The input folder holds no {', '.join(IMAGE_EXTENSIONS)} images. "
             f"Received: input_dir={str(folder)!r}"
         )
@@ -151,11 +152,11 @@ def predict_folder(
     ```
     """
     if not 0.0 < float(threshold) < 1.0:
-        raise ValueError(
+        raise InputError(
             f"`threshold` must be in (0, 1). Received: threshold={threshold!r}"
         )
     if isinstance(model.output, (dict, list, tuple)):
-        raise ValueError(
+        raise InputError(
             "predict_folder needs a single-output model; use "
             "keras_unetpp.inference_model(model) or prune(model, level). "
             f"Received: model with outputs {list(model.output_names)}"

@@ -11,6 +11,7 @@ import re
 
 import keras
 
+from keras_unetpp.errors import InputError
 from keras_unetpp.model import output_name
 
 _ENCODER_LAYER = re.compile(r"^x_(\d+)_0_conv1$")
@@ -35,7 +36,7 @@ def model_depth(model):
         if m
     ]
     if not levels:
-        raise ValueError(
+        raise InputError(
             "This model has no UNet++ encoder layers (x_<i>_0_conv1); it was "
             f"not built by keras_unetpp.build. Received: model={model.name!r}"
         )
@@ -81,13 +82,13 @@ def prune(model, level):
         or not isinstance(level, int)
         or not (1 <= level <= depth)
     ):
-        raise ValueError(
+        raise InputError(
             f"`level` must be an integer between 1 and the model's depth "
             f"({depth}). Received: level={level!r}"
         )
     levels = head_levels(model)
     if level not in levels:
-        raise ValueError(
+        raise InputError(
             f"The model has no head for level {level} (it has heads for "
             f"levels {levels}). Build it with deep_supervision=True to prune "
             f"it to smaller depths. Received: level={level}"
@@ -122,13 +123,13 @@ def inference_model(model, mode="accurate", level=None):
     ```
     """
     if mode not in INFERENCE_MODES:
-        raise ValueError(
+        raise InputError(
             f"`mode` must be one of {INFERENCE_MODES}. Received: mode={mode!r}"
         )
     if mode == "fast":
         return prune(model, model_depth(model) if level is None else level)
     if level is not None:
-        raise ValueError(
+        raise InputError(
             "The accurate mode averages every head; `level` is for the fast "
             f"mode. Received: mode='accurate', level={level!r}"
         )

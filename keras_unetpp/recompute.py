@@ -26,6 +26,7 @@ import weakref
 import keras
 import tensorflow as tf
 
+from keras_unetpp.errors import InputError
 from keras_unetpp.fused_batch_norm import reset_step_functions
 from keras_unetpp.model import node_name, output_name
 from keras_unetpp.pruning import head_levels, model_depth
@@ -64,19 +65,19 @@ def recompute_nodes(model):
     ```
     """
     if keras.backend.backend() != "tensorflow":
-        raise ValueError(
+        raise InputError(
             "recompute_nodes() recomputes with TensorFlow custom gradients and "
             "needs the TensorFlow backend (KERAS_BACKEND=tensorflow). Received: "
             f"backend={keras.backend.backend()!r}"
         )
     if not isinstance(model, keras.Model):
-        raise ValueError(
+        raise InputError(
             f"recompute_nodes() needs a keras_unetpp model. Received: {model!r}"
         )
     depth = model_depth(model)
     for layer in model.layers:
         if isinstance(layer, keras.layers.Dropout) and layer.rate > 0:
-            raise ValueError(
+            raise InputError(
                 "recompute_nodes() needs deterministic nodes, but layer "
                 f"{layer.name!r} is a dropout (the recomputation would draw "
                 "another mask and the gradients would be wrong). Build the "

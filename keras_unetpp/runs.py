@@ -29,6 +29,7 @@ from keras_unetpp.distribute import (
     is_chief,
     prepare_for_strategy,
 )
+from keras_unetpp.errors import InputError
 from keras_unetpp.export import export_pruned
 from keras_unetpp.fused_batch_norm import fuse_batch_norm
 from keras_unetpp.model import build, build_unet, output_name
@@ -62,7 +63,7 @@ def read_run_config(run_dir):
     """
     path = pathlib.Path(run_dir) / RUN_CONFIG
     if not path.is_file():
-        raise ValueError(
+        raise InputError(
             f"{str(run_dir)!r} is not a training run (it has no {RUN_CONFIG}); "
             f"give the --output folder of `keras-unetpp train`. "
             f"Received: run_dir={str(run_dir)!r}"
@@ -75,12 +76,12 @@ def _image_size(image_size, depth):
     try:
         height, width = (int(s) for s in image_size)
     except (TypeError, ValueError):
-        raise ValueError(
+        raise InputError(
             f"`image_size` must be (height, width). Received: image_size={image_size!r}"
         ) from None
     stride = 2**depth
     if height < stride or width < stride or height % stride or width % stride:
-        raise ValueError(
+        raise InputError(
             f"`image_size` must be multiples of 2**depth = {stride} for "
             f"depth={depth}. Received: image_size={image_size!r}"
         )
@@ -98,7 +99,7 @@ def _check_resume(run_dir, config):
             if old.get(key) != new.get(key):
                 changed.append(f"{section}.{key}: {old.get(key)!r} -> {new.get(key)!r}")
     if changed:
-        raise ValueError(
+        raise InputError(
             f"{str(run_dir)!r} holds a run made with other settings; run the "
             "same command to resume it (only --epochs, --save-every and "
             "--recompute may change), or choose a new --output folder. "
@@ -210,12 +211,12 @@ def train_run(
     ```
     """
     if architecture not in ARCHITECTURES:
-        raise ValueError(
+        raise InputError(
             f"`architecture` must be one of {ARCHITECTURES}. "
             f"Received: architecture={architecture!r}"
         )
     if architecture == "unet" and deep_supervision:
-        raise ValueError(
+        raise InputError(
             "The U-Net baseline has one head; deep supervision is a UNet++ "
             "option. Received: architecture='unet', deep_supervision=True"
         )
@@ -359,7 +360,7 @@ def load_run_model(run_dir, model="best"):
     else:
         path = pathlib.Path(model)
     if not path.is_file():
-        raise ValueError(
+        raise InputError(
             f"No saved model at {str(path)!r}; train the run first (or pass "
             f"a .keras file). Received: model={str(model)!r}"
         )

@@ -20,6 +20,7 @@ import os
 import pathlib
 
 from keras_unetpp import data
+from keras_unetpp.errors import InputError
 
 SPLITS = ("train", "val")
 MANIFEST = "manifest.csv"
@@ -28,7 +29,7 @@ MANIFEST = "manifest.csv"
 def _existing_dir(path, arg):
     path = pathlib.Path(path).expanduser()
     if not path.is_dir():
-        raise ValueError(
+        raise InputError(
             f"`{arg}` must be an existing folder. Received: {arg}={str(path)!r}"
         )
     return str(path.resolve())
@@ -109,13 +110,13 @@ def data_source(
         if value is not None
     ]
     if len(given) != 1:
-        raise ValueError(
+        raise InputError(
             "Give exactly one data source: a data folder (images/ + masks/), "
             "an images folder with a masks folder, a DSB 2018 folder or a "
             f"TFDS name. Received: {', '.join(given) or 'none'}"
         )
     if (images_dir is None) != (masks_dir is None):
-        raise ValueError(
+        raise InputError(
             "An images folder needs a masks folder and vice versa. "
             f"Received: images_dir={images_dir!r}, masks_dir={masks_dir!r}"
         )
@@ -146,7 +147,7 @@ def data_source(
     masks_dir = _existing_dir(masks_dir, "masks_dir")
     if manifest is not None:
         if not os.path.isfile(manifest):
-            raise ValueError(
+            raise InputError(
                 f"The manifest file does not exist. Received: manifest={manifest!r}"
             )
         manifest = str(pathlib.Path(manifest).resolve())
@@ -161,7 +162,7 @@ def data_source(
 
 def _check_split(split):
     if split not in SPLITS:
-        raise ValueError(f"`split` must be one of {SPLITS}. Received: split={split!r}")
+        raise InputError(f"`split` must be one of {SPLITS}. Received: split={split!r}")
 
 
 def source_pairs(source, split):
@@ -184,7 +185,7 @@ def source_pairs(source, split):
     elif kind == "dsb2018":
         pairs = data.dsb2018_pairs(source["root"])
     else:
-        raise ValueError(
+        raise InputError(
             "Only folder and DSB 2018 sources have file pairs. "
             f"Received: kind={kind!r}"
         )

@@ -24,6 +24,7 @@ import pathlib
 import cv2
 import numpy as np
 
+from keras_unetpp.errors import InputError
 from keras_unetpp.validation import check_int
 
 SYNTHETIC_README = """\
@@ -110,18 +111,18 @@ def write_synthetic_dataset(
     try:
         height, width = (int(s) for s in image_size)
     except (TypeError, ValueError):
-        raise ValueError(
+        raise InputError(
             "`image_size` must be (height, width). "
             f"Received: image_size={image_size!r}"
         ) from None
     if height < 8 or width < 8:
-        raise ValueError(
+        raise InputError(
             f"`image_size` must be at least 8x8. Received: image_size={image_size!r}"
         )
     if isinstance(val_fraction, bool) or not isinstance(
         val_fraction, numbers.Real
     ) or not 0.0 < val_fraction < 1.0:
-        raise ValueError(
+        raise InputError(
             "`val_fraction` must be a float in (0, 1). "
             f"Received: val_fraction={val_fraction!r}"
         )

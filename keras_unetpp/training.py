@@ -30,6 +30,7 @@ import time
 
 import keras
 
+from keras_unetpp.errors import InputError
 from keras_unetpp.losses import BCEDiceLoss, CategoricalCEDiceLoss
 from keras_unetpp.metrics import DiceScore, IoUScore
 from keras_unetpp.model import output_name
@@ -94,7 +95,7 @@ def compile_model(
     elif isinstance(learning_rate, bool) or not isinstance(
         learning_rate, numbers.Real
     ) or not learning_rate > 0:
-        raise ValueError(
+        raise InputError(
             "`learning_rate` must be a positive number. "
             f"Received: learning_rate={learning_rate!r}"
         )
@@ -106,7 +107,7 @@ def compile_model(
         weights = {name: 1.0 for name in names}
     elif isinstance(loss_weights, dict):
         if sorted(loss_weights) != sorted(names):
-            raise ValueError(
+            raise InputError(
                 f"`loss_weights` must have one weight per head {names}. "
                 f"Received: loss_weights={loss_weights!r}"
             )
@@ -114,7 +115,7 @@ def compile_model(
     else:
         loss_weights = list(loss_weights)
         if len(loss_weights) != len(names):
-            raise ValueError(
+            raise InputError(
                 f"`loss_weights` must have one weight per head ({len(names)} "
                 f"for heads {names}). Received: loss_weights={loss_weights!r}"
             )
@@ -122,7 +123,7 @@ def compile_model(
     if any(not math.isfinite(w) or w < 0 for w in weights.values()) or not any(
         weights.values()
     ):
-        raise ValueError(
+        raise InputError(
             "`loss_weights` must be non-negative and not all zero. "
             f"Received: loss_weights={loss_weights!r}"
         )
@@ -169,7 +170,7 @@ def monitor_name(model, monitor="iou"):
         4 (its deepest head) or `"val_iou"` for a single-output model.
     """
     if monitor not in MONITORS:
-        raise ValueError(
+        raise InputError(
             f"`monitor` must be one of {MONITORS}. Received: monitor={monitor!r}"
         )
     if len(head_levels(model)) == 1:
@@ -288,7 +289,7 @@ class TimeBudget(keras.callbacks.Callback):
         if isinstance(seconds, bool) or not isinstance(seconds, numbers.Real) or (
             not seconds > 0
         ):
-            raise ValueError(
+            raise InputError(
                 f"`seconds` must be a positive number. Received: seconds={seconds!r}"
             )
         self.seconds = float(seconds)
@@ -313,7 +314,7 @@ def _steps(dataset, steps_per_epoch):
         return check_int(steps_per_epoch, "steps_per_epoch")
     cardinality = int(dataset.cardinality())
     if cardinality < 1:
-        raise ValueError(
+        raise InputError(
             "The training dataset has no known finite length; pass "
             f"`steps_per_epoch`. Received: cardinality={cardinality}"
         )
@@ -423,14 +424,14 @@ def train(
         check_int(save_every, "save_every")
     steps = _steps(train_data, steps_per_epoch)
     if tensorboard and importlib.util.find_spec("tensorboard") is None:
-        raise ValueError(
+        raise InputError(
             "TensorBoard logs need the `tensorboard` package: `pip install "
             "tensorboard`, or pass tensorboard=False. Received: tensorboard=True"
         )
     output_dir = pathlib.Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     if lr_schedule not in LR_SCHEDULES:
-        raise ValueError(
+        raise InputError(
             f"`lr_schedule` must be one of {LR_SCHEDULES}. "
             f"Received: lr_schedule={lr_schedule!r}"
         )
@@ -447,7 +448,7 @@ def train(
     history_path = output_dir / HISTORY
     if state is not None:
         if state["steps_per_epoch"] != steps:
-            raise ValueError(
+            raise InputError(
                 f"{output_dir} holds a run with {state['steps_per_epoch']} steps "
                 "per epoch; resume it with the same data and batch size, or "
                 f"use a new output directory. Received: steps_per_epoch={steps}"
@@ -605,7 +606,7 @@ def set_precision_policy(policy):
     try:
         keras.config.set_dtype_policy(policy)
     except ValueError:
-        raise ValueError(
+        raise InputError(
             "`policy` must be a Keras dtype policy such as 'float32', "
             f"'mixed_float16' or 'mixed_bfloat16'. Received: policy={policy!r}"
         ) from None

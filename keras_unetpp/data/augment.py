@@ -5,12 +5,14 @@ import numbers
 
 import tensorflow as tf
 
+from keras_unetpp.errors import InputError
+
 
 def _check_fraction(value, arg):
     if isinstance(value, bool) or not isinstance(value, numbers.Real) or not (
         0.0 <= value < 1.0
     ):
-        raise ValueError(
+        raise InputError(
             f"`{arg}` must be a float in [0, 1). Received: {arg}={value!r}"
         )
     return float(value)
@@ -69,14 +71,14 @@ class Augmentation:
     ):
         for arg, value in (("flip", flip), ("rotate90", rotate90)):
             if not isinstance(value, bool):
-                raise ValueError(f"`{arg}` must be a bool. Received: {arg}={value!r}")
+                raise InputError(f"`{arg}` must be a bool. Received: {arg}={value!r}")
         if scale_range is not None:
             try:
                 low, high = (float(v) for v in scale_range)
             except (TypeError, ValueError):
                 low = high = float("nan")
             if not (0.0 < low <= high < math.inf):
-                raise ValueError(
+                raise InputError(
                     "`scale_range` must be None or (low, high) with "
                     f"0 < low <= high. Received: scale_range={scale_range!r}"
                 )

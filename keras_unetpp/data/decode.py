@@ -29,6 +29,8 @@ import struct
 import cv2
 import numpy as np
 
+from keras_unetpp.errors import InputError
+
 NORMALIZATIONS = ("dtype", "minmax")
 
 # ITU-R BT.601 luma weights, the ones OpenCV and Pillow use for RGB -> gray.
@@ -104,9 +106,9 @@ def read_image(path, palette_indices=False):
     try:
         data = np.fromfile(path, np.uint8)
     except OSError as e:
-        raise ValueError(f"Cannot read the file {path!r}: {e}") from None
+        raise InputError(f"Cannot read the file {path!r}: {e}") from None
     if data.size == 0:
-        raise ValueError(f"The file {path!r} is empty (0 bytes).")
+        raise InputError(f"The file {path!r} is empty (0 bytes).")
     if palette_indices and _is_palette_png(data):
         from PIL import Image  # Only palette PNGs need Pillow.
 
@@ -114,21 +116,21 @@ def read_image(path, palette_indices=False):
             with Image.open(path) as im:
                 return np.asarray(im.convert("P") if im.mode == "PA" else im)
         except OSError as e:
-            raise ValueError(f"Cannot decode the palette PNG {path!r}: {e}") from None
+            raise InputError(f"Cannot decode the palette PNG {path!r}: {e}") from None
     array = cv2.imdecode(data, cv2.IMREAD_UNCHANGED)
     if array is None:
         samples = _tiff_samples_per_pixel(data)
         if samples is not None and samples > 4:
-            raise ValueError(
+            raise InputError(
                 f"The TIFF file {path!r} has {samples} channels; supported are "
                 "1 (gray), 2 (gray + alpha), 3 (RGB) and 4 (RGBA)."
             )
-        raise ValueError(
+        raise InputError(
             f"Cannot decode {path!r}: it is not a valid PNG, JPEG or TIFF "
             "image (corrupt, truncated or another format)."
         )
     if path.lower().endswith((".tif", ".tiff")) and cv2.imcount(path) > 1:
-        raise ValueError(
+        raise InputError(
             f"The TIFF file {path!r} has {cv2.imcount(path)} pages; save one "
             "image (or one mask) per file."
         )
@@ -143,7 +145,7 @@ def drop_alpha(array, name):
     if array.ndim == 2:
         return array[..., None]
     if array.ndim != 3 or array.shape[-1] not in (1, 2, 3, 4):
-        raise ValueError(
+        raise InputError(
             f"{name!r} has an unsupported shape {array.shape}: expected "
             "(height, width) or (height, width, channels) with 1 (gray), "
             "2 (gray + alpha), 3 (RGB) or 4 (RGBA) channels."
@@ -171,7 +173,7 @@ def prepare_image(array, channels, normalization, name):
     elif array.dtype in (np.float32, np.float64):
         scale = None
     else:
-        raise ValueError(
+        raise InputError(
             f"The image {name!r} has pixel type {array.dtype}; supported are "
             "8-bit, 16-bit and float images."
         )
@@ -182,7 +184,7 @@ def prepare_image(array, channels, normalization, name):
     elif scale is not None:
         image = image / np.float32(scale)
     elif not np.isfinite(image).all() or image.min() < 0.0 or image.max() > 1.0:
-        raise ValueError(
+        raise InputError(
             f"The float image {name!r} has values outside [0, 1] (from "
             f"{image.min()} to {image.max()}); use normalization='minmax'."
         )
@@ -201,7 +203,7 @@ def mask_plane(array, name):
             np.array_equal(array[..., 0], array[..., 1])
             and np.array_equal(array[..., 0], array[..., 2])
         ):
-            raise ValueError(
+            raise InputError(
                 f"The mask {name!r} is a colour image whose channels differ; "
                 "a mask must be gray (or a palette PNG for classes). Convert "
                 "its colours to class indices first."
@@ -228,7 +230,7 @@ def prepare_mask(array, options, name):
         found = np.unique(plane)
         unknown = found[~np.isin(found, keys)]
         if unknown.size:
-            raise ValueError(
+            raise InputError(
                 f"The mask {name!r} has values {_values(unknown)} that are not "
                 f"in mask_map (keys {sorted(options.mask_map)})."
             )
@@ -241,7 +243,7 @@ def prepare_mask(array, options, name):
             # mask_map values were checked to be 0/1 when the pipeline was made.
             found = np.unique(plane)
             if np.count_nonzero(found) > 1:
-                raise ValueError(
+                raise InputError(
                     f"The mask {name!r} has values {_values(plane)}, which do "
                     "not fit num_classes=1: a binary mask holds 0 (background) "
                     "and one foreground value (1, 255, ...). For class-index "
@@ -253,13 +255,13 @@ def prepare_mask(array, options, name):
     if np.issubdtype(plane.dtype, np.floating) and not np.array_equal(
         plane, np.round(plane)
     ):
-        raise ValueError(
+        raise InputError(
             f"The class mask {name!r} has non-integer values "
             f"{_values(plane[plane != np.round(plane)])}."
         )
     bad = (plane < 0) | (plane >= num_classes)
     if bad.any():
-        raise ValueError(
+        raise InputError(
             f"The class mask {name!r} has values {_values(plane[bad])} outside "
             f"[0, {num_classes - 1}] for num_classes={num_classes}. If its "
             "values are not class indices (e.g. 0/255), use mask_map."
@@ -285,7 +287,7 @@ def prepare_pair(image, masks, options, image_name, mask_names):
     labels = None
     for mask, mask_name in zip(masks, mask_names):
         if np.shape(mask)[:2] != (height, width):
-            raise ValueError(
+            raise InputError(
                 f"The mask {mask_name!r} is {np.shape(mask)[1]}x"
                 f"{np.shape(mask)[0]} (width x height) but its image "
                 f"{image_name!r} is {width}x{height}."
@@ -318,6 +320,6 @@ def check_files_exist(pairs):
     for pair in pairs:
         for path in (pair.image, *pair.masks):
             if not os.path.isfile(path):
-                raise ValueError(
+                raise InputError(
                     f"The file {path!r} of sample {pair.stem!r} does not exist."
                 )

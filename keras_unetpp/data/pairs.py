@@ -7,6 +7,8 @@ import pathlib
 
 import numpy as np
 
+from keras_unetpp.errors import InputError
+
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".tif", ".tiff")
 
 # How many names an error message lists before it says "... and N more".
@@ -37,7 +39,7 @@ def _image_files(directory, role):
     """Maps stem -> path for the image files of a folder, strictly."""
     directory = pathlib.Path(directory)
     if not directory.is_dir():
-        raise ValueError(
+        raise InputError(
             f"The {role} folder does not exist or is not a folder. "
             f"Received: {role}_dir={str(directory)!r}"
         )
@@ -54,14 +56,14 @@ def _image_files(directory, role):
             unsupported.append(entry.name)
             continue
         if entry.stem in by_stem:
-            raise ValueError(
+            raise InputError(
                 f"Two {role} files in {str(directory)!r} have the same stem "
                 f"{entry.stem!r}: {by_stem[entry.stem].name!r} and "
                 f"{entry.name!r}. Keep one of them."
             )
         by_stem[entry.stem] = entry
     if unsupported:
-        raise ValueError(
+        raise InputError(
             f"The {role} folder {str(directory)!r} holds files that are not "
             f"images ({', '.join(IMAGE_EXTENSIONS)}): {_listing(unsupported)}. "
             "Move them out so that no sample is silently left out."
@@ -74,7 +76,7 @@ def _image_files(directory, role):
             if has_subfolders
             else ""
         )
-        raise ValueError(
+        raise InputError(
             f"The {role} folder {str(directory)!r} holds no image files "
             f"({', '.join(IMAGE_EXTENSIONS)}).{hint}"
         )
@@ -118,7 +120,7 @@ def folder_pairs(images_dir, masks_dir, stems=None, mask_suffix=""):
     if mask_suffix:
         unsuffixed = [p.name for s, p in masks.items() if not s.endswith(mask_suffix)]
         if unsuffixed:
-            raise ValueError(
+            raise InputError(
                 f"Mask files without the suffix {mask_suffix!r} in "
                 f"{str(masks_dir)!r}: {_listing(unsuffixed)}. "
                 f"Received: mask_suffix={mask_suffix!r}"
@@ -138,7 +140,7 @@ def folder_pairs(images_dir, masks_dir, stems=None, mask_suffix=""):
                 f"{len(no_image)} mask(s) in {str(masks_dir)!r} have no image: "
                 + _listing(masks[s].name for s in no_image)
             )
-        raise ValueError(
+        raise InputError(
             "Images and masks are matched by file stem"
             + (f" (masks named '<stem>{mask_suffix}')" if mask_suffix else "")
             + "; " + "; ".join(problems) + "."
@@ -149,12 +151,12 @@ def folder_pairs(images_dir, masks_dir, stems=None, mask_suffix=""):
         chosen = [str(s) for s in stems]
         missing = [s for s in chosen if s not in images]
         if missing:
-            raise ValueError(
+            raise InputError(
                 f"{len(missing)} requested stem(s) have no image in "
                 f"{str(images_dir)!r}: {_listing(missing)}."
             )
         if not chosen:
-            raise ValueError(f"`stems` is empty. Received: stems={stems!r}")
+            raise InputError(f"`stems` is empty. Received: stems={stems!r}")
     return [SamplePair(s, str(images[s]), (str(masks[s]),)) for s in chosen]
 
 
@@ -184,20 +186,20 @@ def dsb2018_pairs(root):
     """
     root = pathlib.Path(root)
     if not root.is_dir():
-        raise ValueError(
+        raise InputError(
             f"The DSB 2018 root folder does not exist. Received: root={str(root)!r}"
         )
     folders = sorted(
         p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")
     )
     if (root / "images").is_dir() and (root / "masks").is_dir():
-        raise ValueError(
+        raise InputError(
             f"{str(root)!r} has flat images/ and masks/ folders, not one folder "
             "per sample; use `keras_unetpp.data.folder_pairs(root + '/images', "
             f"root + '/masks')`. Received: root={str(root)!r}"
         )
     if not folders:
-        raise ValueError(
+        raise InputError(
             f"The DSB 2018 root folder {str(root)!r} holds no sample folders "
             "(<id>/images/<id>.png, <id>/masks/*.png)."
         )
@@ -207,7 +209,7 @@ def dsb2018_pairs(root):
         images_dir = folder / "images"
         image = images_dir / f"{sample_id}.png"
         if not image.is_file():
-            raise ValueError(
+            raise InputError(
                 f"The sample folder {str(folder)!r} has no image "
                 f"images/{sample_id}.png."
             )
@@ -217,7 +219,7 @@ def dsb2018_pairs(root):
             if p.name != image.name and not p.name.startswith(".")
         ]
         if extra:
-            raise ValueError(
+            raise InputError(
                 f"The sample folder {str(images_dir)!r} holds more than the "
                 f"image {image.name!r}: {_listing(extra)}."
             )
@@ -228,13 +230,13 @@ def dsb2018_pairs(root):
                 if p.name.startswith("."):
                     continue
                 if p.suffix.lower() != ".png":
-                    raise ValueError(
+                    raise InputError(
                         f"The masks folder {str(masks_dir)!r} holds a file "
                         f"that is not a PNG: {p.name!r}."
                     )
                 masks.append(str(p))
         if not masks:
-            raise ValueError(
+            raise InputError(
                 f"The sample folder {str(folder)!r} has no masks (expected one "
                 "PNG per nucleus in masks/). The DSB 2018 test sets have no "
                 "masks; use the stage1_train folder."
@@ -268,7 +270,7 @@ def manifest_stems(manifest_csv, split, column="suggested_split", stem_column="s
     """
     path = str(manifest_csv)
     if not os.path.isfile(path):
-        raise ValueError(
+        raise InputError(
             f"The manifest file does not exist. Received: manifest_csv={path!r}"
         )
     with open(path, newline="", encoding="utf-8") as f:
@@ -276,14 +278,14 @@ def manifest_stems(manifest_csv, split, column="suggested_split", stem_column="s
         fields = reader.fieldnames or []
         for name in (stem_column, column):
             if name not in fields:
-                raise ValueError(
+                raise InputError(
                     f"The manifest {path!r} has no column {name!r}; its columns "
                     f"are {fields}."
                 )
         rows = list(reader)
     splits = sorted({row[column] for row in rows})
     if split not in splits:
-        raise ValueError(
+        raise InputError(
             f"The manifest {path!r} has no split {split!r} in column "
             f"{column!r}; it has {splits}. Received: split={split!r}"
         )
@@ -318,19 +320,19 @@ def split_pairs(pairs, val_fraction=0.2, seed=0):
     if isinstance(val_fraction, bool) or not isinstance(
         val_fraction, (int, float)
     ) or not 0.0 < val_fraction < 1.0:
-        raise ValueError(
+        raise InputError(
             "`val_fraction` must be a float between 0 and 1 (exclusive). "
             f"Received: val_fraction={val_fraction!r}"
         )
     if len(pairs) < 2:
-        raise ValueError(
+        raise InputError(
             "Need at least 2 pairs to make a training and a validation set. "
             f"Received: {len(pairs)} pair(s)"
         )
     counts = collections.Counter(p.stem for p in pairs)
     duplicates = sorted(s for s, n in counts.items() if n > 1)
     if duplicates:
-        raise ValueError(f"Pairs have duplicate stems: {_listing(duplicates)}.")
+        raise InputError(f"Pairs have duplicate stems: {_listing(duplicates)}.")
     ordered = sorted(pairs, key=lambda p: p.stem)
     n_val = min(max(int(round(len(ordered) * val_fraction)), 1), len(ordered) - 1)
     order = np.random.default_rng(seed).permutation(len(ordered))

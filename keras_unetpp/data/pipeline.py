@@ -9,6 +9,7 @@ import tensorflow as tf
 from keras_unetpp.data import augment, decode, processing
 from keras_unetpp.data.augment import Augmentation
 from keras_unetpp.data.pairs import SamplePair
+from keras_unetpp.errors import InputError
 from keras_unetpp.validation import check_bool, check_int
 
 AUTOTUNE = tf.data.AUTOTUNE
@@ -54,7 +55,7 @@ def processing_settings(
         and s % stride == 0
         for s in image_size
     ):
-        raise ValueError(
+        raise InputError(
             "`image_size` must be (height, width), positive multiples of "
             f"2**depth = {stride} (UNet++ of depth {depth} halves the size "
             f"{depth} times). Received: image_size={image_size!r}"
@@ -62,18 +63,18 @@ def processing_settings(
     image_size = (int(image_size[0]), int(image_size[1]))
     channels = check_int(channels, "channels", 1, 3)
     if channels == 2:
-        raise ValueError(f"`channels` must be 1 or 3. Received: channels={channels}")
+        raise InputError(f"`channels` must be 1 or 3. Received: channels={channels}")
     num_classes = check_int(num_classes, "num_classes", 1, 65535)
     batch_size = check_int(batch_size, "batch_size", 1)
     training = check_bool(training, "training")
     if augmentation is not None:
         if not isinstance(augmentation, Augmentation):
-            raise ValueError(
+            raise InputError(
                 "`augmentation` must be a keras_unetpp.data.Augmentation or None. "
                 f"Received: augmentation={augmentation!r}"
             )
         if not training:
-            raise ValueError(
+            raise InputError(
                 "Augmentation only applies to training pipelines; pass "
                 "training=True or augmentation=None. "
                 f"Received: training=False, augmentation={augmentation!r}"
@@ -85,17 +86,17 @@ def processing_settings(
         if not output_names or not all(isinstance(n, str) for n in output_names) or (
             len(set(output_names)) != len(output_names)
         ):
-            raise ValueError(
+            raise InputError(
                 "`output_names` must be None or a non-empty list of distinct "
                 f"output names. Received: output_names={output_names!r}"
             )
     if resize_mode not in processing.RESIZE_MODES:
-        raise ValueError(
+        raise InputError(
             f"`resize_mode` must be one of {processing.RESIZE_MODES}. "
             f"Received: resize_mode={resize_mode!r}"
         )
     if not isinstance(cache, (bool, str)):
-        raise ValueError(
+        raise InputError(
             "`cache` must be True (memory), False or a file path prefix. "
             f"Received: cache={cache!r}"
         )
@@ -108,23 +109,23 @@ def processing_settings(
         if isinstance(mask_threshold, bool) or not isinstance(
             mask_threshold, numbers.Real
         ):
-            raise ValueError(
+            raise InputError(
                 "`mask_threshold` must be None or a number (foreground = value "
                 f"> threshold). Received: mask_threshold={mask_threshold!r}"
             )
         if num_classes > 1:
-            raise ValueError(
+            raise InputError(
                 "`mask_threshold` is for binary masks (num_classes=1). "
                 f"Received: mask_threshold={mask_threshold!r}, "
                 f"num_classes={num_classes}"
             )
         if mask_map is not None:
-            raise ValueError(
+            raise InputError(
                 "Pass `mask_threshold` or `mask_map`, not both. "
                 f"Received: mask_threshold={mask_threshold!r}, mask_map={mask_map!r}"
             )
     if invert_mask and num_classes > 1:
-        raise ValueError(
+        raise InputError(
             "`invert_mask` swaps a binary mask's foreground and background; it "
             f"needs num_classes=1. Received: num_classes={num_classes}"
         )
@@ -135,14 +136,14 @@ def processing_settings(
             and not isinstance(v, bool) and 0 <= v <= top
             for k, v in mask_map.items()
         ):
-            raise ValueError(
+            raise InputError(
                 "`mask_map` must be a non-empty dict from mask values (ints) to "
                 f"classes in [0, {top}] for num_classes={num_classes}. "
                 f"Received: mask_map={mask_map!r}"
             )
         mask_map = {int(k): int(v) for k, v in mask_map.items()}
     if normalization not in decode.NORMALIZATIONS:
-        raise ValueError(
+        raise InputError(
             f"`normalization` must be one of {decode.NORMALIZATIONS}. "
             f"Received: normalization={normalization!r}"
         )
@@ -159,20 +160,20 @@ def _check_pairs_argument(pairs, num_classes):
     try:
         pairs = [SamplePair(*p) for p in pairs]
     except TypeError:
-        raise ValueError(
+        raise InputError(
             "`pairs` must be a list of SamplePair(stem, image, masks), e.g. from "
             f"folder_pairs(). Received: pairs={pairs!r:.200}"
         ) from None
     if not pairs:
-        raise ValueError("`pairs` is empty: nothing to load. Received: pairs=[]")
+        raise InputError("`pairs` is empty: nothing to load. Received: pairs=[]")
     for pair in pairs:
         if isinstance(pair.masks, str) or not pair.masks:
-            raise ValueError(
+            raise InputError(
                 f"Sample {pair.stem!r}: `masks` must be a non-empty tuple of "
                 f"paths. Received: masks={pair.masks!r}"
             )
         if num_classes > 1 and len(pair.masks) > 1:
-            raise ValueError(
+            raise InputError(
                 f"Sample {pair.stem!r} has {len(pair.masks)} mask files; masks "
                 "are merged by union, which only makes sense for binary masks "
                 f"(num_classes=1). Received: num_classes={num_classes}"

@@ -19,6 +19,7 @@ import tensorflow_datasets as tfds
 from keras_unetpp.data import decode
 from keras_unetpp.data.pairs import SamplePair
 from keras_unetpp.data.pipeline import finish, processing_settings
+from keras_unetpp.errors import InputError
 
 BUILDER_NAME = "segmentation_folder"
 
@@ -95,7 +96,7 @@ class SegmentationFolder(tfds.core.GeneratorBasedBuilder):
                 raw = decode.read_image(path, palette_indices=True)
                 plane = decode.mask_plane(raw, path)
                 if plane.shape != image.shape[:2]:
-                    raise ValueError(
+                    raise InputError(
                         f"The mask {path!r} is {plane.shape[1]}x{plane.shape[0]} "
                         f"(width x height) but its image {pair.image!r} is "
                         f"{image.shape[1]}x{image.shape[0]}."
@@ -112,12 +113,12 @@ class SegmentationFolder(tfds.core.GeneratorBasedBuilder):
 def _stored_image(array, channels, bit_depth, path):
     array = decode.drop_alpha(array, path)
     if array.dtype == np.uint16 and bit_depth == 8:
-        raise ValueError(
+        raise InputError(
             f"The image {path!r} is 16-bit; prepare the data set with "
             "bit_depth=16 to keep its values. Received: bit_depth=8"
         )
     if array.dtype not in (np.uint8, np.uint16):
-        raise ValueError(
+        raise InputError(
             f"The image {path!r} has pixel type {array.dtype}; a TFDS folder "
             "data set stores 8- or 16-bit images."
         )
@@ -134,13 +135,13 @@ def _stored_image(array, channels, bit_depth, path):
 
 def _stored_mask(plane, mask_bit_depth, path):
     if not np.issubdtype(plane.dtype, np.integer):
-        raise ValueError(
+        raise InputError(
             f"The mask {path!r} has pixel type {plane.dtype}; masks must be "
             "8- or 16-bit integers."
         )
     top = 255 if mask_bit_depth == 8 else 65535
     if plane.size and int(plane.max()) > top:
-        raise ValueError(
+        raise InputError(
             f"The mask {path!r} has values up to {int(plane.max())}, more than "
             f"{mask_bit_depth}-bit masks hold; use mask_bit_depth=16. "
             f"Received: mask_bit_depth={mask_bit_depth}"
@@ -202,32 +203,32 @@ def prepare_tfds_folder(
     ```
     """
     if not isinstance(name, str) or not _NAME_PATTERN.fullmatch(name):
-        raise ValueError(
+        raise InputError(
             "`name` must be lowercase letters, digits and '_', starting with "
             f"a letter. Received: name={name!r}"
         )
     if not isinstance(splits, dict) or not splits:
-        raise ValueError(
+        raise InputError(
             "`splits` must be a non-empty dict from split name to a list of "
             f"SamplePair. Received: splits={splits!r:.200}"
         )
     checked = {}
     for split, pairs in splits.items():
         if not isinstance(split, str) or not _NAME_PATTERN.fullmatch(split):
-            raise ValueError(
+            raise InputError(
                 "Split names must be lowercase letters, digits and '_', starting "
                 f"with a letter. Received: split name {split!r}"
             )
         pairs = [SamplePair(*p) for p in pairs]
         if not pairs:
-            raise ValueError(f"The split {split!r} has no pairs.")
+            raise InputError(f"The split {split!r} has no pairs.")
         decode.check_files_exist(pairs)
         checked[split] = tuple(pairs)
     if channels not in (1, 3) or isinstance(channels, bool):
-        raise ValueError(f"`channels` must be 1 or 3. Received: channels={channels!r}")
+        raise InputError(f"`channels` must be 1 or 3. Received: channels={channels!r}")
     for arg, value in (("bit_depth", bit_depth), ("mask_bit_depth", mask_bit_depth)):
         if value not in (8, 16) or isinstance(value, bool):
-            raise ValueError(f"`{arg}` must be 8 or 16. Received: {arg}={value!r}")
+            raise InputError(f"`{arg}` must be 8 or 16. Received: {arg}={value!r}")
     config = SegmentationFolderConfig(
         name=name,
         version=SegmentationFolder.VERSION,
@@ -326,7 +327,7 @@ def tfds_dataset(
     except ValueError as e:
         if not str(name).startswith(BUILDER_NAME + "/"):
             raise
-        raise ValueError(
+        raise InputError(
             f"The folder data set {name!r} is not prepared in {str(data_dir)!r}; "
             "write it once with keras_unetpp.data.prepare_tfds_folder("
             f"{str(name).split('/', 1)[1]!r}, splits, data_dir). "
@@ -335,7 +336,7 @@ def tfds_dataset(
     features = list(info.features.keys())
     for arg, key in (("image_key", image_key), ("mask_key", mask_key)):
         if key not in features:
-            raise ValueError(
+            raise InputError(
                 f"The TFDS data set {name!r} has no feature {key!r}; its "
                 f"features are {features}. Received: {arg}={key!r}"
             )

@@ -13,6 +13,7 @@ import pathlib
 import keras
 import tensorflow as tf
 
+from keras_unetpp.errors import InputError
 from keras_unetpp.export import signatures
 from keras_unetpp.flops import count_flops
 from keras_unetpp.pruning import head_levels, model_depth
@@ -159,14 +160,14 @@ def check_training_info(training_info):
     if training_info is None:
         return None
     if not isinstance(training_info, dict):
-        raise ValueError(
+        raise InputError(
             "`training_info` must be a dict (e.g. data set, epochs, loss) or "
             f"None. Received: training_info={training_info!r}"
         )
     try:
         json.dumps(training_info)
     except (TypeError, ValueError) as error:
-        raise ValueError(
+        raise InputError(
             "`training_info` must be JSON-serialisable (str, numbers, lists, "
             f"dicts): {error}. Received: training_info={training_info!r}"
         ) from None
@@ -200,7 +201,7 @@ def load_metadata(version_dir):
     """
     path = pathlib.Path(version_dir) / METADATA_FILE
     if not path.is_file():
-        raise ValueError(
+        raise InputError(
             f"No {METADATA_FILE} in this folder; it is not a version folder "
             f"written by keras_unetpp. Received: version_dir={str(version_dir)!r}"
         )

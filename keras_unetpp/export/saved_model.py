@@ -24,6 +24,7 @@ import uuid
 import keras
 import tensorflow as tf
 
+from keras_unetpp.errors import InputError
 from keras_unetpp.export import metadata as metadata_lib
 from keras_unetpp.export import serving_config, signatures
 from keras_unetpp.fused_batch_norm import fuse_batch_norm
@@ -146,14 +147,14 @@ def export_pruned(
     compute_dtype = _check_compute_dtype(compute_dtype)
     training_info = metadata_lib.check_training_info(training_info)
     if not isinstance(jit_compile, bool):
-        raise ValueError(
+        raise InputError(
             "`jit_compile` must be True or False. "
             f"Received: jit_compile={jit_compile!r}"
         )
     serving_config.check_base_path(base_path)
     export_dir = pathlib.Path(export_dir)
     if export_dir.exists() and not export_dir.is_dir():
-        raise ValueError(
+        raise InputError(
             "`export_dir` must be a folder (or not exist yet). "
             f"Received: export_dir={str(export_dir)!r}"
         )
@@ -296,7 +297,7 @@ def _check_levels(model, levels):
     try:
         levels = tuple(levels)
     except TypeError:
-        raise ValueError(
+        raise InputError(
             "`levels` must be an iterable of ints (e.g. (1, 2, 3, 4)) or None "
             f"for every head. Received: levels={received!r}"
         ) from None
@@ -304,12 +305,12 @@ def _check_levels(model, levels):
         is_int(level)
         for level in levels
     ):
-        raise ValueError(
+        raise InputError(
             "`levels` must be a non-empty sequence of distinct ints. "
             f"Received: levels={received!r}"
         )
     if any(level not in available for level in levels):
-        raise ValueError(
+        raise InputError(
             f"The model has heads for levels {available} only; build it with "
             "deep_supervision=True to export smaller depths. "
             f"Received: levels={received!r}"
@@ -323,7 +324,7 @@ def _check_threshold(threshold):
         or not isinstance(threshold, numbers.Real)
         or not 0.0 < threshold < 1.0
     ):
-        raise ValueError(
+        raise InputError(
             "`threshold` must be a probability strictly between 0 and 1. "
             f"Received: threshold={threshold!r}"
         )
@@ -332,7 +333,7 @@ def _check_threshold(threshold):
 
 def _check_compute_dtype(compute_dtype):
     if compute_dtype not in COMPUTE_DTYPES:
-        raise ValueError(
+        raise InputError(
             f"`compute_dtype` must be one of {COMPUTE_DTYPES}. "
             f"Received: compute_dtype={compute_dtype!r}"
         )
@@ -348,7 +349,7 @@ def _choose_version(model_dirs, version, overwrite):
     if version is None:
         return max(existing, default=0) + 1
     if not is_int(version) or version < 0:
-        raise ValueError(
+        raise InputError(
             "`version` must be a non-negative int (TF Serving version folders "
             f"are numbers) or None for the next one. Received: version={version!r}"
         )

@@ -14,6 +14,8 @@ import pathlib
 import re
 import uuid
 
+from keras_unetpp.errors import InputError
+
 CONFIG_FILE = "models.config"
 
 _VERSION = re.compile(r"^\d+$")
@@ -24,7 +26,7 @@ _URL = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
 def check_model_name(model_name):
     """Raises a `ValueError` unless `model_name` is a safe folder/model name."""
     if not isinstance(model_name, str) or not _MODEL_NAME.match(model_name):
-        raise ValueError(
+        raise InputError(
             "`model_name` must start with a letter or digit and hold only "
             "letters, digits, '_', '.' and '-' (it names folders and the "
             f"served model). Received: model_name={model_name!r}"
@@ -43,7 +45,7 @@ def check_base_path(base_path):
         return None
     text = str(base_path)
     if not (text.startswith("/") or _URL.match(text)):
-        raise ValueError(
+        raise InputError(
             "`base_path` must be an absolute path as the server sees it (e.g. "
             "'/models' in the tensorflow/serving container) or a storage URL "
             f"(e.g. 'gs://bucket/models'). Received: base_path={base_path!r}"

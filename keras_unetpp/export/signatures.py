@@ -11,6 +11,8 @@ size.
 
 import tensorflow as tf
 
+from keras_unetpp.errors import InputError
+
 INPUT_NAME = "image"
 PROBABILITIES = "probabilities"
 MASK = "mask"
@@ -53,7 +55,7 @@ def input_signature(channels, input_dtype="float32"):
 def check_normalization(normalization):
     """Raises a `ValueError` unless `normalization` is "dtype" or "minmax"."""
     if normalization not in NORMALIZATIONS:
-        raise ValueError(
+        raise InputError(
             f"`normalization` must be one of {NORMALIZATIONS}. "
             f"Received: normalization={normalization!r}"
         )
@@ -86,7 +88,7 @@ def normalize(image, input_dtype="float32", normalization="dtype"):
 def check_input_dtype(input_dtype):
     """Raises a `ValueError` unless `input_dtype` is a supported input dtype."""
     if input_dtype not in INPUT_DTYPES:
-        raise ValueError(
+        raise InputError(
             f"`input_dtype` must be one of {tuple(INPUT_DTYPES)}. "
             f"Received: input_dtype={input_dtype!r}"
         )

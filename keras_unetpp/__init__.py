@@ -10,6 +10,15 @@ imported on first use, so that
 
 import importlib
 
+from keras_unetpp.description import (
+    ModelDescription,
+    describe,
+    head_levels,
+    model_depth,
+    node_name,
+    output_name,
+)
+from keras_unetpp.errors import DataError, InputError
 from keras_unetpp.flops import count_flops
 from keras_unetpp.losses import (
     BCEDiceLoss,
@@ -19,9 +28,9 @@ from keras_unetpp.losses import (
     soft_dice,
 )
 from keras_unetpp.metrics import DiceScore, IoUScore
-from keras_unetpp.model import build, build_unet, node_name, output_name
+from keras_unetpp.model import build, build_unet
 from keras_unetpp.padding import pad_to_multiple, predict_padded
-from keras_unetpp.pruning import head_levels, inference_model, model_depth, prune
+from keras_unetpp.pruning import inference_model, prune
 from keras_unetpp.version import __version__
 
 # Public names that live in TensorFlow-specific modules: name -> module.
@@ -53,7 +62,7 @@ _LAZY = {
     "resolve_precision": "keras_unetpp.precision",
     "train": "keras_unetpp.training",
     "compile_model": "keras_unetpp.training",
-    "batch_norm_gap": "keras_unetpp.training",
+    "batch_norm_gap": "keras_unetpp.evaluation",
     "evaluate_levels": "keras_unetpp.evaluation",
     "plot_tradeoff": "keras_unetpp.evaluation",
     "predict_folder": "keras_unetpp.prediction",
@@ -67,8 +76,11 @@ __all__ = [
     "Augmentation",
     "BCEDiceLoss",
     "CategoricalCEDiceLoss",
+    "DataError",
     "DiceScore",
+    "InputError",
     "IoUScore",
+    "ModelDescription",
     "SamplePair",
     "__version__",
     "batch_for_strategy",
@@ -83,6 +95,7 @@ __all__ = [
     "compile_model",
     "count_flops",
     "data",
+    "describe",
     "distribute",
     "dsb2018_pairs",
     "evaluate_levels",

@@ -1,15 +1,16 @@
 """Building blocks of the UNet++ graph: the convolution unit H, U and pooling.
 
-Every function here takes a Keras tensor and a name prefix and returns a Keras
-tensor. All layers are core Keras layers named after the prefix, so that a
+Every function here takes a Keras tensor and the node it builds and returns a
+Keras tensor. All layers are core Keras layers, named after their node by
+`keras_unetpp.description` (the one place that owns the names), so that a
 model built from these blocks saves and reloads with
 `keras.saving.load_model(path)` in safe mode and needs no custom objects.
 """
 
 import keras
 
-NORMALIZATIONS = ("batch", "group", "none")
-UPSAMPLINGS = ("transpose", "resize")
+from keras_unetpp import description
+from keras_unetpp.description import NORMALIZATIONS, UPSAMPLINGS  # noqa: F401
 
 # Momentum of the batch-normalization moving statistics. Keras' default (0.99)
 # averages over about 100 steps; a UNet++ trained for a few hundred steps then
@@ -36,7 +37,7 @@ def _normalization(x, normalization, name):
 def conv_unit(
     x,
     filters,
-    name,
+    node,
     convs=2,
     kernel_size=3,
     activation="relu",
@@ -53,8 +54,9 @@ def conv_unit(
     Args:
         x: Keras tensor, channels last.
         filters: int, number of output channels.
-        name: str, prefix of the layer names, e.g. `"x_2_1"` gives
-            `x_2_1_conv1`, `x_2_1_bn1`, `x_2_1_act1`, ...
+        node: `(i, j)`, the node X(i,j) whose unit this is; its layers are
+            named by `keras_unetpp.description` (`(2, 1)` gives
+            `x_2_1_conv1`, `x_2_1_bn1`, `x_2_1_act1`, ...).
         convs: int, number of convolutions. Defaults to `2`.
         kernel_size: int, convolution kernel size. Defaults to `3`.
         activation: str, Keras activation name. Defaults to `"relu"`.
@@ -68,7 +70,7 @@ def conv_unit(
     Returns:
         The Keras tensor of the node's output.
     """
-    norm_suffix = {"batch": "bn", "group": "gn"}.get(normalization)
+    i, j = node
     for k in range(1, convs + 1):
         x = keras.layers.Conv2D(
             filters,
@@ -76,23 +78,28 @@ def conv_unit(
             padding="same",
             use_bias=normalization == "none",
             kernel_initializer=kernel_initializer,
-            name=f"{name}_conv{k}",
+            name=description.conv_name(i, j, k),
         )(x)
-        if norm_suffix:
-            x = _normalization(x, normalization, f"{name}_{norm_suffix}{k}")
-        x = keras.layers.Activation(activation, name=f"{name}_act{k}")(x)
+        norm = description.norm_name(i, j, k, normalization)
+        if norm:
+            x = _normalization(x, normalization, norm)
+        x = keras.layers.Activation(
+            activation, name=description.activation_name(i, j, k)
+        )(x)
         if dropout:
-            x = keras.layers.Dropout(dropout, name=f"{name}_drop{k}")(x)
+            x = keras.layers.Dropout(dropout, name=description.dropout_name(i, j, k))(
+                x
+            )
     return x
 
 
-def upsample(x, filters, name, mode="transpose", kernel_initializer="he_normal"):
+def upsample(x, filters, node, mode="transpose", kernel_initializer="he_normal"):
     """The up-sampling U: doubles the spatial size and sets the channels.
 
     Args:
         x: Keras tensor, channels last.
         filters: int, output channels (the width of the level it feeds).
-        name: str, layer name (`"x_0_1_up"` for the U feeding X(0,1)).
+        node: `(i, j)`, the node X(i,j) this U feeds (layer `x_{i}_{j}_up`).
         mode: `"transpose"` for a 2x2 stride-2 transposed convolution (the
             paper's choice), or `"resize"` for bilinear resizing followed by
             a 3x3 convolution (no checkerboard artefacts). Defaults to
@@ -103,6 +110,7 @@ def upsample(x, filters, name, mode="transpose", kernel_initializer="he_normal")
     Returns:
         The up-sampled Keras tensor.
     """
+    name = description.up_name(*node)
     if mode == "transpose":
         return keras.layers.Conv2DTranspose(
             filters,
@@ -122,16 +130,16 @@ def upsample(x, filters, name, mode="transpose", kernel_initializer="he_normal")
     )(x)
 
 
-def downsample(x, name):
-    """2x2 max pooling with stride 2, as in U-Net and UNet++."""
-    return keras.layers.MaxPooling2D(2, name=name)(x)
+def downsample(x, level):
+    """2x2 max pooling with stride 2 (as in U-Net and UNet++) feeding X(level, 0)."""
+    return keras.layers.MaxPooling2D(2, name=description.pool_name(level))(x)
 
 
-def output_head(x, num_classes, activation, name):
+def output_head(x, num_classes, activation, level):
     """A 1x1 convolution head with a float32 output.
 
-    The head is a 1x1 convolution named `f"{name}_logits"` followed by an
-    activation layer named `name` that computes in float32, so that
+    The head is a 1x1 convolution named `output_l<L>_logits` followed by an
+    activation layer named `output_l<L>` that computes in float32, so that
     mixed-precision models still return float32 probabilities (or logits
     when `activation` is `None`).
 
@@ -139,12 +147,14 @@ def output_head(x, num_classes, activation, name):
         x: Keras tensor X(0,j).
         num_classes: int, output channels.
         activation: `"sigmoid"`, `"softmax"` or `None` (logits).
-        name: str, the output name, e.g. `"output_l3"`.
+        level: int, the head's level L (the output `output_l<L>`).
 
     Returns:
         The head's Keras tensor.
     """
-    logits = keras.layers.Conv2D(num_classes, 1, name=f"{name}_logits")(x)
-    return keras.layers.Activation(activation or "linear", dtype="float32", name=name)(
-        logits
-    )
+    logits = keras.layers.Conv2D(
+        num_classes, 1, name=description.logits_name(level)
+    )(x)
+    return keras.layers.Activation(
+        activation or "linear", dtype="float32", name=description.output_name(level)
+    )(logits)

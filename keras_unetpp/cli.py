@@ -171,8 +171,10 @@ def _add_train(commands):
     t.add_argument("--monitor", choices=("iou", "dice"), default="iou",
                    help="validation score that picks best.keras (default: iou)")
     t.add_argument("--precision", default="float32",
-                   choices=("float32", "mixed_float16", "mixed_bfloat16"),
-                   help="Keras dtype policy (default: float32)")
+                   choices=("auto", "float32", "mixed_float16", "mixed_bfloat16"),
+                   help="Keras dtype policy; auto picks mixed_float16 on a GPU, "
+                   "mixed_bfloat16 on a TPU or a CPU with native bfloat16, "
+                   "float32 elsewhere (default: float32)")
     t.add_argument("--recompute", action="store_true",
                    help="recompute each node's activations in the backward "
                    "pass: less memory per step (larger batches or images), "

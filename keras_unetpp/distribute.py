@@ -28,10 +28,8 @@ import tempfile
 import keras
 
 from keras_unetpp.errors import InputError
-from keras_unetpp.losses import BCEDiceLoss, CategoricalCEDiceLoss
-from keras_unetpp.metrics import IoUScore
-from keras_unetpp.model import build, output_name
-from keras_unetpp.pruning import head_levels
+from keras_unetpp.model import build
+from keras_unetpp.training import compile_model
 from keras_unetpp.validation import check_int
 
 STRATEGIES = ("default", "mirrored", "multi_worker", "tpu")
@@ -446,7 +444,9 @@ def build_in_scope(
     that are added up across replicas, so the reported scores are those of
     the whole global batch. By default the model is compiled with the
     paper's loss (`BCEDiceLoss`, or `CategoricalCEDiceLoss` for several
-    classes) on every head and an `IoUScore` on the deepest head.
+    classes) and the `IoUScore` and `DiceScore` metrics on every head, from
+    logits when the heads output logits: `training.compile_model`, the one
+    compile path of the package.
 
     With more than one replica, batch normalization is synchronized: each
     step normalizes with the statistics of the whole global batch, so a
@@ -503,20 +503,9 @@ def build_in_scope(
     with strategy.scope():
         model = builder(**build_kwargs)
         prepare_for_strategy(model, strategy, sync_batch_norm=sync_batch_norm)
-        levels = head_levels(model)
-        num_classes = model.get_layer(output_name(levels[-1])).output.shape[-1]
-        if loss is None:
-            loss_cls = BCEDiceLoss if num_classes == 1 else CategoricalCEDiceLoss
-            loss = {output_name(level): loss_cls() for level in levels}
-            if len(levels) == 1:
-                loss = loss[output_name(levels[0])]
-        if metrics is None:
-            metrics = [IoUScore(num_classes=num_classes)]
-            if len(levels) > 1:
-                metrics = {output_name(levels[-1]): metrics}
-        if isinstance(optimizer, (str, dict)):
-            optimizer = keras.optimizers.get(optimizer)
-        model.compile(optimizer=optimizer, loss=loss, metrics=metrics)
+        # The one compile path: losses and metrics follow the heads (their
+        # activation and classes), as in `train()`.
+        compile_model(model, optimizer=optimizer, loss=loss, metrics=metrics)
     return model
 
 

@@ -16,13 +16,14 @@ import json
 import pathlib
 import time
 
+import keras
 import tensorflow as tf
 
+from keras_unetpp.description import describe, output_name
 from keras_unetpp.errors import InputError
 from keras_unetpp.flops import count_flops
 from keras_unetpp.metrics import DiceScore, IoUScore
-from keras_unetpp.model import output_name
-from keras_unetpp.pruning import head_levels, inference_model, prune
+from keras_unetpp.pruning import inference_model, prune
 from keras_unetpp.validation import check_int
 
 COLUMNS = (
@@ -93,15 +94,14 @@ def measure_latencies(models, image_shape, batch_size=1, runs=10, warmup=2):
     return [1000.0 * t / batch_size for t in best]
 
 
-def _num_classes(model):
-    return int(model.get_layer(output_name(head_levels(model)[-1])).output.shape[-1])
-
-
-def _metrics(num_classes, threshold):
+def _metrics(info, threshold):
+    kwargs = dict(
+        num_classes=info.num_classes, threshold=threshold, from_logits=info.from_logits
+    )
     return (
-        IoUScore(num_classes=num_classes, threshold=threshold),
-        DiceScore(num_classes=num_classes, threshold=threshold),
-        IoUScore(num_classes=num_classes, threshold=threshold, average="per_image"),
+        IoUScore(**kwargs),
+        DiceScore(**kwargs),
+        IoUScore(average="per_image", **kwargs),
     )
 
 
@@ -149,16 +149,11 @@ def evaluate_levels(
     ```
     """
     height, width = (int(s) for s in image_size)
-    levels = head_levels(model)
-    if not levels:
-        raise InputError(
-            "The model has no output_l<L> heads; it was not built by "
-            f"keras_unetpp. Received: model={model.name!r}"
-        )
-    num_classes = _num_classes(model)
+    info = describe(model)
+    levels = info.heads
     names = [output_name(level) for level in levels]
     keys = names + (["accurate"] if len(levels) > 1 else [])
-    scores = {key: _metrics(num_classes, threshold) for key in keys}
+    scores = {key: _metrics(info, threshold) for key in keys}
     forward = tf.function(lambda x: model(x, training=False))
     count = 0
     for images, masks in dataset:
@@ -176,14 +171,13 @@ def evaluate_levels(
         count += int(images.shape[0])
     if count == 0:
         raise InputError("The evaluation dataset is empty. Received: 0 images")
-    channels = int(model.inputs[0].shape[-1])
+    channels = info.channels
     subs, labels = [], []
-    for key in keys:
+    for key, level in zip(keys, [*levels, None]):
         if key == "accurate":
             subs.append(inference_model(model, "accurate"))
             labels.append("accurate")
         else:
-            level = int(key[len("output_l"):])
             subs.append(prune(model, level))
             labels.append(f"L{level}")
     latencies = measure_latencies(
@@ -335,3 +329,45 @@ def _spread(rows):
     if not times:
         return 1.0
     return max(times) / min(times)
+
+
+def batch_norm_gap(model, dataset, threshold=0.5):
+    """Foreground IoU of a model in training mode and in inference mode.
+
+    The "batch-norm trap": a network with batch normalization can score well
+    with batch statistics (training mode, as the training logs show) and
+    badly with its moving statistics (inference mode, as `predict()` and a
+    served model run), when the moving averages lag behind the weights. This
+    runs both modes over `dataset` and returns both IoUs; their difference
+    measures the trap. The model's weights and moving statistics are not
+    changed.
+
+    Args:
+        model: a single-output binary model (e.g. `prune(model, depth)`).
+        dataset: `tf.data.Dataset` of `(image, mask)` batches.
+        threshold: float, probability threshold. Defaults to `0.5`.
+
+    Returns:
+        `(training_mode_iou, inference_mode_iou)`, floats.
+    """
+    batch_norms = [
+        layer
+        for layer in model.layers
+        if isinstance(layer, keras.layers.BatchNormalization)
+    ]
+    saved = [
+        [v.numpy() for v in (layer.moving_mean, layer.moving_variance)]
+        for layer in batch_norms
+    ]
+    scores = {True: IoUScore(threshold=threshold), False: IoUScore(threshold=threshold)}
+    try:
+        for images, masks in dataset:
+            if isinstance(masks, dict):
+                masks = masks[model.output_names[0]]
+            for training, metric in scores.items():
+                metric.update_state(masks, model(images, training=training))
+    finally:
+        for layer, (mean, variance) in zip(batch_norms, saved):
+            layer.moving_mean.assign(mean)
+            layer.moving_variance.assign(variance)
+    return float(scores[True].result()), float(scores[False].result())

@@ -5,22 +5,13 @@ import numbers
 import keras
 
 from keras_unetpp import blocks
+from keras_unetpp.description import concat_name, output_name
 from keras_unetpp.errors import InputError
 
 MIN_DEPTH = 1
 MAX_DEPTH = 6
 
 PAPER_FILTERS = (32, 64, 128, 256, 512, 1024, 2048)
-
-
-def node_name(i, j):
-    """The layer-name prefix of node X(i,j), e.g. `node_name(2, 1) == "x_2_1"`."""
-    return f"x_{i}_{j}"
-
-
-def output_name(level):
-    """The name of the deep-supervision head on X(0, level): `"output_l<level>"`."""
-    return f"output_l{level}"
 
 
 def default_filters(depth):
@@ -382,29 +373,28 @@ def _build_graph(
     x = inputs
     for i in range(depth + 1):
         if i:
-            x = blocks.downsample(x, name=f"{node_name(i, 0)}_pool")
-        x = blocks.conv_unit(x, filters[i], name=node_name(i, 0), **unit)
+            x = blocks.downsample(x, i)
+        x = blocks.conv_unit(x, filters[i], (i, 0), **unit)
         nodes[i, 0] = x
     # Skip pathways, column by column so that X(i+1, j-1) exists for X(i,j).
     for j in range(1, depth + 1):
         for i in range(depth - j + 1):
             if not nested and i + j != depth:
                 continue
-            prefix = node_name(i, j)
             up = blocks.upsample(
                 nodes[i + 1, j - 1],
                 filters[i],
-                name=f"{prefix}_up",
+                (i, j),
                 mode=upsampling,
                 kernel_initializer=kernel_initializer,
             )
             same_level = [nodes[i, k] for k in range(j) if (i, k) in nodes]
-            x = keras.layers.Concatenate(name=f"{prefix}_concat")(same_level + [up])
-            nodes[i, j] = blocks.conv_unit(x, filters[i], name=prefix, **unit)
+            x = keras.layers.Concatenate(name=concat_name(i, j))(same_level + [up])
+            nodes[i, j] = blocks.conv_unit(x, filters[i], (i, j), **unit)
     levels = range(1, depth + 1) if deep_supervision else (depth,)
     heads = {
         output_name(level): blocks.output_head(
-            nodes[0, level], num_classes, output_activation, output_name(level)
+            nodes[0, level], num_classes, output_activation, level
         )
         for level in levels
     }

@@ -2,8 +2,8 @@
 
 import numpy as np
 
+from keras_unetpp.description import describe
 from keras_unetpp.errors import InputError
-from keras_unetpp.pruning import model_depth
 
 
 def pad_to_multiple(images, multiple, mode="reflect"):
@@ -57,7 +57,7 @@ def predict_padded(model, images, batch_size=8):
         The predictions cropped to `(batch, height, width, classes)`; a dict
         of them for multi-output models.
     """
-    padded, (height, width) = pad_to_multiple(images, 2 ** model_depth(model))
+    padded, (height, width) = pad_to_multiple(images, describe(model).stride)
     outputs = model.predict(padded, batch_size=batch_size, verbose=0)
     if isinstance(outputs, dict):
         return {k: v[:, :height, :width] for k, v in outputs.items()}

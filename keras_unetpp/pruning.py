@@ -7,49 +7,16 @@ copying weights: every sub-model shares the very same variables as the model
 it came from.
 """
 
-import re
-
 import keras
 
+from keras_unetpp.description import (
+    ACCURATE_OUTPUT,
+    describe,
+    output_name,
+)
 from keras_unetpp.errors import InputError
-from keras_unetpp.model import output_name
-
-_ENCODER_LAYER = re.compile(r"^x_(\d+)_0_conv1$")
-_HEAD_LAYER = re.compile(r"^output_l(\d+)$")
 
 INFERENCE_MODES = ("accurate", "fast")
-
-
-def model_depth(model):
-    """The depth of a keras_unetpp model, read off its layer names.
-
-    Args:
-        model: a model built by `keras_unetpp.build` or `build_unet` (or
-            one of its pruned sub-models).
-
-    Returns:
-        int, the deepest level i with an encoder node X(i,0).
-    """
-    levels = [
-        int(m.group(1))
-        for m in (_ENCODER_LAYER.match(layer.name) for layer in model.layers)
-        if m
-    ]
-    if not levels:
-        raise InputError(
-            "This model has no UNet++ encoder layers (x_<i>_0_conv1); it was "
-            f"not built by keras_unetpp.build. Received: model={model.name!r}"
-        )
-    return max(levels)
-
-
-def head_levels(model):
-    """The levels L whose head `output_l<L>` the model contains, sorted."""
-    return sorted(
-        int(m.group(1))
-        for m in (_HEAD_LAYER.match(layer.name) for layer in model.layers)
-        if m
-    )
 
 
 def prune(model, level):
@@ -76,7 +43,8 @@ def prune(model, level):
     fast = keras_unetpp.prune(model, 2)  # about 5.6% of the parameters
     ```
     """
-    depth = model_depth(model)
+    info = describe(model)
+    depth = info.depth
     if (
         isinstance(level, bool)
         or not isinstance(level, int)
@@ -86,7 +54,7 @@ def prune(model, level):
             f"`level` must be an integer between 1 and the model's depth "
             f"({depth}). Received: level={level!r}"
         )
-    levels = head_levels(model)
+    levels = list(info.heads)
     if level not in levels:
         raise InputError(
             f"The model has no head for level {level} (it has heads for "
@@ -127,16 +95,16 @@ def inference_model(model, mode="accurate", level=None):
             f"`mode` must be one of {INFERENCE_MODES}. Received: mode={mode!r}"
         )
     if mode == "fast":
-        return prune(model, model_depth(model) if level is None else level)
+        return prune(model, describe(model).depth if level is None else level)
     if level is not None:
         raise InputError(
             "The accurate mode averages every head; `level` is for the fast "
             f"mode. Received: mode='accurate', level={level!r}"
         )
-    levels = head_levels(model)
+    levels = describe(model).heads
     heads = [model.get_layer(output_name(lvl)).output for lvl in levels]
     if len(heads) == 1:
         output = heads[0]
     else:
-        output = keras.layers.Average(dtype="float32", name="output_accurate")(heads)
+        output = keras.layers.Average(dtype="float32", name=ACCURATE_OUTPUT)(heads)
     return keras.Model(model.input, output, name=f"{model.name}_accurate")

@@ -18,7 +18,6 @@ step (the recomputation restores the moving averages that the first pass
 left). TensorFlow only: the backward recomputation is a `tf.custom_gradient`.
 """
 
-import re
 import threading
 import types
 import weakref
@@ -26,12 +25,10 @@ import weakref
 import keras
 import tensorflow as tf
 
+from keras_unetpp.description import describe, node_name, output_name, parse_node
 from keras_unetpp.errors import InputError
 from keras_unetpp.fused_batch_norm import reset_step_functions
-from keras_unetpp.model import node_name, output_name
-from keras_unetpp.pruning import head_levels, model_depth
 
-_NODE_LAYER = re.compile(r"^x_(\d+)_(\d+)_")
 _MARK = "_keras_unetpp_recompute"
 
 
@@ -74,7 +71,7 @@ def recompute_nodes(model):
         raise InputError(
             f"recompute_nodes() needs a keras_unetpp model. Received: {model!r}"
         )
-    depth = model_depth(model)
+    info = describe(model)
     for layer in model.layers:
         if isinstance(layer, keras.layers.Dropout) and layer.rate > 0:
             raise InputError(
@@ -84,7 +81,7 @@ def recompute_nodes(model):
                 f"model with dropout=0. Received: {layer.name} rate={layer.rate}"
             )
     if not is_recomputing(model):
-        plan = _Plan(model, depth)
+        plan = _Plan(model, info)
         model.call = types.MethodType(_recomputing_call, model)
         setattr(model, _MARK, plan)
         reset_step_functions(model)
@@ -110,17 +107,17 @@ class _Node:
 class _Plan:
     """The model's nodes in execution order, and its heads."""
 
-    def __init__(self, model, depth):
+    def __init__(self, model, info):
         outputs = {}  # (i, j) -> the Keras tensor of X(i,j)'s output
         for layer in model.layers:
-            match = _NODE_LAYER.match(layer.name)
-            if match:
+            node = parse_node(layer.name)
+            if node is not None:
                 # Layers are in topological order: the last one of a node
                 # produces its output.
-                outputs[int(match.group(1)), int(match.group(2))] = layer.output
+                outputs[node] = layer.output
         self.input_tensor = model.inputs[0]
         self.nodes = []
-        for key in self._order(outputs, depth):
+        for key in self._order(outputs, info.depth):
             i, j = key
             if j == 0:
                 input_keys = ["image"] if i == 0 else [(i - 1, 0)]
@@ -132,7 +129,7 @@ class _Plan:
             ]
             self.nodes.append(_Node(model, key, input_keys, outputs[key], tensors))
         self.heads = {}  # output name -> (level, the head as a sub-model)
-        for level in head_levels(model):
+        for level in info.heads:
             name = output_name(level)
             head = keras.Model(
                 outputs[0, level], model.get_layer(name).output, name=name

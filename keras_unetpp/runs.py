@@ -16,13 +16,13 @@ was made with (`run.json`), so that the later steps need only its path:
 side of `keras-unetpp train|evaluate|predict|export`.
 """
 
-import contextlib
 import json
 import pathlib
 
 import keras
 
 from keras_unetpp import data, evaluation, prediction, training
+from keras_unetpp.description import describe, output_name
 from keras_unetpp.distribute import (
     check_global_batch,
     get_strategy,
@@ -32,8 +32,9 @@ from keras_unetpp.distribute import (
 from keras_unetpp.errors import InputError
 from keras_unetpp.export import export_pruned
 from keras_unetpp.fused_batch_norm import fuse_batch_norm
-from keras_unetpp.model import build, build_unet, output_name
-from keras_unetpp.pruning import head_levels, inference_model, model_depth, prune
+from keras_unetpp.model import build, build_unet
+from keras_unetpp.precision import precision_scope
+from keras_unetpp.pruning import inference_model, prune
 from keras_unetpp.recompute import recompute_nodes
 from keras_unetpp.sources import source_dataset
 from keras_unetpp.validation import check_int
@@ -52,7 +53,7 @@ PREDICTION_DIR = "predictions"
 # recomputation (the same training with less memory, e.g. after running out).
 _RESUMABLE_CHANGES = ("epochs", "save_every", "recompute")
 # Recorded facts, not settings.
-_DERIVED = ("train_images", "val_images")
+_DERIVED = ("train_images", "val_images", "precision_policy")
 
 
 def read_run_config(run_dir):
@@ -105,16 +106,6 @@ def _check_resume(run_dir, config):
             "--recompute may change), or choose a new --output folder. "
             f"Received: {'; '.join(changed)}"
         )
-
-
-@contextlib.contextmanager
-def _dtype_policy(policy):
-    previous = keras.config.dtype_policy().name
-    training.set_precision_policy(policy)
-    try:
-        yield
-    finally:
-        keras.config.set_dtype_policy(previous)
 
 
 def train_run(
@@ -182,7 +173,9 @@ def train_run(
             `"iou"`.
         augment: bool, random flips, quarter turns, scale and intensity.
             Defaults to `True`.
-        precision: Keras dtype policy, e.g. `"mixed_float16"`. Defaults to
+        precision: `"auto"` or a Keras dtype policy name (see
+            `keras_unetpp.resolve_precision`); the policy it resolves to is
+            recorded in `run.json` as `precision_policy`. Defaults to
             `"float32"`.
         recompute: bool, recompute each node's activations in the
             backward pass (`keras_unetpp.recompute_nodes`): less memory per
@@ -289,7 +282,8 @@ def train_run(
     # workers keep their own checkpoints and logs in a scratch subfolder.
     run_dir = _worker_dir(output_dir, distribution)
     keras.utils.set_random_seed(seed)
-    with _dtype_policy(precision), distribution.scope():
+    with precision_scope(precision) as policy, distribution.scope():
+        config["training"]["precision_policy"] = policy
         model_kwargs = dict(
             depth=depth,
             input_shape=(None, None, channels),
@@ -402,7 +396,7 @@ def evaluate_run(
     config = read_run_config(run_dir)
     settings = config["data"]
     keras_model = load_run_model(run_dir, model)
-    depth = model_depth(keras_model)
+    depth = describe(keras_model).depth
     dataset, _ = source_dataset(
         settings["source"],
         split,
@@ -438,7 +432,7 @@ def evaluate_run(
 
 
 def _single_output(keras_model, level):
-    levels = head_levels(keras_model)
+    levels = describe(keras_model).heads
     if level is None:
         return inference_model(keras_model, "accurate") if len(levels) > 1 else (
             prune(keras_model, levels[-1])

@@ -30,11 +30,10 @@ import time
 
 import keras
 
+from keras_unetpp.description import describe, output_name
 from keras_unetpp.errors import InputError
 from keras_unetpp.losses import BCEDiceLoss, CategoricalCEDiceLoss
 from keras_unetpp.metrics import DiceScore, IoUScore
-from keras_unetpp.model import output_name
-from keras_unetpp.pruning import head_levels, model_depth
 from keras_unetpp.validation import check_int
 
 MONITORS = ("iou", "dice")
@@ -48,18 +47,14 @@ STATE_DIR = "state"
 _STATE_FILE = "state.json"
 
 
-def _num_classes(model):
-    return int(model.get_layer(output_name(head_levels(model)[-1])).output.shape[-1])
-
-
-def _output_activation(model):
-    head = model.get_layer(output_name(head_levels(model)[-1]))
-    config = head.get_config()
-    return config.get("activation")
-
-
 def compile_model(
-    model, learning_rate=1e-3, loss_weights=None, optimizer=None, jit_compile=False
+    model,
+    learning_rate=1e-3,
+    loss_weights=None,
+    optimizer=None,
+    jit_compile=False,
+    loss=None,
+    metrics=None,
 ):
     """Compiles a keras_unetpp model with the paper's loss on every head.
 
@@ -67,6 +62,10 @@ def compile_model(
     than one class) and the `IoUScore` and `DiceScore` metrics, so the
     training logs hold `output_l<L>_iou` for every level L of a
     deep-supervision model (plain `iou` and `dice` for a single-output one).
+    Losses and metrics follow the heads: `from_logits=True` when the model
+    outputs logits (`output_activation=None`), the class count of the heads.
+    This is the one compile path of the package (`train()` and
+    `distribute.build_in_scope()` use it).
 
     Args:
         model: a model from `keras_unetpp.build` or `build_unet`.
@@ -79,6 +78,11 @@ def compile_model(
         optimizer: a `keras.optimizers.Optimizer`; `None` builds Adam.
             Defaults to `None`.
         jit_compile: bool, passed to `compile()`. Defaults to `False`.
+        loss: the `compile()` loss, to replace the default above (e.g. a
+            dict by output name); `None` for the default. Defaults to
+            `None`.
+        metrics: the `compile()` metrics, to replace the default above;
+            `None` for the default. Defaults to `None`.
 
     Returns:
         The model (compiled in place).
@@ -99,10 +103,10 @@ def compile_model(
             "`learning_rate` must be a positive number. "
             f"Received: learning_rate={learning_rate!r}"
         )
-    levels = head_levels(model)
-    names = [output_name(level) for level in levels]
-    num_classes = _num_classes(model)
-    from_logits = _output_activation(model) in (None, "linear")
+    info = describe(model)
+    names = list(info.outputs)
+    num_classes = info.num_classes
+    from_logits = info.from_logits
     if loss_weights is None:
         weights = {name: 1.0 for name in names}
     elif isinstance(loss_weights, dict):
@@ -128,12 +132,12 @@ def compile_model(
             f"Received: loss_weights={loss_weights!r}"
         )
 
-    def loss():
+    def head_loss():
         if num_classes == 1:
             return BCEDiceLoss(from_logits=from_logits)
         return CategoricalCEDiceLoss(from_logits=from_logits)
 
-    def metrics():
+    def head_metrics():
         return [
             IoUScore(num_classes=num_classes, from_logits=from_logits),
             DiceScore(num_classes=num_classes, from_logits=from_logits),
@@ -143,16 +147,23 @@ def compile_model(
         if isinstance(learning_rate, numbers.Real):
             learning_rate = float(learning_rate)
         optimizer = keras.optimizers.Adam(learning_rate=learning_rate)
+    elif isinstance(optimizer, (str, dict)):
+        optimizer = keras.optimizers.get(optimizer)
     if len(names) == 1:
         model.compile(
-            optimizer=optimizer, loss=loss(), metrics=metrics(), jit_compile=jit_compile
+            optimizer=optimizer,
+            loss=head_loss() if loss is None else loss,
+            metrics=head_metrics() if metrics is None else metrics,
+            jit_compile=jit_compile,
         )
     else:
         model.compile(
             optimizer=optimizer,
-            loss={name: loss() for name in names},
+            loss={name: head_loss() for name in names} if loss is None else loss,
             loss_weights=weights,
-            metrics={name: metrics() for name in names},
+            metrics=(
+                {name: head_metrics() for name in names} if metrics is None else metrics
+            ),
             jit_compile=jit_compile,
         )
     return model
@@ -173,9 +184,10 @@ def monitor_name(model, monitor="iou"):
         raise InputError(
             f"`monitor` must be one of {MONITORS}. Received: monitor={monitor!r}"
         )
-    if len(head_levels(model)) == 1:
+    info = describe(model)
+    if len(info.outputs) == 1:
         return f"val_{monitor}"
-    return f"val_{output_name(model_depth(model))}_{monitor}"
+    return f"val_{output_name(info.heads[-1])}_{monitor}"
 
 
 def read_state(output_dir):
@@ -547,68 +559,3 @@ def read_history(output_dir):
         }
         for row in rows
     ]
-
-
-def batch_norm_gap(model, dataset, threshold=0.5):
-    """Foreground IoU of a model in training mode and in inference mode.
-
-    The "batch-norm trap": a network with batch normalization can score well
-    with batch statistics (training mode, as the training logs show) and
-    badly with its moving statistics (inference mode, as `predict()` and a
-    served model run), when the moving averages lag behind the weights. This
-    runs both modes over `dataset` and returns both IoUs; their difference
-    measures the trap. The model's weights and moving statistics are not
-    changed.
-
-    Args:
-        model: a single-output binary model (e.g. `prune(model, depth)`).
-        dataset: `tf.data.Dataset` of `(image, mask)` batches.
-        threshold: float, probability threshold. Defaults to `0.5`.
-
-    Returns:
-        `(training_mode_iou, inference_mode_iou)`, floats.
-    """
-    batch_norms = [
-        layer
-        for layer in model.layers
-        if isinstance(layer, keras.layers.BatchNormalization)
-    ]
-    saved = [
-        [v.numpy() for v in (layer.moving_mean, layer.moving_variance)]
-        for layer in batch_norms
-    ]
-    scores = {True: IoUScore(threshold=threshold), False: IoUScore(threshold=threshold)}
-    try:
-        for images, masks in dataset:
-            if isinstance(masks, dict):
-                masks = masks[model.output_names[0]]
-            for training, metric in scores.items():
-                metric.update_state(masks, model(images, training=training))
-    finally:
-        for layer, (mean, variance) in zip(batch_norms, saved):
-            layer.moving_mean.assign(mean)
-            layer.moving_variance.assign(variance)
-    return float(scores[True].result()), float(scores[False].result())
-
-
-def set_precision_policy(policy):
-    """Sets Keras' global dtype policy (`"float32"`, `"mixed_float16"`, ...).
-
-    Call it before building the model. Outputs of keras_unetpp models stay
-    float32 under mixed precision.
-
-    Args:
-        policy: str, a Keras dtype policy name.
-
-    Returns:
-        The policy name.
-    """
-    try:
-        keras.config.set_dtype_policy(policy)
-    except ValueError:
-        raise InputError(
-            "`policy` must be a Keras dtype policy such as 'float32', "
-            f"'mixed_float16' or 'mixed_bfloat16'. Received: policy={policy!r}"
-        ) from None
-    return policy
-

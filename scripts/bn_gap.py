@@ -12,8 +12,9 @@ moving statistics lag behind the weights.
 import argparse
 import sys
 
-from keras_unetpp import training
-from keras_unetpp.pruning import model_depth, prune
+from keras_unetpp import evaluation
+from keras_unetpp.description import model_depth
+from keras_unetpp.pruning import prune
 from keras_unetpp.runs import load_run_model, read_run_config
 from keras_unetpp.sources import source_dataset
 
@@ -33,7 +34,7 @@ def main(argv=None):
             channels=settings["channels"], batch_size=settings["batch_size"],
             resize_mode=settings["resize_mode"], depth=depth,
         )
-        batch_iou, inference_iou = training.batch_norm_gap(prune(model, depth),
+        batch_iou, inference_iou = evaluation.batch_norm_gap(prune(model, depth),
                                                            dataset)
         print(f"{run}: L{depth} IoU on {args.split} with batch statistics "
               f"{batch_iou:.4f}, in inference mode {inference_iou:.4f} "

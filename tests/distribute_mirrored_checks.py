@@ -211,3 +211,42 @@ def test_recomputed_nodes_train_like_single_device(strategy):
         mirrored.get_weights(), single.get_weights(), mirrored.weights
     ):
         np.testing.assert_allclose(got, want, atol=1e-5, err_msg=variable.path)
+
+
+def test_logits_heads_compile_and_train_like_compile_model(strategy):
+    """A logits head (`output_activation=None`) under MirroredStrategy.
+
+    `build_in_scope` must compile through `training.compile_model`, the one
+    compile path: losses and metrics from logits on every head. Before, it
+    put `from_logits=False` losses on logits heads (a wrong loss) and IoU on
+    the deepest head only.
+    """
+    config = dict(TINY, deep_supervision=True, output_activation=None)
+    keras.utils.set_random_seed(7)
+    mirrored = distribute.build_in_scope(strategy, optimizer="sgd", **config)
+    assert sorted(mirrored.loss) == ["output_l1", "output_l2"]
+    assert all(loss.from_logits for loss in mirrored.loss.values())
+    single = build(**config)
+    single.set_weights(mirrored.get_weights())
+    keras_unetpp.compile_model(single, optimizer="sgd")
+    images, masks = _data(8, seed=8)
+    targets = {name: masks for name in single.output_names}
+    examples = tf.data.Dataset.from_tensor_slices((images, targets))
+    single_logs = single.evaluate(examples.batch(4), return_dict=True, verbose=0)
+    mirrored_logs = mirrored.evaluate(
+        distribute.batch_for_strategy(examples, 4, strategy),
+        return_dict=True,
+        verbose=0,
+    )
+    assert set(mirrored_logs) == set(single_logs)
+    for key in ("output_l1_iou", "output_l2_iou", "output_l2_dice"):
+        assert key in mirrored_logs
+        assert mirrored_logs[key] == pytest.approx(single_logs[key], abs=1e-5)
+    assert mirrored_logs["loss"] == pytest.approx(single_logs["loss"], rel=1e-5)
+    # The IoU is that of the thresholded probabilities sigmoid(logits) >= 0.5,
+    # i.e. logits >= 0: worked out here with NumPy.
+    logits = keras_unetpp.prune(single, 2).predict(images, verbose=0)
+    predicted = logits >= 0.0
+    inter = np.logical_and(predicted, masks > 0.5).sum()
+    union = np.logical_or(predicted, masks > 0.5).sum()
+    assert mirrored_logs["output_l2_iou"] == pytest.approx(inter / union, abs=1e-5)

@@ -225,13 +225,13 @@ def test_tpu_requires_static_batches_and_shapes():
 # --- building and saving ------------------------------------------------------
 
 
-def test_build_in_scope_compiles_the_paper_loss_and_iou():
+def test_build_in_scope_compiles_the_paper_loss_iou_and_dice():
     model = distribute.build_in_scope(**TINY)
     assert isinstance(model.loss, BCEDiceLoss)
     assert not model.get_layer("x_0_0_bn1").synchronized  # one replica
     images = np.zeros((2, 32, 32, 1), "float32")
     logs = model.evaluate(images, images, return_dict=True, verbose=0)
-    assert set(logs) == {"loss", "iou"}
+    assert set(logs) == {"loss", "iou", "dice"}
 
 
 def test_build_in_scope_deep_supervision_and_classes():
@@ -251,7 +251,7 @@ def test_build_in_scope_deep_supervision_and_classes():
         images, {"output_l1": labels, "output_l2": labels}, return_dict=True, verbose=0
     )
     assert logs["output_l2_iou"] == pytest.approx(1.0)  # all background, both
-    assert "output_l1_iou" not in logs
+    assert logs["output_l1_iou"] == pytest.approx(1.0)  # every head, as in train()
     custom = distribute.build_in_scope(
         None, loss="binary_crossentropy", metrics=[IoUScore(name="my_iou")], **TINY
     )
@@ -306,7 +306,7 @@ def test_mirrored_strategy_on_two_logical_cpus():
         timeout=TIMEOUT_S,
     )
     assert result.returncode == 0, result.stdout[-6000:] + result.stderr[-3000:]
-    assert "6 passed" in result.stdout
+    assert "7 passed" in result.stdout
 
 
 # --- MultiWorkerMirroredStrategy, 2 local workers (own processes) --------------

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 import keras_unetpp
-from keras_unetpp.model import node_name
+from keras_unetpp.description import node_name
 
 PAPER = dict(
     depth=4,

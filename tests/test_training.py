@@ -6,7 +6,7 @@ import pytest
 import tensorflow as tf
 
 import keras_unetpp as ku
-from keras_unetpp import blocks, training
+from keras_unetpp import blocks, evaluation, training
 from keras_unetpp.synthetic import synthetic_sample
 
 SIZE = 32
@@ -171,7 +171,7 @@ def _short_training(tmp_path):
     training.train(model, _dataset(x, y, batch_size=8), None, tmp_path, epochs=1,
                    steps_per_epoch=24, learning_rate=3e-3, tensorboard=False,
                    verbose=0)
-    return training.batch_norm_gap(model, _dataset(x, y, batch_size=8,
+    return evaluation.batch_norm_gap(model, _dataset(x, y, batch_size=8,
                                                    shuffle=False))
 
 
@@ -199,6 +199,6 @@ def test_batch_norm_gap_leaves_moving_statistics_unchanged():
     model = _tiny(False)
     x, y = _arrays(4, seed=6)
     before = [w.numpy().copy() for w in model.non_trainable_weights]
-    training.batch_norm_gap(model, _dataset(x, y))
+    evaluation.batch_norm_gap(model, _dataset(x, y))
     for a, b in zip(before, model.non_trainable_weights):
         np.testing.assert_array_equal(a, b.numpy())

@@ -13,10 +13,10 @@ import pathlib
 import keras
 import tensorflow as tf
 
+from keras_unetpp.description import describe
 from keras_unetpp.errors import InputError
 from keras_unetpp.export import signatures
 from keras_unetpp.flops import count_flops
-from keras_unetpp.pruning import head_levels, model_depth
 from keras_unetpp.version import __version__
 
 METADATA_FILE = "keras_unetpp_metadata.json"
@@ -65,8 +65,9 @@ def build_metadata(
     Returns:
         A JSON-serialisable dict.
     """
-    channels = model.inputs[0].shape[-1]
-    num_classes = model.outputs[0].shape[-1]
+    info = describe(model)
+    channels = info.channels
+    num_classes = info.num_classes
     flops = count_flops(model, FLOPS_SIZE, FLOPS_SIZE)
     divisor = signatures.INPUT_DTYPES[input_dtype]
     if normalization == "minmax":
@@ -81,7 +82,7 @@ def build_metadata(
         "model_name": f"{model_name}_l{level}",
         "base_model_name": model_name,
         "level": level,
-        "source_depth": model_depth(source_model),
+        "source_depth": describe(source_model).depth,
         "source_model": _source_info(source_model),
         "version": version,
         "parameters": int(model.count_params()),
@@ -147,7 +148,7 @@ def build_metadata(
 
 def _source_info(model):
     """Name, heads and optimizer steps of the model the levels come from."""
-    info = {"name": model.name, "heads": head_levels(model)}
+    info = {"name": model.name, "heads": list(describe(model).heads)}
     optimizer = getattr(model, "optimizer", None)
     if optimizer is not None and optimizer.built:
         info["optimizer"] = optimizer.__class__.__name__

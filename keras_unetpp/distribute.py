@@ -27,6 +27,7 @@ import tempfile
 
 import keras
 
+from keras_unetpp import keras_patches
 from keras_unetpp.errors import InputError
 from keras_unetpp.model import build
 from keras_unetpp.training import compile_model
@@ -584,9 +585,8 @@ def _multi_worker_compat(model):
     all replicas of all workers.
     """
     tf = _tf()
-    if getattr(model, "_keras_unetpp_multi_worker", False):
+    if keras_patches.patched(model, "multi_worker"):
         return
-    model._keras_unetpp_multi_worker = True
     train_step, test_step = model.train_step, model.test_step
 
     def local_value(value):
@@ -605,9 +605,22 @@ def _multi_worker_compat(model):
     def as_vectors(logs):
         return keras.tree.map_structure(lambda value: tf.reshape(value, (-1,)), logs)
 
-    model._maybe_symbolic_build = maybe_symbolic_build
-    model.train_step = lambda data: as_vectors(train_step(data))
-    model.test_step = lambda data: as_vectors(test_step(data))
+    keras_patches.patch(
+        model,
+        "_maybe_symbolic_build",
+        lambda _, iterator=None, data_batch=None: maybe_symbolic_build(
+            iterator, data_batch
+        ),
+        "multi_worker_build",
+    )
+    keras_patches.patch(
+        model, "train_step", lambda _, data: as_vectors(train_step(data)),
+        "multi_worker_train",
+    )
+    keras_patches.patch(
+        model, "test_step", lambda _, data: as_vectors(test_step(data)),
+        "multi_worker",
+    )
 
 
 def is_chief(strategy=None):

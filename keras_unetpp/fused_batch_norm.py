@@ -26,17 +26,17 @@ the last, rank other than 4, epsilon below TensorFlow's minimum.
 on TensorFlow; call it yourself on a model loaded from a `.keras` file.
 """
 
-import types
 
 import keras
 import tensorflow as tf
 
+from keras_unetpp import keras_patches
 from keras_unetpp.errors import InputError
 
 # `FusedBatchNormV3` rejects a smaller epsilon.
 _MIN_EPSILON = 1.001e-5
 _FUSED_DTYPES = ("float16", "bfloat16", "float32")
-_MARK = "_keras_unetpp_fused"
+_FEATURE = "fused"
 
 
 def fuse_batch_norm(model):
@@ -76,28 +76,15 @@ def fuse_batch_norm(model):
     count = 0
     for layer in model._flatten_layers(include_self=True, recursive=True):
         if isinstance(layer, keras.layers.BatchNormalization):
-            if not is_fused(layer):
-                layer.call = types.MethodType(_fused_call, layer)
-                setattr(layer, _MARK, True)
+            keras_patches.patch(layer, "call", _fused_call, _FEATURE)
             count += 1
-    reset_step_functions(model)
+    keras_patches.reset_step_functions(model)
     return count
-
-
-def reset_step_functions(model):
-    """Drops a model's traced `fit`/`evaluate`/`predict` steps.
-
-    The next call traces them again, through whatever its layers' `call`
-    now is.
-    """
-    for attribute in ("train_function", "test_function", "predict_function"):
-        if getattr(model, attribute, None) is not None:
-            setattr(model, attribute, None)
 
 
 def is_fused(layer):
     """Whether `fuse_batch_norm` serves this batch-normalization layer."""
-    return bool(getattr(layer, _MARK, False))
+    return bool(keras_patches.patched(layer, _FEATURE))
 
 
 def _can_fuse(layer, inputs, mask):

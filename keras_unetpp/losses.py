@@ -15,33 +15,20 @@ All math uses `keras.ops`, so the losses run on every Keras backend.
 import keras
 from keras import ops
 
-from keras_unetpp.errors import InputError
+from keras_unetpp.validation import check_bool, check_number
 
 _EPSILON = 1e-7
 
 
 def _validate(from_logits, smooth, per_image, bce_weight, dice_weight):
-    if not isinstance(from_logits, bool):
-        raise InputError(
-            f"`from_logits` must be a bool. Received: from_logits={from_logits!r}"
-        )
-    if not isinstance(per_image, bool):
-        raise InputError(
-            f"`per_image` must be a bool. Received: per_image={per_image!r}"
-        )
+    check_bool(from_logits, "from_logits")
+    check_bool(per_image, "per_image")
     for arg, value in (
         ("smooth", smooth),
         ("bce_weight", bce_weight),
         ("dice_weight", dice_weight),
     ):
-        if (
-            isinstance(value, bool)
-            or not isinstance(value, (int, float))
-            or (value < 0)
-        ):
-            raise InputError(
-                f"`{arg}` must be a non-negative number. Received: {arg}={value!r}"
-            )
+        check_number(value, arg, low=0.0)
 
 
 def soft_dice(y_true, y_prob, smooth=1.0, per_image=True):

@@ -13,6 +13,7 @@ import keras
 from keras import ops
 
 from keras_unetpp.errors import InputError
+from keras_unetpp.validation import check_bool, check_choice, check_int, check_number
 
 AVERAGES = ("global", "per_image")
 
@@ -29,23 +30,10 @@ class _OverlapScore(keras.metrics.Metric):
         name=None,
         dtype=None,
     ):
-        if (
-            isinstance(num_classes, bool)
-            or not isinstance(num_classes, int)
-            or (num_classes < 1)
-        ):
-            raise InputError(
-                "`num_classes` must be a positive int. "
-                f"Received: num_classes={num_classes!r}"
-            )
-        if isinstance(threshold, bool) or not isinstance(threshold, (int, float)):
-            raise InputError(
-                f"`threshold` must be a number. Received: threshold={threshold!r}"
-            )
-        if average not in AVERAGES:
-            raise InputError(
-                f"`average` must be one of {AVERAGES}. Received: average={average!r}"
-            )
+        check_int(num_classes, "num_classes")
+        check_number(threshold, "threshold")
+        check_bool(from_logits, "from_logits")
+        check_choice(average, "average", AVERAGES)
         super().__init__(name=name, dtype=dtype)
         self.num_classes = num_classes
         self.threshold = float(threshold)

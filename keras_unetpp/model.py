@@ -1,12 +1,22 @@
 """The UNet++ graph (and the plain U-Net baseline) as Keras functional models."""
 
-import numbers
-
 import keras
 
 from keras_unetpp import blocks
-from keras_unetpp.description import concat_name, output_name
+from keras_unetpp.description import (
+    NORMALIZATIONS,
+    UPSAMPLINGS,
+    concat_name,
+    output_name,
+)
 from keras_unetpp.errors import InputError
+from keras_unetpp.validation import (
+    check_choice,
+    check_int,
+    check_number,
+    check_stride,
+    is_int,
+)
 
 MIN_DEPTH = 1
 MAX_DEPTH = 6
@@ -17,25 +27,6 @@ PAPER_FILTERS = (32, 64, 128, 256, 512, 1024, 2048)
 def default_filters(depth):
     """Widths 32, 64, 128, ... for levels 0..depth (the paper's widths)."""
     return PAPER_FILTERS[: depth + 1]
-
-
-def _check_int(value, arg, low, high):
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        raise InputError(
-            f"`{arg}` must be an integer between {low} and {high}. "
-            f"Received: {arg}={value!r}"
-        )
-    if not low <= value <= high:
-        raise InputError(
-            f"`{arg}` must be between {low} and {high}. Received: {arg}={value}"
-        )
-    return int(value)
-
-
-def _check_choice(value, arg, choices):
-    if value not in choices:
-        raise InputError(f"`{arg}` must be one of {choices}. Received: {arg}={value!r}")
-    return value
 
 
 def _check_arguments(
@@ -50,9 +41,9 @@ def _check_arguments(
     data_format,
     convs_per_node,
 ):
-    depth = _check_int(depth, "depth", MIN_DEPTH, MAX_DEPTH)
-    num_classes = _check_int(num_classes, "num_classes", 1, 65535)
-    convs_per_node = _check_int(convs_per_node, "convs_per_node", 1, 8)
+    depth = check_int(depth, "depth", MIN_DEPTH, MAX_DEPTH)
+    num_classes = check_int(num_classes, "num_classes", 1, 65535)
+    convs_per_node = check_int(convs_per_node, "convs_per_node", 1, 8)
     data_format = data_format or keras.config.image_data_format()
     if data_format != "channels_last":
         raise InputError(
@@ -62,7 +53,7 @@ def _check_arguments(
         )
     if filters is None:
         filters = default_filters(depth)
-    if isinstance(filters, numbers.Integral) and not isinstance(filters, bool):
+    if is_int(filters):
         filters = tuple(int(filters) * 2**i for i in range(depth + 1))
     try:
         filters = tuple(filters)
@@ -72,8 +63,7 @@ def _check_arguments(
             f"ints (one per level 0..depth). Received: filters={filters!r}"
         ) from None
     if len(filters) != depth + 1 or not all(
-        isinstance(f, numbers.Integral) and not isinstance(f, bool) and f > 0
-        for f in filters
+        is_int(f) and f > 0 for f in filters
     ):
         raise InputError(
             f"`filters` must have {depth + 1} positive ints for depth={depth} "
@@ -93,28 +83,13 @@ def _check_arguments(
             f"channel count; height and width may be None. "
             f"Received: input_shape={input_shape!r}"
         )
-    stride = 2**depth
-    for axis, size in zip(("height", "width"), input_shape[:2]):
-        if size is not None and (size < stride or size % stride):
-            raise InputError(
-                f"The input {axis} must be a multiple of 2**depth = {stride} "
-                f"for depth={depth} (each level halves it). Pad or resize "
-                "the images (keras_unetpp.data does this), or use None for "
-                f"a variable size. Received: input_shape={input_shape!r}"
-            )
-    _check_choice(normalization, "normalization", blocks.NORMALIZATIONS)
-    _check_choice(upsampling, "upsampling", blocks.UPSAMPLINGS)
-    if (
-        isinstance(dropout, bool)
-        or not isinstance(dropout, numbers.Real)
-        or not (0.0 <= dropout < 1.0)
-    ):
-        raise InputError(
-            f"`dropout` must be a float in [0, 1). Received: dropout={dropout!r}"
-        )
+    check_stride(input_shape[:-1], depth, "input_shape")
+    check_choice(normalization, "normalization", NORMALIZATIONS)
+    check_choice(upsampling, "upsampling", UPSAMPLINGS)
+    dropout = check_number(dropout, "dropout", 0.0, 1.0, high_open=True)
     if output_activation == "auto":
         output_activation = "sigmoid" if num_classes == 1 else "softmax"
-    _check_choice(output_activation, "output_activation", ("sigmoid", "softmax", None))
+    check_choice(output_activation, "output_activation", ("sigmoid", "softmax", None))
     if output_activation == "softmax" and num_classes == 1:
         raise InputError(
             "A softmax over one channel is constant 1; use 'sigmoid' for "

@@ -19,17 +19,16 @@ left). TensorFlow only: the backward recomputation is a `tf.custom_gradient`.
 """
 
 import threading
-import types
 import weakref
 
 import keras
 import tensorflow as tf
 
+from keras_unetpp import keras_patches
 from keras_unetpp.description import describe, node_name, output_name, parse_node
 from keras_unetpp.errors import InputError
-from keras_unetpp.fused_batch_norm import reset_step_functions
 
-_MARK = "_keras_unetpp_recompute"
+_FEATURE = "recompute"
 
 
 def recompute_nodes(model):
@@ -82,15 +81,13 @@ def recompute_nodes(model):
             )
     if not is_recomputing(model):
         plan = _Plan(model, info)
-        model.call = types.MethodType(_recomputing_call, model)
-        setattr(model, _MARK, plan)
-        reset_step_functions(model)
-    return len(getattr(model, _MARK).nodes)
+        keras_patches.patch(model, "call", _recomputing_call, _FEATURE, value=plan)
+    return len(keras_patches.patched(model, _FEATURE).nodes)
 
 
 def is_recomputing(model):
     """Whether `recompute_nodes` was applied to `model`."""
-    return getattr(model, _MARK, None) is not None
+    return keras_patches.patched(model, _FEATURE) is not None
 
 
 class _Node:
@@ -149,7 +146,7 @@ def _recomputing_call(model, inputs, training=None, mask=None):
     """The model's `call`: nodes recomputed in the backward pass when training."""
     if not training:
         return type(model).call(model, inputs, training=training, mask=mask)
-    plan = getattr(model, _MARK)
+    plan = keras_patches.patched(model, _FEATURE)
     if not tf.is_tensor(inputs) and not hasattr(inputs, "shape"):
         # A one-element list or dict, as Keras also accepts.
         (inputs,) = keras.tree.flatten(inputs)

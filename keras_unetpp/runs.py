@@ -37,7 +37,7 @@ from keras_unetpp.precision import precision_scope
 from keras_unetpp.pruning import inference_model, prune
 from keras_unetpp.recompute import recompute_nodes
 from keras_unetpp.sources import source_dataset
-from keras_unetpp.validation import check_int
+from keras_unetpp.validation import check_int, check_stride
 from keras_unetpp.version import __version__
 
 RUN_CONFIG = "run.json"
@@ -80,12 +80,7 @@ def _image_size(image_size, depth):
         raise InputError(
             f"`image_size` must be (height, width). Received: image_size={image_size!r}"
         ) from None
-    stride = 2**depth
-    if height < stride or width < stride or height % stride or width % stride:
-        raise InputError(
-            f"`image_size` must be multiples of 2**depth = {stride} for "
-            f"depth={depth}. Received: image_size={image_size!r}"
-        )
+    check_stride((height, width), depth, "image_size")
     return [height, width]
 
 

@@ -183,7 +183,7 @@ def test_help_lists_every_command(capsys):
         (["train", "--output", "o"], "exactly one data source"),
         (["train", "--output", "o", "--images", "."], "needs a masks folder"),
         (["train", "--output", "o", "--data", ".", "--image-size", "30", "30"],
-         "multiples of 2**depth = 16"),
+         "a multiple of 2**depth = 16"),
         (["train", "--output", "o", "--data", ".", "--epochs", "0"],
          "expected a positive integer: '0'"),
         (["train", "--output", "o", "--data", ".", "--mask-map", "{1: 1}"],

@@ -221,9 +221,9 @@ def test_filters_as_int_doubles_per_level():
 @pytest.mark.parametrize(
     "kwargs,match",
     [
-        (dict(depth=0), r"`depth` must be between 1 and 6. Received: depth=0"),
+        (dict(depth=0), r"`depth` must be an int in \[1, 6\]. Received: depth=0"),
         (dict(depth=7), r"Received: depth=7"),
-        (dict(depth=2.5), r"`depth` must be an integer.*Received: depth=2.5"),
+        (dict(depth=2.5), r"`depth` must be an int in \[1, 6\].*Received: depth=2.5"),
         (dict(depth=True), r"Received: depth=True"),
         (
             dict(filters=(32, 64)),
@@ -234,7 +234,7 @@ def test_filters_as_int_doubles_per_level():
         (dict(data_format="channels_first"), r"Received: data_format='channels_first'"),
         (
             dict(input_shape=(100, 96, 1)),
-            r"height must be a multiple of 2\*\*depth = 16",
+            r"height in `input_shape` must be a multiple of 2\*\*depth = 16",
         ),
         (dict(input_shape=(96, 8, 1)), r"width"),
         (dict(input_shape=(96, 96)), r"input_shape"),

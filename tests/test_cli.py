@@ -244,3 +244,29 @@ def test_train_with_recomputed_nodes(synthetic_dir, tmp_path):
     model = keras.saving.load_model(run / "last.keras", compile=False,
                                     safe_mode=True)
     assert "call" not in vars(model)
+
+
+@pytest.mark.parametrize(
+    "error, code",
+    [
+        # A user's mistake found deep in the library: one line, status 2.
+        (lambda: __import__("keras_unetpp").errors.InputError("bad value"), 2),
+        # Anything else is a bug: its traceback shows (status 1), even a
+        # ValueError raised inside TensorFlow or Keras.
+        (lambda: ValueError("shape mismatch inside Keras"), None),
+        (lambda: RuntimeError("unexpected"), None),
+    ],
+    ids=["input-error", "internal-value-error", "runtime-error"],
+)
+def test_only_input_errors_become_one_line(error, code, capsys, monkeypatch):
+    from keras_unetpp import synthetic
+
+    def fail(*args, **kwargs):
+        raise error()
+
+    monkeypatch.setattr(synthetic, "write_synthetic_dataset", fail)
+    if code is None:
+        with pytest.raises(type(error())):
+            cli.main(["synthetic", "unused"])
+    else:
+        assert _error(capsys, ["synthetic", "unused"]).endswith("error: bad value")

@@ -62,7 +62,9 @@ class _OverlapScore(keras.metrics.Metric):
             cut = self.threshold
             if self.from_logits:
                 y_pred = ops.sigmoid(y_pred)
-            pred = ops.cast(y_pred > cut, "float32")
+            # The one rule of the package: foreground where p >= threshold
+            # (as predict, evaluate and the serving graph threshold).
+            pred = ops.cast(y_pred >= cut, "float32")
             true = ops.cast(ops.cast(y_true, "float32") > 0.5, "float32")
             return true, pred
         pred = ops.one_hot(ops.argmax(y_pred, axis=-1), self.num_classes)
@@ -142,7 +144,7 @@ class IoUScore(_OverlapScore):
     """Intersection over union (Jaccard index) of thresholded masks.
 
     Binary (`num_classes=1`): the IoU of the foreground, `|T & P| / |T | P|`
-    with `P = y_pred > threshold`. Multi-class: the IoU of each class after
+    with `P = y_pred >= threshold`. Multi-class: the IoU of each class after
     an arg-max, averaged over the classes that appear in the targets or the
     predictions.
 

@@ -160,3 +160,20 @@ def test_sample_weight_is_refused():
         keras_unetpp.IoUScore().update_state(
             np.ones((1, 2, 2, 1)), np.ones((1, 2, 2, 1)), sample_weight=np.ones((1,))
         )
+
+
+def test_a_probability_at_the_threshold_is_foreground():
+    # The package's one rule, as predict and the serving graph apply it:
+    # foreground where p >= threshold. Logits of exactly 0 (a ReLU-dead
+    # pixel with zero bias) are sigmoid 0.5: foreground at threshold 0.5.
+    y_true = np.array([[[[1.0], [0.0]], [[1.0], [0.0]]]], "float32")
+    logits = np.array([[[[0.0], [-3.0]], [[2.0], [0.0]]]], "float32")
+    metric = keras_unetpp.IoUScore(from_logits=True)
+    metric.update_state(y_true, logits)
+    # Predicted foreground: (0,0), (1,0), (1,1); true: (0,0), (1,0).
+    # Intersection 2, union 3.
+    assert float(metric.result()) == pytest.approx(2 / 3)
+    probabilities = keras.ops.sigmoid(logits)
+    direct = keras_unetpp.IoUScore(threshold=0.5)
+    direct.update_state(y_true, probabilities)
+    assert float(direct.result()) == pytest.approx(2 / 3)

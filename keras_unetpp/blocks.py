@@ -19,6 +19,16 @@ from keras_unetpp.description import NORMALIZATIONS, UPSAMPLINGS  # noqa: F401
 # about 10 steps, which keeps the moving statistics close to the final weights.
 BATCH_NORM_MOMENTUM = 0.9
 
+# The layer classes of each spatial rank: 2 for images, 3 for volumes.
+_CONV = {2: keras.layers.Conv2D, 3: keras.layers.Conv3D}
+_CONV_TRANSPOSE = {2: keras.layers.Conv2DTranspose, 3: keras.layers.Conv3DTranspose}
+_POOL = {2: keras.layers.MaxPooling2D, 3: keras.layers.MaxPooling3D}
+
+
+def spatial_rank(x):
+    """The spatial rank of a channels-last Keras tensor: 2 (images) or 3."""
+    return len(x.shape) - 2
+
 
 def _normalization(x, normalization, name):
     if normalization == "batch":
@@ -71,8 +81,9 @@ def conv_unit(
         The Keras tensor of the node's output.
     """
     i, j = node
+    conv = _CONV[spatial_rank(x)]
     for k in range(1, convs + 1):
-        x = keras.layers.Conv2D(
+        x = conv(
             filters,
             kernel_size,
             padding="same",
@@ -94,7 +105,11 @@ def conv_unit(
 
 
 def upsample(x, filters, node, mode="transpose", kernel_initializer="he_normal"):
-    """The up-sampling U: doubles the spatial size and sets the channels.
+    """The up-sampling U: doubles each spatial size and sets the channels.
+
+    Rank-generic: a 2x2 (2D) or 2x2x2 (3D) transposed convolution, or a
+    resize (bilinear in 2D; in 3D Keras' `UpSampling3D`, which repeats
+    voxels) followed by a 3x3 (3x3x3) convolution.
 
     Args:
         x: Keras tensor, channels last.
@@ -111,8 +126,9 @@ def upsample(x, filters, node, mode="transpose", kernel_initializer="he_normal")
         The up-sampled Keras tensor.
     """
     name = description.up_name(*node)
+    rank = spatial_rank(x)
     if mode == "transpose":
-        return keras.layers.Conv2DTranspose(
+        return _CONV_TRANSPOSE[rank](
             filters,
             2,
             strides=2,
@@ -120,8 +136,13 @@ def upsample(x, filters, node, mode="transpose", kernel_initializer="he_normal")
             kernel_initializer=kernel_initializer,
             name=name,
         )(x)
-    x = keras.layers.UpSampling2D(2, interpolation="bilinear", name=f"{name}_resize")(x)
-    return keras.layers.Conv2D(
+    if rank == 2:
+        x = keras.layers.UpSampling2D(
+            2, interpolation="bilinear", name=f"{name}_resize"
+        )(x)
+    else:
+        x = keras.layers.UpSampling3D(2, name=f"{name}_resize")(x)
+    return _CONV[rank](
         filters,
         3,
         padding="same",
@@ -131,8 +152,8 @@ def upsample(x, filters, node, mode="transpose", kernel_initializer="he_normal")
 
 
 def downsample(x, level):
-    """2x2 max pooling with stride 2 (as in U-Net and UNet++) feeding X(level, 0)."""
-    return keras.layers.MaxPooling2D(2, name=description.pool_name(level))(x)
+    """2x2 (2x2x2) max pooling, stride 2, as in U-Net and UNet++: feeds X(level, 0)."""
+    return _POOL[spatial_rank(x)](2, name=description.pool_name(level))(x)
 
 
 def output_head(x, num_classes, activation, level):
@@ -152,7 +173,7 @@ def output_head(x, num_classes, activation, level):
     Returns:
         The head's Keras tensor.
     """
-    logits = keras.layers.Conv2D(
+    logits = _CONV[spatial_rank(x)](
         num_classes, 1, name=description.logits_name(level)
     )(x)
     return keras.layers.Activation(

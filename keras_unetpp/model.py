@@ -74,16 +74,25 @@ def _check_arguments(
         input_shape = tuple(input_shape)
     except TypeError:
         raise InputError(
-            "`input_shape` must be (height, width, channels). "
+            "`input_shape` must be (height, width, channels) for images or "
+            "(depth, height, width, channels) for volumes. "
             f"Received: input_shape={input_shape!r}"
         ) from None
-    if len(input_shape) != 3 or input_shape[-1] is None or input_shape[-1] < 1:
+    if (
+        len(input_shape) not in (3, 4)
+        or input_shape[-1] is None
+        or input_shape[-1] < 1
+    ):
         raise InputError(
-            "`input_shape` must be (height, width, channels) with a known "
-            f"channel count; height and width may be None. "
+            "`input_shape` must be (height, width, channels) for images or "
+            "(depth, height, width, channels) for volumes, with a known "
+            "channel count; the spatial sizes may be None. "
             f"Received: input_shape={input_shape!r}"
         )
-    check_stride(input_shape[:-1], depth, "input_shape")
+    axes = ("height", "width")
+    if len(input_shape) == 4:
+        axes = ("depth",) + axes
+    check_stride(input_shape[:-1], depth, "input_shape", axes=axes)
     check_choice(normalization, "normalization", NORMALIZATIONS)
     check_choice(upsampling, "upsampling", UPSAMPLINGS)
     dropout = check_number(dropout, "dropout", 0.0, 1.0, high_open=True)
@@ -155,8 +164,11 @@ def build(
     Args:
         depth: int, number of down-sampling levels (1 to 6). The paper uses
             4. Defaults to `4`.
-        input_shape: tuple `(height, width, channels)`, channels last;
-            height and width may be `None`. Defaults to `(None, None, 1)`.
+        input_shape: tuple `(height, width, channels)` for images or
+            `(depth, height, width, channels)` for volumes (a 3D UNet++
+            of 3x3x3 convolutions, 2x2x2 pooling and up-sampling), channels
+            last; the spatial sizes may be `None`. Defaults to
+            `(None, None, 1)`.
         num_classes: int, 1 for binary segmentation (sigmoid), more for
             multi-class segmentation (softmax over classes). Defaults to `1`.
         filters: sequence of `depth + 1` ints (the width of each level), an
@@ -251,8 +263,8 @@ def build_unet(
 
     Args:
         depth: int, number of down-sampling levels (1 to 6). Defaults to `4`.
-        input_shape: `(height, width, channels)`. Defaults to
-            `(None, None, 1)`.
+        input_shape: `(height, width, channels)`, or `(depth, height,
+            width, channels)` for a 3D U-Net. Defaults to `(None, None, 1)`.
         num_classes: int. Defaults to `1`.
         filters: widths per level, as in `build()`. Defaults to `None`.
         normalization: `"batch"`, `"group"` or `"none"`. Defaults to

@@ -95,7 +95,8 @@ def _add_train(commands):
         "train",
         help="train a UNet++ (or the U-Net baseline) on a data source",
         description="Trains with Keras progress bars, keeps the best epoch "
-        "by validation IoU (or Dice) as best.keras, logs to TensorBoard "
+        "by validation IoU (or Dice; with --no-val by the lowest training "
+        "loss) as best.keras, writes splits.csv, logs to TensorBoard "
         "(logs/) and history.csv, and saves a resumable state: run the same "
         "command again after an interruption to continue where it stopped.",
     )

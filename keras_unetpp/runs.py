@@ -431,6 +431,7 @@ def evaluate_run(
     """
     config = read_run_config(run_dir)
     settings = config["data"]
+    keras_model = load_run_model(run_dir, model)
     own = source is None
     if own:
         source = settings["source"]
@@ -444,7 +445,6 @@ def evaluate_run(
             )
     else:
         split = split or "all"
-    keras_model = load_run_model(run_dir, model)
     depth = describe(keras_model).depth
     image_size = tuple(settings["image_size"])
     height, width = image_size

@@ -100,6 +100,34 @@ def test_tfds_source_reads_the_named_splits(folder, tmp_path):
     assert count is None
     images, masks = next(iter(dataset))
     assert images.shape == (3, 32, 32, 1) and masks.shape == (3, 32, 32, 1)
+    # Image by image at native size, masks decoded as training decodes them.
+    samples, count = sources.source_samples(source, "val")
+    samples = list(samples)
+    assert count is None and len(samples) == 3
+    expected = [data.decode.load_pair(p, samples_options()) for p in splits["val"]]
+
+    def key(sample):  # TFDS stores examples in its own order
+        return float(sample[0].mean())
+
+    for (image, mask), (want_image, want_mask) in zip(
+        sorted(samples, key=key), sorted(expected, key=key)
+    ):
+        np.testing.assert_allclose(image, want_image, atol=1e-6)
+        np.testing.assert_array_equal(mask, want_mask)
+    no_val = sources.data_source(
+        tfds_name="segmentation_folder/cells",
+        tfds_data_dir=str(tmp_path),
+        no_val=True,
+    )
+    assert no_val["splits"]["val"] is None
+    with pytest.raises(InputError, match="no val split"):
+        sources.source_dataset(no_val, "val", image_size=(32, 32), depth=2)
+
+
+def samples_options():
+    from keras_unetpp.data.decode import DecodeOptions
+
+    return DecodeOptions(1, 1, "dtype", None, False, None)
 
 
 @pytest.mark.parametrize(

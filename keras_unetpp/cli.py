@@ -95,23 +95,15 @@ def _add_train(commands):
         "train",
         help="train a UNet++ (or the U-Net baseline) on a data source",
         description="Trains with Keras progress bars, keeps the best epoch "
-        "by validation IoU (or Dice) as best.keras, logs to TensorBoard "
+        "by validation IoU (or Dice; with --no-val by the lowest training "
+        "loss) as best.keras, writes splits.csv, logs to TensorBoard "
         "(logs/) and history.csv, and saves a resumable state: run the same "
         "command again after an interruption to continue where it stopped.",
     )
     p.add_argument("--output", required=True, metavar="RUN_DIR",
                    help="run folder for checkpoints, logs and later steps")
     src = p.add_argument_group("data source (give exactly one)")
-    src.add_argument("--data", metavar="DIR",
-                     help="folder with images/ and masks/ (and an optional "
-                     "manifest.csv whose suggested_split column gives train/val)")
-    src.add_argument("--images", metavar="DIR", help="images folder (with --masks)")
-    src.add_argument("--masks", metavar="DIR", help="masks folder, same file stems")
-    src.add_argument("--manifest", metavar="CSV",
-                     help="CSV with stem and suggested_split columns for --images")
-    src.add_argument("--dsb2018", metavar="DIR",
-                     help="Data Science Bowl 2018 stage1_train folder "
-                     "(<id>/images, <id>/masks)")
+    _add_folder_source(src, "train")
     src.add_argument("--tfds", metavar="NAME", help="a TFDS data set name")
     src.add_argument("--tfds-train-split", default="train",
                      help="TFDS split to train on (default: train)")
@@ -124,9 +116,24 @@ def _add_train(commands):
     src.add_argument("--tfds-data-dir", metavar="DIR", help="TFDS data directory")
     src.add_argument("--mask-map", type=_json_dict, metavar="JSON",
                      help='TFDS mask values to classes, e.g. \'{"1": 1, "2": 0}\'')
-    src.add_argument("--val-fraction", type=_fraction, default=0.2,
-                     help="validation share when no manifest gives the split "
-                     "(default: 0.2)")
+    sp = p.add_argument_group(
+        "split (a manifest's split is always used; a random split only when "
+        "none is given)"
+    )
+    _add_split_flags(sp)
+    sp.add_argument("--val-data", metavar="DIR",
+                    help="validate on this folder (images/ + masks/) instead of "
+                    "a split of the training data")
+    sp.add_argument("--val-images", metavar="DIR",
+                    help="validation images folder (with --val-masks)")
+    sp.add_argument("--val-masks", metavar="DIR",
+                    help="validation masks folder, same file stems")
+    sp.add_argument("--no-val", action="store_true",
+                    help="train without validation; best.keras is then the epoch "
+                    "with the lowest training loss")
+    sp.add_argument("--val-fraction", type=_fraction,
+                    help="validation share of a random split, which is made only "
+                    "when nothing else gives the split (default: 0.2)")
     m = p.add_argument_group("model")
     m.add_argument("--architecture", choices=("unetpp", "unet"), default="unetpp",
                    help="UNet++ or the plain U-Net baseline of the same widths "
@@ -195,6 +202,35 @@ def _add_train(commands):
                    help="0 silent, 1 progress bars (default), 2 one line per epoch")
 
 
+def _add_folder_source(group, command):
+    manifest = (
+        "its split column (--split-column) gives train/val/test"
+        if command == "train"
+        else "its split column gives --split"
+    )
+    group.add_argument("--data", metavar="DIR",
+                       help="folder with images/ and masks/ (and an optional "
+                       f"manifest.csv: {manifest})")
+    group.add_argument("--images", metavar="DIR", help="images folder (with --masks)")
+    group.add_argument("--masks", metavar="DIR", help="masks folder, same file stems")
+    group.add_argument("--manifest", metavar="CSV",
+                       help="manifest CSV (stem column and a split column) for "
+                       "--images/--masks, or instead of DIR/manifest.csv")
+    group.add_argument("--dsb2018", metavar="DIR",
+                       help="Data Science Bowl 2018 stage1_train folder "
+                       "(<id>/images, <id>/masks)")
+
+
+def _add_split_flags(group):
+    group.add_argument("--split-column", metavar="NAME",
+                       help="the manifest column that holds the split "
+                       "(default: suggested_split)")
+    group.add_argument("--split-map", nargs="+", metavar="VALUE=SPLIT",
+                       help="map the split column's values to train, val, test or "
+                       "ignore, e.g. --split-map training=train test=test "
+                       "(default: the values must be train/val/test)")
+
+
 def _add_model_choice(p):
     p.add_argument("--model", default="best", metavar="best|last|PATH",
                    help="which model of the run (default: best)")
@@ -205,16 +241,27 @@ def _add_evaluate(commands):
         "evaluate",
         help="per-level table: IoU, Dice, params, FLOPs, ms/image (+ plot)",
         description="Evaluates the run's model in inference mode on its "
-        "validation split: one row per pruned level L1..L<depth> and the "
-        "accurate mode. Prints the table and writes levels.csv, levels.json "
-        "and levels.png (IoU against latency).",
+        "validation split (as recorded in the run), another split, or other "
+        "labelled data: one row per pruned level L1..L<depth> and the "
+        "accurate mode. Whole images are scored at their own resolution "
+        "against the masks as stored. Prints what was scored and the table, "
+        "and writes levels.csv, levels.json, levels.png (IoU against latency) "
+        "and scored.json.",
     )
     p.add_argument("run", metavar="RUN_DIR", help="a folder made by train")
     _add_model_choice(p)
-    p.add_argument("--split", choices=("val", "train"), default="val",
-                   help="(default: val)")
+    p.add_argument("--split", choices=("train", "val", "test", "all"),
+                   help="which images: a split of the run's data (default: val) "
+                   "or of --data (default: all)")
+    src = p.add_argument_group("other labelled data (default: the run's own)")
+    _add_folder_source(src, "evaluate")
+    _add_split_flags(src)
+    p.add_argument("--at-training-size", action="store_true",
+                   help="score as training validates instead: at the training "
+                   "size (masks resized nearest-neighbour; crop mode: the centre "
+                   "crop)")
     p.add_argument("--batch-size", type=_positive_int,
-                   help="(default: the run's)")
+                   help="with --at-training-size (default: the run's)")
     p.add_argument("--threshold", type=_fraction, default=0.5, help="(default: 0.5)")
     p.add_argument("--latency-batch-size", type=_positive_int, default=1,
                    help="images per timed call (default: 1)")
@@ -314,14 +361,20 @@ def _run_synthetic(args):
 def _run_train(args):
     from keras_unetpp import runs, sources
 
-    if args.manifest is not None and args.images is None:
-        raise UsageError("--manifest goes with --images/--masks")
+    if args.manifest is not None and args.images is None and args.data is None:
+        raise UsageError("--manifest goes with --images/--masks or --data")
     source = sources.data_source(
         data_dir=args.data,
         images_dir=args.images,
         masks_dir=args.masks,
         manifest=args.manifest,
         dsb2018_dir=args.dsb2018,
+        split_column=args.split_column,
+        split_map=args.split_map,
+        val_data_dir=args.val_data,
+        val_images_dir=args.val_images,
+        val_masks_dir=args.val_masks,
+        no_val=args.no_val,
         tfds_name=args.tfds,
         tfds_train_split=args.tfds_train_split,
         tfds_val_split=args.tfds_val_split,
@@ -371,28 +424,58 @@ def _run_train(args):
     if result["stopped_by_time_budget"]:
         print(f"Stopped by --time-budget after {epochs}; run the same "
               "command to continue.")
+    monitor = result["monitor"]
+    if monitor == "loss":
+        monitor = "training loss (lowest; no validation)"
     print(
-        f"Done ({epochs}): best {result['monitor']} = {best_text}. Run folder "
-        f"{result['run_dir']}: best.keras, last.keras, history.csv, logs/ "
-        f"(tensorboard --logdir {result['run_dir']}/logs)."
+        f"Done ({epochs}): best {monitor} = {best_text}. Run folder "
+        f"{result['run_dir']}: best.keras, last.keras, history.csv, splits.csv, "
+        f"logs/ (tensorboard --logdir {result['run_dir']}/logs)."
     )
 
 
 def _run_evaluate(args):
-    from keras_unetpp import runs
+    from keras_unetpp import runs, sources
 
+    other = (args.data, args.images, args.masks, args.dsb2018)
+    if args.manifest is not None and args.images is None and args.data is None:
+        raise UsageError("--manifest goes with --images/--masks or --data")
+    if any(v is not None for v in other):
+        split = args.split or "all"
+        source = sources.data_source(
+            data_dir=args.data,
+            images_dir=args.images,
+            masks_dir=args.masks,
+            manifest=args.manifest,
+            dsb2018_dir=args.dsb2018,
+            split_column=args.split_column,
+            split_map=args.split_map,
+            required_splits=() if split == "all" else (split,),
+        )
+    elif args.split_column is not None or args.split_map is not None:
+        raise UsageError(
+            "--split-column/--split-map go with --data or --images/--masks; "
+            "the run's own split is the one recorded in its run.json"
+        )
+    else:
+        source = None
     result = runs.evaluate_run(
         args.run,
         model=args.model,
         split=args.split,
+        source=source,
         batch_size=args.batch_size,
         threshold=args.threshold,
         latency_batch_size=args.latency_batch_size,
         latency_runs=args.latency_runs,
         output_dir=args.output,
+        at_training_size=args.at_training_size,
     )
+    print(f"Scored {args.model} on {result['what']}: {result['images']} images, "
+          f"{result['resolution']}. FLOPs and ms/image at the training size.")
     print(result["table"])
-    print(f"Wrote {result['csv']}, {result['json']} and {result['plot']}.")
+    print(f"Wrote {result['csv']}, {result['json']}, {result['plot']} and "
+          f"{result['scored']}.")
 
 
 def _run_predict(args):

@@ -1,12 +1,17 @@
 """The paper's pruning trade-off: score, size, cost and speed of every level.
 
-`evaluate_levels()` gives one row per pruned level L1..L<depth> of a
-deep-supervision UNet++ and one for the accurate mode (the average of all
-heads); a single-output model (a U-Net, or a UNet++ without deep
-supervision) gives one row. Each row holds the foreground IoU and Dice over
-the data set (running totals over all pixels, and the mean per image), the
-parameter count, the FLOPs of one image and the measured milliseconds per
-image, all in inference mode: as `predict()` and a served model run.
+`evaluate_levels_native()` and `evaluate_levels()` give one row per pruned
+level L1..L<depth> of a deep-supervision UNet++ and one for the accurate
+mode (the average of all heads); a single-output model (a U-Net, or a UNet++
+without deep supervision) gives one row. Each row holds the foreground IoU
+and Dice over the data set (running totals over all pixels, and the mean per
+image), the parameter count, the FLOPs of one image and the measured
+milliseconds per image, all in inference mode: as `predict()` and a served
+model run. `evaluate_levels_native()` scores whole images against their
+masks as stored, at each image's own size (what `keras-unetpp evaluate`
+reports); `evaluate_levels()` scores batches as a pipeline gives them (e.g.
+resized to the training size), and its rows say at which size
+(`scored_at`).
 `write_table()` saves the rows as CSV and JSON, `plot_tradeoff()` draws IoU
 against latency like the paper's figure, and `format_table()` prints them.
 """
@@ -17,12 +22,14 @@ import pathlib
 import time
 
 import keras
+import numpy as np
 import tensorflow as tf
 
 from keras_unetpp.description import describe, output_name
 from keras_unetpp.errors import InputError
 from keras_unetpp.flops import count_flops
 from keras_unetpp.metrics import DiceScore, IoUScore
+from keras_unetpp.padding import pad_to_multiple
 from keras_unetpp.pruning import inference_model, prune
 from keras_unetpp.validation import check_int
 
@@ -36,7 +43,11 @@ COLUMNS = (
     "flops",
     "ms_per_image",
     "images",
+    "scored_at",
 )
+
+# `scored_at` of rows scored on the masks as stored, at each image's size.
+NATIVE = "native"
 
 
 def measure_latency(model, image_shape, batch_size=1, runs=10, warmup=2):
@@ -138,8 +149,9 @@ def evaluate_levels(
     Returns:
         list of dicts with the keys of `COLUMNS`: `model` (the model name),
         `level` (`"L1"`... or `"accurate"`), `iou`, `dice`,
-        `iou_per_image`, `params`, `flops` (one image), `ms_per_image` and
-        `images` (number scored).
+        `iou_per_image`, `params`, `flops` (one image), `ms_per_image`,
+        `images` (number scored) and `scored_at` (`"<height>x<width>"`: the
+        batches' masks as given, e.g. resized to the training size).
 
     Example:
 
@@ -171,7 +183,26 @@ def evaluate_levels(
         count += int(images.shape[0])
     if count == 0:
         raise InputError("The evaluation dataset is empty. Received: 0 images")
-    channels = info.channels
+    return _level_rows(
+        model,
+        levels,
+        scores,
+        count,
+        (height, width),
+        latency_batch_size,
+        latency_runs,
+        scored_at=f"{height}x{width}",
+    )
+
+
+def _level_rows(
+    model, levels, scores, count, size, latency_batch_size, latency_runs, scored_at
+):
+    """The table rows from the metrics of each level, with params, FLOPs, ms."""
+    height, width = size
+    info = describe(model)
+    keys = [output_name(level) for level in levels]
+    keys += ["accurate"] if len(levels) > 1 else []
     subs, labels = [], []
     for key, level in zip(keys, [*levels, None]):
         if key == "accurate":
@@ -181,7 +212,9 @@ def evaluate_levels(
             subs.append(prune(model, level))
             labels.append(f"L{level}")
     latencies = measure_latencies(
-        subs, (height, width, channels), batch_size=latency_batch_size,
+        subs,
+        (height, width, info.channels),
+        batch_size=latency_batch_size,
         runs=latency_runs,
     )
     rows = []
@@ -198,9 +231,154 @@ def evaluate_levels(
                 "flops": count_flops(sub, height, width),
                 "ms_per_image": ms,
                 "images": count,
+                "scored_at": scored_at,
             }
         )
     return rows
+
+
+def heads_model(model):
+    """One single-output model of all the heads: their outputs side by side.
+
+    The output concatenates the heads' outputs (probabilities, or logits
+    for a logits model) along the channel axis, in level order, so that one
+    forward pass gives every level's prediction, and single-output
+    functions such as `prediction.predict_probabilities` resize or pad it
+    like any model's.
+
+    Args:
+        model: a model from `keras_unetpp.build` or `build_unet`.
+
+    Returns:
+        `keras.Model` with `len(heads) * num_classes` output channels (the
+        heads' own model for a single-head model).
+    """
+    info = describe(model)
+    heads = [model.get_layer(output_name(level)).output for level in info.heads]
+    if len(heads) == 1:
+        output = heads[0]
+    else:
+        output = keras.layers.Concatenate(
+            axis=-1, dtype="float32", name="evaluation_heads"
+        )(heads)
+    return keras.Model(model.input, output, name=f"{model.name}_heads")
+
+
+def evaluate_levels_native(
+    model,
+    samples,
+    image_size=None,
+    latency_image_size=None,
+    threshold=0.5,
+    latency_batch_size=1,
+    latency_runs=10,
+):
+    """`evaluate_levels` on whole images, at the masks' own resolution.
+
+    Every image is predicted at its own size by
+    `prediction.predict_probabilities` under the run's size policy
+    (`image_size`: resized to the training size and the probabilities
+    resized back; `None`: padded to the stride and cropped back), with one
+    pass of the full model for all heads (`heads_model`); the accurate
+    mode is the mean of the heads. Without `image_size` every head sees the
+    image padded to the full model's stride `2**depth` (a pruned model
+    served alone pads to `2**L`, which can change a few border pixels).
+    The prediction is thresholded (arg-max for classes) and compared with
+    the mask as given, pixel for pixel: no mask is resized or cropped. IoU
+    and Dice are running totals over all pixels of all images (`IoUScore`,
+    `DiceScore`); `iou_per_image` is the mean of the images' IoUs.
+    Parameters, FLOPs and latency are those of each pruned model at
+    `latency_image_size`.
+
+    Args:
+        model: a model from `keras_unetpp.build` or `build_unet`.
+        samples: iterable of `(image, mask)`: float32 `(h, w, channels)` in
+            [0, 1] and integer labels `(h, w)` or `(h, w, 1)` (0/1, or class
+            indices), e.g. from `sources.source_samples`.
+        image_size: `(height, width)` the model was trained at, for a run
+            that resizes its images, or `None` for one that crops (the image
+            is then used at its own scale). Defaults to `None`.
+        latency_image_size: `(height, width)` at which FLOPs and latency are
+            measured; `None` is `image_size`. Defaults to `None`.
+        threshold: float, probability threshold of one-class models.
+            Defaults to `0.5`.
+        latency_batch_size: int, images per timed call. Defaults to `1`.
+        latency_runs: int, timed calls per model. Defaults to `10`.
+
+    Returns:
+        list of dicts with the keys of `COLUMNS`, `scored_at` `"native"`.
+
+    Example:
+
+    ```python
+    samples, _ = sources.source_samples(source, "val", channels=3)
+    rows = evaluate_levels_native(model, samples, (96, 96))
+    ```
+    """
+    from keras_unetpp import prediction
+
+    size = image_size if latency_image_size is None else latency_image_size
+    if size is None:
+        raise InputError(
+            "evaluate_levels_native needs `latency_image_size` (the size at "
+            "which FLOPs and latency are measured) when `image_size` is None."
+        )
+    size = tuple(int(s) for s in size)
+    if image_size is not None:
+        image_size = tuple(int(s) for s in image_size)
+    info = describe(model)
+    levels = info.heads
+    names = [output_name(level) for level in levels]
+    keys = names + (["accurate"] if len(levels) > 1 else [])
+    scores = {key: _metrics(info, threshold) for key in keys}
+    stacked = heads_model(model)
+    classes = info.num_classes
+    target_dtype = "float32" if classes == 1 else "int32"
+    count = 0
+    for image, mask in samples:
+        image = np.asarray(image, np.float32)
+        mask = np.asarray(mask)
+        if mask.ndim == 2:
+            mask = mask[..., None]
+        if mask.shape[:2] != image.shape[:2]:
+            raise InputError(
+                f"Image {count} is {image.shape[1]}x{image.shape[0]} but its "
+                f"mask is {mask.shape[1]}x{mask.shape[0]} (width x height)."
+            )
+        if image_size is None:
+            # Every head sees the image padded to the full model's stride,
+            # as one pass of the full model does (`prune(model, L)` alone
+            # would pad to 2**L: a few border pixels may differ).
+            padded, _ = pad_to_multiple(image[None], info.stride)
+            output = prediction.predict_probabilities(stacked, padded[0], None)
+            output = output[: image.shape[0], : image.shape[1]]
+        else:
+            output = prediction.predict_probabilities(stacked, image, image_size)
+        outputs = {
+            name: output[..., k * classes : (k + 1) * classes]
+            for k, name in enumerate(names)
+        }
+        if len(levels) > 1:
+            outputs["accurate"] = np.mean(
+                np.stack([outputs[name] for name in names]), axis=0
+            )
+        target = mask[None].astype(target_dtype)
+        for key, metrics in scores.items():
+            for metric in metrics:
+                metric.update_state(target, outputs[key][None])
+        count += 1
+    if count == 0:
+        raise InputError("There are no images to evaluate. Received: 0 images")
+    return _level_rows(
+        model,
+        levels,
+        scores,
+        count,
+        size,
+        latency_batch_size,
+        latency_runs,
+        scored_at=NATIVE,
+    )
 
 
 def write_table(rows, output_dir, stem="levels"):
@@ -223,9 +401,9 @@ def write_table(rows, output_dir, stem="levels"):
         writer = csv.DictWriter(f, fieldnames=list(COLUMNS))
         writer.writeheader()
         for row in rows:
-            writer.writerow({k: row[k] for k in COLUMNS})
+            writer.writerow({k: row.get(k, "") for k in COLUMNS})
     with open(json_path, "w") as f:
-        json.dump([{k: row[k] for k in COLUMNS} for row in rows], f, indent=2)
+        json.dump([{k: row.get(k) for k in COLUMNS} for row in rows], f, indent=2)
         f.write("\n")
     return csv_path, json_path
 
@@ -242,8 +420,16 @@ def format_table(rows):
     Returns:
         str, one line per row under a header line.
     """
-    header = ("model", "level", "IoU", "Dice", "IoU/img", "params", "GFLOPs",
-              "ms/image")
+    header = (
+        "model",
+        "level",
+        "IoU",
+        "Dice",
+        "IoU/img",
+        "params",
+        "GFLOPs",
+        "ms/image",
+    )
     lines = [
         (
             row["model"],
@@ -259,8 +445,10 @@ def format_table(rows):
     ]
     widths = [max(len(str(c)) for c in column) for column in zip(header, *lines)]
     text = [
-        "  ".join(str(c).rjust(w) if i > 1 else str(c).ljust(w)
-                  for i, (c, w) in enumerate(zip(line, widths)))
+        "  ".join(
+            str(c).rjust(w) if i > 1 else str(c).ljust(w)
+            for i, (c, w) in enumerate(zip(line, widths))
+        )
         for line in [header, *lines]
     ]
     return "\n".join(text)
@@ -304,8 +492,14 @@ def plot_tradeoff(rows, path, title=None):
         )
         for row in own:
             if row["level"] == "accurate":
-                axes.plot(row["ms_per_image"], row["iou"], marker="*",
-                          markersize=12, color=line.get_color(), linestyle="")
+                axes.plot(
+                    row["ms_per_image"],
+                    row["iou"],
+                    marker="*",
+                    markersize=12,
+                    color=line.get_color(),
+                    linestyle="",
+                )
             axes.annotate(
                 row["level"] if len(models) == 1 else f"{model_name} {row['level']}",
                 (row["ms_per_image"], row["iou"]),

@@ -4,11 +4,13 @@ A run directory holds everything one training produced and the settings it
 was made with (`run.json`), so that the later steps need only its path:
 
     <run>/run.json        settings: data source, model, training
-    <run>/best.keras      best epoch by validation IoU (or Dice)
+    <run>/splits.csv      stem, split, image: where every image went
+    <run>/best.keras      best epoch by validation IoU (or Dice), or by the
+                          lowest training loss without validation
     <run>/last.keras      the model after the last epoch (with optimizer)
     <run>/history.csv     one row per epoch; <run>/logs/ for TensorBoard
     <run>/state/          resumable training state
-    <run>/evaluation/     levels.csv, levels.json, levels.png
+    <run>/evaluation/     levels.csv, levels.json, levels.png, scored.json
     <run>/export/         SavedModels for TF Serving, one per level
     <run>/predictions/    masks/ and overlays/
 
@@ -21,7 +23,7 @@ import pathlib
 
 import keras
 
-from keras_unetpp import data, evaluation, prediction, training
+from keras_unetpp import data, evaluation, prediction, sources, training
 from keras_unetpp.description import describe, output_name
 from keras_unetpp.distribute import (
     check_global_batch,
@@ -53,7 +55,8 @@ PREDICTION_DIR = "predictions"
 # recomputation (the same training with less memory, e.g. after running out).
 _RESUMABLE_CHANGES = ("epochs", "save_every", "recompute")
 # Recorded facts, not settings.
-_DERIVED = ("train_images", "val_images", "precision_policy")
+_DERIVED = ("train_images", "val_images", "precision_policy", "split",
+            "split_counts")
 
 
 def read_run_config(run_dir):
@@ -272,7 +275,10 @@ def train_run(
         augmentation=data.Augmentation() if augment else None,
         **processing,
     )
-    val_ds, val_count = source_dataset(source, "val", **processing)
+    if source.get("validation", True):
+        val_ds, val_count = source_dataset(source, "val", **processing)
+    else:
+        val_ds, val_count = None, 0
     # In a multi-worker job only the chief writes the run folder; the other
     # workers keep their own checkpoints and logs in a scratch subfolder.
     run_dir = _worker_dir(output_dir, distribution)
@@ -296,6 +302,11 @@ def train_run(
         run_dir.mkdir(parents=True, exist_ok=True)
         config["data"]["train_images"] = train_count
         config["data"]["val_images"] = val_count
+        config["data"]["split"] = sources.describe_split(source)
+        splits_path, split_counts = sources.write_splits(
+            source, run_dir / sources.SPLITS_CSV
+        )
+        config["data"]["split_counts"] = split_counts
         with open(run_dir / RUN_CONFIG, "w") as f:
             json.dump(config, f, indent=2)
             f.write("\n")
@@ -305,6 +316,12 @@ def train_run(
                 f"{train_count} training / {val_count} validation images at "
                 f"{image_size[0]}x{image_size[1]}; run folder {output_dir}"
             )
+            print(f"Split: {config['data']['split']}.")
+            if splits_path is not None:
+                print(
+                    f"Wrote {splits_path} (the split of every image: "
+                    f"{sources.count_text(split_counts)})."
+                )
         result = training.train(
             model,
             train_ds,
@@ -361,68 +378,161 @@ def load_run_model(run_dir, model="best"):
 def evaluate_run(
     run_dir,
     model="best",
-    split="val",
+    split=None,
+    source=None,
     batch_size=None,
     threshold=0.5,
     latency_batch_size=1,
     latency_runs=10,
     output_dir=None,
+    at_training_size=False,
 ):
     """Writes the per-level table of a run: IoU, Dice, params, FLOPs, ms.
 
-    The model is evaluated in inference mode on a split of the run's own
-    data source, at the run's image size, without augmentation.
+    The model is evaluated in inference mode, without augmentation, on one
+    split of the run's own data source (as recorded in `run.json`) or of
+    another labelled source. By default every image is scored whole, at its
+    own resolution, against its mask as stored
+    (`evaluation.evaluate_levels_native`): the image goes through the run's
+    size policy (`resize`: resized to the training size and the
+    probabilities back; `crop`: padded to the stride) and nothing is
+    cropped. `at_training_size=True` scores instead as training validates:
+    images and masks resized to the training size (masks nearest-neighbour),
+    or centre-cropped in crop mode; the rows say so in `scored_at`.
 
     Args:
         run_dir: the run folder.
         model: `"best"`, `"last"` or a `.keras` path. Defaults to `"best"`.
-        split: `"val"` or `"train"`. Defaults to `"val"`.
-        batch_size: int, or `None` for the run's. Defaults to `None`.
+        split: `"train"`, `"val"`, `"test"` or `"all"`; `None` is `"val"`
+            for the run's own source and `"all"` for another `source`.
+            Defaults to `None`.
+        source: dict from `sources.data_source()` (e.g. another labelled
+            folder), or `None` for the run's own. Defaults to `None`.
+        batch_size: int, or `None` for the run's (training size only).
+            Defaults to `None`.
         threshold: float. Defaults to `0.5`.
         latency_batch_size: int, images per timed call. Defaults to `1`.
         latency_runs: int, timed calls per level. Defaults to `10`.
-        output_dir: where to write `levels.csv/.json/.png`; `None` is
-            `<run_dir>/evaluation`. Defaults to `None`.
+        output_dir: where to write `levels.csv/.json/.png` and
+            `scored.json`; `None` is `<run_dir>/evaluation`. Defaults to
+            `None`.
+        at_training_size: bool, score at the training size instead of at
+            native resolution. Defaults to `False`.
 
     Returns:
-        dict: `rows` (from `evaluation.evaluate_levels`), `csv`, `json`,
-        `plot` (paths) and `table` (printable text).
+        dict: `rows` (one per level), `csv`, `json`, `plot`, `scored`
+        (paths), `table` (printable text), `what` (what was scored, in
+        words), `images` (how many) and `resolution` (how, in words).
     """
     config = read_run_config(run_dir)
     settings = config["data"]
     keras_model = load_run_model(run_dir, model)
+    own = source is None
+    if own:
+        source = settings["source"]
+        split = split or "val"
+        if split == "val" and not sources.has_split(source, "val"):
+            raise InputError(
+                f"The run {str(run_dir)!r} has no validation split "
+                f"({sources.describe_split(source)}); choose one with --split "
+                "train|test, or score other data with --data DIR (or --images "
+                "DIR --masks DIR)."
+            )
+    else:
+        split = split or "all"
     depth = describe(keras_model).depth
-    dataset, _ = source_dataset(
-        settings["source"],
-        split,
-        image_size=tuple(settings["image_size"]),
-        channels=settings["channels"],
-        num_classes=settings["num_classes"],
-        batch_size=batch_size or settings["batch_size"],
-        resize_mode=settings["resize_mode"],
-        depth=depth,
-    )
-    rows = evaluation.evaluate_levels(
-        keras_model,
-        dataset,
-        settings["image_size"],
-        threshold=threshold,
-        latency_batch_size=latency_batch_size,
-        latency_runs=latency_runs,
-    )
+    image_size = tuple(settings["image_size"])
+    height, width = image_size
+    resize = settings["resize_mode"] == "resize"
+    where = sources.describe_source(source)
+    if split == "all":
+        what = f"every image of {where}"
+    elif split == "val" and source.get("val_source"):
+        what = f"the val split: {sources.describe_source(source['val_source'])}"
+    else:
+        what = f"the {split} split of {where} ({sources.describe_split(source)})"
+    if at_training_size:
+        dataset, count = source_dataset(
+            source,
+            split,
+            image_size=image_size,
+            channels=settings["channels"],
+            num_classes=settings["num_classes"],
+            batch_size=batch_size or settings["batch_size"],
+            resize_mode=settings["resize_mode"],
+            depth=depth,
+        )
+        rows = evaluation.evaluate_levels(
+            keras_model,
+            dataset,
+            image_size,
+            threshold=threshold,
+            latency_batch_size=latency_batch_size,
+            latency_runs=latency_runs,
+        )
+        resolution = (
+            f"at the training size {height}x{width}: images resized, masks "
+            "resized (nearest neighbour)"
+            if resize
+            else f"at the training size {height}x{width}: the centre "
+            f"{height}x{width} crop (or zero padding) of each image and mask"
+        )
+    else:
+        samples, count = sources.source_samples(
+            source, split, settings["channels"], settings["num_classes"]
+        )
+        rows = evaluation.evaluate_levels_native(
+            keras_model,
+            samples,
+            image_size if resize else None,
+            latency_image_size=image_size,
+            threshold=threshold,
+            latency_batch_size=latency_batch_size,
+            latency_runs=latency_runs,
+        )
+        resolution = "at native resolution: whole images against the masks " + (
+            f"as stored (each image resized to {height}x{width} for the "
+            "network, the probabilities resized back)"
+            if resize
+            else "as stored (each image padded to the network's stride)"
+        )
+    count = rows[0]["images"]
     output_dir = pathlib.Path(output_dir or pathlib.Path(run_dir) / EVALUATION_DIR)
     csv_path, json_path = evaluation.write_table(rows, output_dir)
     plot = evaluation.plot_tradeoff(
         rows,
         output_dir / "levels.png",
-        title=f"{keras_model.name} on the {split} split: IoU vs inference time",
+        title=f"{keras_model.name}, {split} ({count} images, "
+        + ("native resolution" if not at_training_size else f"{height}x{width}")
+        + "): IoU vs inference time",
     )
+    scored = output_dir / "scored.json"
+    with open(scored, "w") as f:
+        json.dump(
+            {
+                "run": str(run_dir),
+                "model": str(model),
+                "source": source,
+                "split": split,
+                "what": what,
+                "images": count,
+                "resolution": resolution,
+                "flops_and_latency_at": [height, width],
+            },
+            f,
+            indent=2,
+        )
+        f.write("\n")
     return {
         "rows": rows,
         "csv": csv_path,
         "json": json_path,
         "plot": plot,
+        "scored": scored,
         "table": evaluation.format_table(rows),
+        "what": what,
+        "images": count,
+        "resolution": resolution,
     }
 
 

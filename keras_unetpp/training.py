@@ -4,7 +4,8 @@
 
 - one loss per deep-supervision head, weighted per level, and IoU/Dice
   metrics on every head;
-- the best model by validation IoU (or Dice) of the deepest head, saved as
+- the best model by validation IoU (or Dice) of the deepest head (by the
+  lowest training loss when there is no validation data), saved as
   `best.keras`; the final one as `last.keras`;
 - TensorBoard logs in `logs/` and the epoch history in `history.csv`;
 - a resumable training state in `state/` (weights, optimizer slots and step
@@ -388,7 +389,8 @@ def train(
         train_data: `tf.data.Dataset` of `(image, mask)` batches (masks as a
             dict keyed by head name for deep-supervision models).
         val_data: `tf.data.Dataset` of the same structure, or `None`
-            (then the best checkpoint is taken by training score).
+            (then `best.keras` is the epoch with the lowest training loss,
+            and `monitor` is not used).
         output_dir: folder of the run (created if missing).
         epochs: int, total number of epochs. Defaults to `10`.
         steps_per_epoch: int, batches per epoch; `None` uses the length of
@@ -453,8 +455,17 @@ def train(
         )
     compile_model(model, learning_rate, loss_weights, optimizer)
     key = monitor_name(model, monitor)
+    mode = "max"
     if val_data is None:
-        key = key[len("val_"):]
+        # No held-out data: the best epoch is the one with the lowest
+        # training loss (the training IoU of augmented batches would reward
+        # nothing but fitting them).
+        key, mode = "loss", "min"
+        if verbose:
+            print(
+                "No validation data: best.keras is the epoch with the lowest "
+                "training loss."
+            )
 
     state = read_state(output_dir)
     history_path = output_dir / HISTORY
@@ -485,7 +496,7 @@ def train(
     checkpoint = keras.callbacks.ModelCheckpoint(
         output_dir / BEST_MODEL,
         monitor=key,
-        mode="max",
+        mode=mode,
         save_best_only=True,
         initial_value_threshold=best,
         verbose=0,

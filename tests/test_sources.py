@@ -1,33 +1,47 @@
 """Tests of keras_unetpp.sources: the data sources of the command line."""
 
+import csv
 import json
 import shutil
 
+import cv2
+import numpy as np
 import pytest
 
 from keras_unetpp import data, sources
+from keras_unetpp.errors import InputError
 from keras_unetpp.synthetic import write_synthetic_dataset
 
 
 @pytest.fixture(scope="module")
 def folder(tmp_path_factory):
     root = tmp_path_factory.mktemp("cells")
-    return write_synthetic_dataset(root, num_images=10, image_size=(32, 32),
-                                   val_fraction=0.3)
+    return write_synthetic_dataset(
+        root, num_images=10, image_size=(32, 32), val_fraction=0.3
+    )
 
 
 def test_a_data_folder_with_a_manifest_uses_its_split(folder):
     source = sources.data_source(data_dir=folder)
     assert source["kind"] == "folder"
-    assert source["manifest"] == str(folder / "manifest.csv")
+    assert source["split"] == {
+        "method": "manifest",
+        "manifest": str(folder / "manifest.csv"),
+        "column": "suggested_split",
+        "map": None,
+    }
     json.dumps(source)  # recorded in run.json
     train = sources.source_pairs(source, "train")
     val = sources.source_pairs(source, "val")
-    assert [p.stem for p in val] == ["synthetic_0007", "synthetic_0008",
-                                     "synthetic_0009"]
+    assert [p.stem for p in val] == [
+        "synthetic_0007",
+        "synthetic_0008",
+        "synthetic_0009",
+    ]
     assert len(train) == 7 and not {p.stem for p in train} & {p.stem for p in val}
-    dataset, count = sources.source_dataset(source, "val", image_size=(32, 32),
-                                            batch_size=2, depth=2)
+    dataset, count = sources.source_dataset(
+        source, "val", image_size=(32, 32), batch_size=2, depth=2
+    )
     assert count == 3
     images, masks = next(iter(dataset))
     assert images.shape == (2, 32, 32, 1) and masks.shape == (2, 32, 32, 1)
@@ -36,9 +50,10 @@ def test_a_data_folder_with_a_manifest_uses_its_split(folder):
 def test_folders_without_a_manifest_are_split_by_seed(folder, tmp_path):
     images = shutil.copytree(folder / "images", tmp_path / "im")
     masks = shutil.copytree(folder / "masks", tmp_path / "ma")
-    source = sources.data_source(images_dir=images, masks_dir=masks,
-                                 val_fraction=0.2, seed=1)
-    assert source["manifest"] is None
+    source = sources.data_source(
+        images_dir=images, masks_dir=masks, val_fraction=0.2, seed=1
+    )
+    assert source["split"] == {"method": "random", "val_fraction": 0.2, "seed": 1}
     val = sources.source_pairs(source, "val")
     expected = data.split_pairs(data.folder_pairs(images, masks), 0.2, 1)[1]
     assert val == expected and len(val) == 2
@@ -48,10 +63,14 @@ def test_dsb2018_layout(tmp_path, folder):
     for stem in ("a1", "b2", "c3", "d4", "e5"):
         (tmp_path / stem / "images").mkdir(parents=True)
         (tmp_path / stem / "masks").mkdir()
-        shutil.copy(folder / "images" / "synthetic_0000.png",
-                    tmp_path / stem / "images" / f"{stem}.png")
-        shutil.copy(folder / "masks" / "synthetic_0000.png",
-                    tmp_path / stem / "masks" / "n1.png")
+        shutil.copy(
+            folder / "images" / "synthetic_0000.png",
+            tmp_path / stem / "images" / f"{stem}.png",
+        )
+        shutil.copy(
+            folder / "masks" / "synthetic_0000.png",
+            tmp_path / stem / "masks" / "n1.png",
+        )
     source = sources.data_source(dsb2018_dir=tmp_path, val_fraction=0.2)
     assert source["kind"] == "dsb2018"
     train = sources.source_pairs(source, "train")
@@ -61,22 +80,54 @@ def test_dsb2018_layout(tmp_path, folder):
 
 def test_tfds_source_reads_the_named_splits(folder, tmp_path):
     splits = {
-        split: data.folder_pairs(folder / "images", folder / "masks",
-                                 stems=data.manifest_stems(folder / "manifest.csv",
-                                                           split))
+        split: data.folder_pairs(
+            folder / "images",
+            folder / "masks",
+            stems=data.manifest_stems(folder / "manifest.csv", split),
+        )
         for split in ("train", "val")
     }
     data.prepare_tfds_folder("cells", splits, data_dir=tmp_path)
     source = sources.data_source(
-        tfds_name="segmentation_folder/cells", tfds_val_split="val",
+        tfds_name="segmentation_folder/cells",
+        tfds_val_split="val",
         tfds_data_dir=str(tmp_path),
     )
     assert source["splits"] == {"train": "train", "val": "val"}
-    dataset, count = sources.source_dataset(source, "val", image_size=(32, 32),
-                                            batch_size=8, depth=2)
+    dataset, count = sources.source_dataset(
+        source, "val", image_size=(32, 32), batch_size=8, depth=2
+    )
     assert count is None
     images, masks = next(iter(dataset))
     assert images.shape == (3, 32, 32, 1) and masks.shape == (3, 32, 32, 1)
+    # Image by image at native size, masks decoded as training decodes them.
+    samples, count = sources.source_samples(source, "val")
+    samples = list(samples)
+    assert count is None and len(samples) == 3
+    expected = [data.decode.load_pair(p, samples_options()) for p in splits["val"]]
+
+    def key(sample):  # TFDS stores examples in its own order
+        return float(sample[0].mean())
+
+    for (image, mask), (want_image, want_mask) in zip(
+        sorted(samples, key=key), sorted(expected, key=key)
+    ):
+        np.testing.assert_allclose(image, want_image, atol=1e-6)
+        np.testing.assert_array_equal(mask, want_mask)
+    no_val = sources.data_source(
+        tfds_name="segmentation_folder/cells",
+        tfds_data_dir=str(tmp_path),
+        no_val=True,
+    )
+    assert no_val["splits"]["val"] is None
+    with pytest.raises(InputError, match="no val split"):
+        sources.source_dataset(no_val, "val", image_size=(32, 32), depth=2)
+
+
+def samples_options():
+    from keras_unetpp.data.decode import DecodeOptions
+
+    return DecodeOptions(1, 1, "dtype", None, False, None)
 
 
 @pytest.mark.parametrize(
@@ -93,7 +144,186 @@ def test_data_source_rejects_bad_combinations(kwargs, match):
         sources.data_source(**kwargs)
 
 
-def test_split_must_be_train_or_val(folder):
+def test_split_must_be_a_known_split(folder):
     source = sources.data_source(data_dir=folder)
-    with pytest.raises(ValueError, match="Received: split='test'"):
+    with pytest.raises(ValueError, match="Received: split='holdout'"):
+        sources.source_pairs(source, "holdout")
+    with pytest.raises(ValueError, match="no test split.*Received: split='test'"):
         sources.source_pairs(source, "test")
+
+
+# Splits are never invented when the user gave one.
+
+
+def _retina_like(root, column="original_split", values=None, with_manifest=True):
+    """A folder like the retina set: a manifest with its own split column."""
+    (root / "images").mkdir(parents=True)
+    (root / "masks").mkdir()
+    image = np.zeros((8, 8), np.uint8)
+    values = values or ["training"] * 4 + ["test"] * 2
+    for k in range(len(values)):
+        cv2.imwrite(str(root / "images" / f"{k:02d}.png"), image)
+        cv2.imwrite(str(root / "masks" / f"{k:02d}.png"), image)
+    if with_manifest:
+        with open(root / "manifest.csv", "w", newline="") as f:
+            writer = csv.writer(f)
+            writer.writerow(["stem", column, "width"])
+            writer.writerows([f"{k:02d}", v, 8] for k, v in enumerate(values))
+    return root
+
+
+def test_a_manifest_without_the_split_column_is_an_error_naming_its_columns(
+    tmp_path,
+):
+    root = _retina_like(tmp_path / "retina")
+    with pytest.raises(InputError) as info:
+        sources.data_source(data_dir=root)
+    message = str(info.value)
+    assert "no column 'suggested_split'" in message
+    assert "['stem', 'original_split', 'width']" in message
+    assert "--split-column" in message and "--split-map" in message
+    # Not silently split at random either, whatever else is given.
+    with pytest.raises(InputError, match="no column 'suggested_split'"):
+        sources.data_source(data_dir=root, no_val=True)
+
+
+def test_split_column_and_map_on_a_retina_like_manifest(tmp_path):
+    root = _retina_like(tmp_path / "retina")
+    # "test" is a split name; "training" is not, and is named.
+    unknown = r"values \['training'\].*--split-map training="
+    with pytest.raises(InputError, match=unknown):
+        sources.data_source(data_dir=root, split_column="original_split")
+    with pytest.raises(InputError, match=r"values \['test'\].*does not map"):
+        sources.data_source(
+            data_dir=root,
+            split_column="original_split",
+            split_map=["training=train"],
+            no_val=True,
+        )
+    # train/test only: training needs a validation decision.
+    with pytest.raises(InputError, match="no val images.*--val-data.*--no-val"):
+        sources.data_source(
+            data_dir=root,
+            split_column="original_split",
+            split_map=["training=train", "test=test"],
+        )
+    source = sources.data_source(
+        data_dir=root,
+        split_column="original_split",
+        split_map=["training=train", "test=test"],
+        no_val=True,
+    )
+    json.dumps(source)  # recorded in run.json
+    assert source["split"]["map"] == {"training": "train", "test": "test"}
+    assert [p.stem for p in sources.source_pairs(source, "train")] == [
+        "00",
+        "01",
+        "02",
+        "03",
+    ]
+    assert [p.stem for p in sources.source_pairs(source, "test")] == ["04", "05"]
+    with pytest.raises(InputError, match="has no val split"):
+        sources.source_pairs(source, "val")
+    assert "original_split" in sources.describe_split(source)
+    assert "no validation" in sources.describe_split(source)
+    # Mapping the official test images to val: they are never trained on.
+    source = sources.data_source(
+        data_dir=root,
+        split_column="original_split",
+        split_map=["training=train", "test=val"],
+    )
+    assert [p.stem for p in sources.source_pairs(source, "val")] == ["04", "05"]
+    # A random split is refused when the manifest gives the split.
+    with pytest.raises(InputError, match="defines the split"):
+        sources.data_source(
+            data_dir=root,
+            split_column="original_split",
+            split_map=["training=train", "test=val"],
+            val_fraction=0.2,
+        )
+
+
+def test_a_random_split_only_when_no_split_is_given(tmp_path):
+    root = _retina_like(tmp_path / "plain", with_manifest=False)
+    source = sources.data_source(data_dir=root, seed=3)
+    assert source["split"] == {"method": "random", "val_fraction": 0.2, "seed": 3}
+    assert sources.describe_split(source) == "random 80/20 split (seed 3)"
+    with pytest.raises(InputError, match="manifest, and there is none"):
+        sources.data_source(data_dir=root, split_column="fold")
+    no_val = sources.data_source(data_dir=root, no_val=True)
+    assert no_val["split"] == {"method": "all_train"} and not no_val["validation"]
+    assert len(sources.source_pairs(no_val, "train")) == 6
+
+
+def test_a_separate_validation_folder(tmp_path):
+    root = _retina_like(tmp_path / "train", with_manifest=False)
+    val = _retina_like(tmp_path / "val", values=["x"] * 3, with_manifest=False)
+    source = sources.data_source(data_dir=root, val_data_dir=val)
+    assert source["split"] == {"method": "all_train"}
+    assert len(sources.source_pairs(source, "train")) == 6
+    assert [p.image for p in sources.source_pairs(source, "val")] == [
+        str(val / "images" / f"{k:02d}.png") for k in range(3)
+    ]
+    assert "validation: the folder" in sources.describe_split(source)
+    with pytest.raises(InputError, match="not both"):
+        sources.data_source(data_dir=root, val_data_dir=val, no_val=True)
+    # A manifest that already has val images and a validation folder clash.
+    with pytest.raises(InputError, match="already puts 1 images in val"):
+        sources.data_source(
+            data_dir=_retina_like(
+                tmp_path / "m", "suggested_split", ["train", "train", "val"]
+            ),
+            val_data_dir=val,
+        )
+
+
+def test_splits_table_says_where_every_image_went(tmp_path):
+    root = _retina_like(
+        tmp_path / "retina", values=["training", "training", "test", "skip"]
+    )
+    cv2.imwrite(str(root / "images" / "99.png"), np.zeros((8, 8), np.uint8))
+    cv2.imwrite(str(root / "masks" / "99.png"), np.zeros((8, 8), np.uint8))
+    val = _retina_like(tmp_path / "val", values=["x"], with_manifest=False)
+    source = sources.data_source(
+        data_dir=root,
+        split_column="original_split",
+        split_map=["training=train", "test=test", "skip=ignore"],
+        val_data_dir=val,
+    )
+    path, counts = sources.write_splits(source, tmp_path / "run" / "splits.csv")
+    with open(path, newline="") as f:
+        rows = [(r["stem"], r["split"]) for r in csv.DictReader(f)]
+    assert rows == [
+        ("00", "train"),
+        ("01", "train"),
+        ("02", "test"),
+        ("03", "ignored"),
+        ("99", "unlisted"),
+        ("00", "val"),
+    ]
+    assert counts == {"train": 2, "test": 1, "ignored": 1, "unlisted": 1, "val": 1}
+
+
+def test_an_old_run_source_still_reads_its_split(folder):
+    legacy = {
+        "kind": "folder",
+        "images": str(folder / "images"),
+        "masks": str(folder / "masks"),
+        "manifest": str(folder / "manifest.csv"),
+        "val_fraction": 0.2,
+        "seed": 0,
+    }
+    assert len(sources.source_pairs(legacy, "val")) == 3
+    legacy["manifest"] = None
+    assert len(sources.source_pairs(legacy, "val")) == 2
+
+
+def test_evaluating_a_whole_folder_needs_no_split(tmp_path):
+    root = _retina_like(tmp_path / "retina")
+    source = sources.data_source(data_dir=root, required_splits=())
+    assert len(sources.source_pairs(source, "all")) == 6
+    samples, count = sources.source_samples(source, "all")
+    image, mask = next(iter(samples))
+    assert count == 6 and image.shape == (8, 8, 1) and mask.shape == (8, 8, 1)
+    with pytest.raises(InputError, match="no column 'suggested_split'"):
+        sources.data_source(data_dir=root, required_splits=("test",))

@@ -245,11 +245,17 @@ def dsb2018_pairs(root):
     return pairs
 
 
-def manifest_stems(manifest_csv, split, column="suggested_split", stem_column="stem"):
+def manifest_stems(
+    manifest_csv, split, column="suggested_split", stem_column="stem",
+    split_map=None,
+):
     """Reads the stems of one split from a manifest CSV file.
 
     The manifests of the bundled data sets have a `stem` column and a
-    `suggested_split` column with the values `train` and `val`.
+    `suggested_split` column with the values `train` and `val`. Other
+    manifests name their split column and values differently (e.g. an
+    `original_split` column with `training` and `test`): name the column
+    with `column` and translate its values with `split_map`.
 
     Args:
         manifest_csv: path of the CSV file (with a header row).
@@ -258,6 +264,11 @@ def manifest_stems(manifest_csv, split, column="suggested_split", stem_column="s
             `"suggested_split"`.
         stem_column: str, the column that holds the stems. Defaults to
             `"stem"`.
+        split_map: dict from the values in `column` to split names (e.g.
+            `{"training": "train", "test": "val"}`), or `None` to use the
+            values as they are. With a map, every value in the column must
+            be one of its keys (a value that is not is an error naming it,
+            so that no row silently lands in no split). Defaults to `None`.
 
     Returns:
         The list of stems in that split, in file order.
@@ -266,6 +277,10 @@ def manifest_stems(manifest_csv, split, column="suggested_split", stem_column="s
 
     ```python
     val_stems = data.manifest_stems("dsb2018_nuclei/manifest.csv", "val")
+    test_stems = data.manifest_stems(
+        "retina/manifest.csv", "test", column="original_split",
+        split_map={"training": "train", "test": "test"},
+    )
     ```
     """
     path = str(manifest_csv)
@@ -283,13 +298,31 @@ def manifest_stems(manifest_csv, split, column="suggested_split", stem_column="s
                     f"are {fields}."
                 )
         rows = list(reader)
-    splits = sorted({row[column] for row in rows})
+    values = sorted({row[column] for row in rows})
+    if split_map is not None:
+        unmapped = [v for v in values if v not in split_map]
+        if unmapped:
+            raise InputError(
+                f"The manifest {path!r} has values {unmapped} in column "
+                f"{column!r} that `split_map` does not map; map every value "
+                f"(it maps {sorted(split_map)}). Received: split_map={split_map!r}"
+            )
+        splits = sorted({split_map[v] for v in values})
+
+        def split_of(row):
+            return split_map[row[column]]
+    else:
+        splits = values
+
+        def split_of(row):
+            return row[column]
+
     if split not in splits:
         raise InputError(
             f"The manifest {path!r} has no split {split!r} in column "
             f"{column!r}; it has {splits}. Received: split={split!r}"
         )
-    return [row[stem_column] for row in rows if row[column] == split]
+    return [row[stem_column] for row in rows if split_of(row) == split]
 
 
 def split_pairs(pairs, val_fraction=0.2, seed=0):

@@ -17,6 +17,8 @@ the head on X(0,L):
 | the U feeding X(i,j) | `x_{i}_{j}_up` (`x_{i}_{j}_up_resize` before it) |
 | the concatenation | `x_{i}_{j}_concat` |
 | the pooling feeding X(i,0) | `x_{i}_0_pool` |
+| a backbone's feature map used as X(i,0) | `x_{i}_0_tap` |
+| a backbone's pixel preprocessing | `encoder_{backbone}` |
 | head L: logits, activation | `output_l{L}_logits`, `output_l{L}` |
 | the accurate mode's mean | `output_accurate` |
 
@@ -38,9 +40,10 @@ ACCURATE_OUTPUT = "output_accurate"
 BUILTIN_ENCODER = "builtin"
 
 _NODE = re.compile(
-    r"^x_(\d+)_(\d+)_(conv|bn|gn|act|drop|up|concat|pool)(\d*)(_resize)?$"
+    r"^x_(\d+)_(\d+)_(conv|bn|gn|act|drop|up|concat|pool|tap)(\d*)(_resize)?$"
 )
 _HEAD = re.compile(r"^output_l(\d+)$")
+_ENCODER = re.compile(r"^encoder_([a-z0-9_]+)$")
 _NORM_SUFFIX = {"batch": "bn", "group": "gn"}
 
 
@@ -90,6 +93,16 @@ def pool_name(i):
     return f"{node_name(i, 0)}_pool"
 
 
+def tap_name(i):
+    """The identity layer that names a backbone's feature map X(i, 0)."""
+    return f"{node_name(i, 0)}_tap"
+
+
+def encoder_name(backbone):
+    """The backbone's preprocessing layer, `"encoder_<backbone>"`."""
+    return f"encoder_{backbone}"
+
+
 def logits_name(level):
     """The 1x1 convolution of head `level`: `"output_l{level}_logits"`."""
     return f"{output_name(level)}_logits"
@@ -137,7 +150,8 @@ class ModelDescription:
         filters: tuple of ints, the width of each level 0..depth.
         convs_per_node: int, convolutions in each unit H.
         dropout: bool, whether the nodes have dropout layers.
-        encoder: str, `"builtin"` (the UNet++ encoder X(i,0)).
+        encoder: str, `"builtin"` (the UNet++ encoder X(i,0)) or the name
+            of the `keras.applications` backbone (e.g. `"resnet50"`).
         input_shape: tuple, the input shape without the batch axis.
 
     Example:
@@ -227,7 +241,9 @@ def describe(model):
     layers = {layer.name: layer for layer in model.layers}
     nodes = {parse_node(name) for name in layers} - {None}
     encoder = sorted(i for i, j in nodes if j == 0)
-    if not encoder or (0, 0) not in nodes or conv_name(0, 0, 1) not in layers:
+    if not encoder or (0, 0) not in nodes or not (
+        conv_name(0, 0, 1) in layers or tap_name(0) in layers
+    ):
         raise InputError(
             "This model has no UNet++ encoder layers (x_<i>_0_conv1); it was "
             f"not built by keras_unetpp.build. Received: model={model.name!r}"
@@ -244,19 +260,20 @@ def describe(model):
     logits = layers.get(logits_name(heads[-1]))
     num_classes = int((logits or head).output.shape[-1])
     input_shape = tuple(model.inputs[0].shape[1:])
+    # The decoder's unit H tells the convolutions and normalization; a
+    # depth-0 decoder (no X(0,1)) falls back to the encoder's X(0,0).
+    unit = (0, 1) if conv_name(0, 1, 1) in layers else (0, 0)
     convs = 1
-    while conv_name(0, 0, convs + 1) in layers:
+    while conv_name(*unit, convs + 1) in layers:
         convs += 1
-    if norm_name(0, 0, 1, "batch") in layers:
+    if norm_name(*unit, 1, "batch") in layers:
         normalization = "batch"
-    elif norm_name(0, 0, 1, "group") in layers:
+    elif norm_name(*unit, 1, "group") in layers:
         normalization = "group"
     else:
         normalization = "none"
-    up = layers.get(up_name(0, 1))
     upsampling = "resize" if f"{up_name(0, 1)}_resize" in layers else "transpose"
-    if up is None:
-        upsampling = "transpose"
+    encoders = [m.group(1) for m in map(_ENCODER.match, layers) if m]
     nested = any(j and i + j < depth for i, j in nodes) or depth == 1
     return ModelDescription(
         name=model.name,
@@ -270,16 +287,21 @@ def describe(model):
         head_activation=None if activation in (None, "linear") else activation,
         normalization=normalization,
         upsampling=upsampling,
-        filters=tuple(
-            int(layers[conv_name(i, 0, 1)].filters) for i in range(depth + 1)
-        ),
+        filters=tuple(_width(layers, i) for i in range(depth + 1)),
         convs_per_node=convs,
         dropout=any(
             isinstance(layer, keras.layers.Dropout) for layer in layers.values()
         ),
-        encoder=BUILTIN_ENCODER,
+        encoder=encoders[0] if encoders else BUILTIN_ENCODER,
         input_shape=input_shape,
     )
+
+
+def _width(layers, i):
+    """The channels of X(i,0): its convolutions' or the tapped feature map's."""
+    if conv_name(i, 0, 1) in layers:
+        return int(layers[conv_name(i, 0, 1)].filters)
+    return int(layers[tap_name(i)].output.shape[-1])
 
 
 def model_depth(model):

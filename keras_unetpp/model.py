@@ -8,9 +8,11 @@ from keras_unetpp.description import (
     UPSAMPLINGS,
     concat_name,
     output_name,
+    tap_name,
 )
 from keras_unetpp.errors import InputError
 from keras_unetpp.validation import (
+    check_bool,
     check_choice,
     check_int,
     check_number,
@@ -131,6 +133,9 @@ def build(
     kernel_initializer="he_normal",
     data_format=None,
     name="unetpp",
+    backbone=None,
+    encoder_weights=None,
+    encoder_trainable=True,
 ):
     """Builds a UNet++ segmentation model (Keras functional API).
 
@@ -199,6 +204,20 @@ def build(
             `keras.config.image_data_format()` must be channels last).
             Defaults to `None`.
         name: str, the model name. Defaults to `"unetpp"`.
+        backbone: `None` for UNet++'s own encoder, or a `keras.applications`
+            trunk (`"vgg16"`, `"resnet50"`, `"densenet121"`,
+            `"efficientnetb0"`, `"convnext_tiny"`, `"mobilenetv2"`, ...;
+            see `keras_unetpp.backbones.BACKBONES`) whose feature maps at
+            strides 2, 4, 8, ... become X(1,0), X(2,0), ... (2D only;
+            `depth` at most 5). `filters` then sets the decoder's widths.
+            Defaults to `None`.
+        encoder_weights: `None` (random), `"imagenet"` (Keras' download
+            and cache) or the path of a weights file of the same
+            `keras.applications` model (`include_top=False`). Any channel
+            count works: the first convolution's pretrained kernel is
+            adapted. Defaults to `None`.
+        encoder_trainable: bool, whether the backbone trains (frozen, its
+            batch normalizations run in inference mode). Defaults to `True`.
 
     Returns:
         A `keras.Model`.
@@ -220,6 +239,9 @@ def build(
     """
     return _build_graph(
         nested=True,
+        backbone=backbone,
+        encoder_weights=encoder_weights,
+        encoder_trainable=encoder_trainable,
         depth=depth,
         input_shape=input_shape,
         num_classes=num_classes,
@@ -293,6 +315,9 @@ def build_unet(
     """
     return _build_graph(
         nested=False,
+        backbone=None,
+        encoder_weights=None,
+        encoder_trainable=True,
         depth=depth,
         input_shape=input_shape,
         num_classes=num_classes,
@@ -312,6 +337,9 @@ def build_unet(
 
 def _build_graph(
     nested,
+    backbone,
+    encoder_weights,
+    encoder_trainable,
     depth,
     input_shape,
     num_classes,
@@ -355,14 +383,18 @@ def _build_graph(
         kernel_initializer=kernel_initializer,
     )
     inputs = keras.Input(shape=input_shape, name="image")
+    taps = _backbone_taps(
+        backbone, encoder_weights, encoder_trainable, inputs, depth, input_shape
+    )
     nodes = {}
-    # Encoder: X(0,0) on the image, X(i,0) on the pooled X(i-1,0).
-    x = inputs
+    # Encoder: X(0,0) on the image, X(i,0) on the pooled X(i-1,0), or the
+    # backbone's feature map at stride 2**i where it has one.
     for i in range(depth + 1):
-        if i:
-            x = blocks.downsample(x, i)
-        x = blocks.conv_unit(x, filters[i], (i, 0), **unit)
-        nodes[i, 0] = x
+        if 2**i in taps:
+            nodes[i, 0] = keras.layers.Identity(name=tap_name(i))(taps[2**i])
+            continue
+        x = inputs if i == 0 else blocks.downsample(nodes[i - 1, 0], i)
+        nodes[i, 0] = blocks.conv_unit(x, filters[i], (i, 0), **unit)
     # Skip pathways, column by column so that X(i+1, j-1) exists for X(i,j).
     for j in range(1, depth + 1):
         for i in range(depth - j + 1):
@@ -387,6 +419,36 @@ def _build_graph(
     }
     outputs = heads if deep_supervision else heads[output_name(depth)]
     return _use_backend_kernels(keras.Model(inputs, outputs, name=name))
+
+
+def _backbone_taps(backbone, weights, trainable, inputs, depth, input_shape):
+    """The backbone's feature maps by stride (empty for the built-in encoder)."""
+    if backbone is None:
+        if weights is not None:
+            raise InputError(
+                "`encoder_weights` is for a backbone; give `backbone` too. "
+                f"Received: backbone=None, encoder_weights={weights!r}"
+            )
+        return {}
+    from keras_unetpp import backbones
+
+    entry = backbones.get_backbone(backbone)
+    if len(input_shape) != 3:
+        raise InputError(
+            "Backbones are 2D keras.applications trunks; 3D volumes use the "
+            f"built-in encoder (backbone=None). Received: backbone={backbone!r}, "
+            f"input_shape={input_shape!r}"
+        )
+    if depth > entry.max_depth:
+        raise InputError(
+            f"The {backbone} backbone has feature maps down to stride "
+            f"{2**entry.max_depth}, so `depth` can be at most {entry.max_depth}. "
+            f"Received: depth={depth}"
+        )
+    check_bool(trainable, "encoder_trainable")
+    weights = backbones.check_encoder_weights(weights)
+    preprocess = backbones.preprocessing_layer(backbone, input_shape[-1])
+    return backbones.build_trunk(backbone, preprocess(inputs), weights, trainable)
 
 
 def _use_backend_kernels(model):

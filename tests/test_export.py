@@ -9,6 +9,7 @@ imports only TensorFlow, through XLA, and through `saved_model_cli`.
 import json
 import os
 import pathlib
+import re
 import shutil
 import subprocess
 import sys
@@ -18,17 +19,21 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
+from fake_run import make_run, tiny_model
 from tensorflow.core.protobuf import saved_model_pb2
 
 import keras_unetpp as ku
+from keras_unetpp import prediction, runs, sources
 from keras_unetpp.data.decode import prepare_image
 from keras_unetpp.export import (
+    SizePolicy,
     export_pruned,
     load_metadata,
     pad_to_stride,
     serving_config,
 )
 from keras_unetpp.export import saved_model as saved_model_lib
+from keras_unetpp.synthetic import write_synthetic_dataset
 
 FILTERS = (4, 8, 16, 32)
 TRAINING_INFO = {"dataset": "synthetic", "epochs": 0, "loss": "BCEDiceLoss"}
@@ -165,7 +170,14 @@ def test_metadata(model, exported):
             "dtype": "float32",
             "shape": [None, None, None, 1],
             "layout": "NHWC (batch, height, width, channels); any height and width",
+            "check": "inside the graph: another rank or channel count fails with "
+            "'image must be (batch, height, width, 1): received rank R / C channels'",
         }
+        assert info["mode"]["name"] == "fast" and info["mode"]["heads"] == [level]
+        # export_pruned's default size policy: each image at its own scale.
+        assert info["size_policy"]["mode"] == "native"
+        assert info["size_policy"]["image_size"] is None
+        assert "own scale" in info["preprocessing"]["size"]
         assert info["preprocessing"]["stride"] == 2**level
         assert info["preprocessing"]["normalization"] == "dtype"
         assert info["outputs"]["mask"]["dtype"] == "uint8"
@@ -182,9 +194,10 @@ def test_signature_in_process(model, exported):
     images = _images(2, 33, 47)
     for level, path in paths.items():
         signature = tf.saved_model.load(str(path)).signatures["serving_default"]
+        # Unknown rank, so that the graph's own check names a bad shape.
         assert signature.structured_input_signature == (
             (),
-            {"image": tf.TensorSpec((None, None, None, 1), tf.float32, name="image")},
+            {"image": tf.TensorSpec(None, tf.float32, name="image")},
         )
         assert sorted(signature.structured_outputs) == ["mask", "probabilities"]
         outputs = signature(image=tf.constant(images))
@@ -356,6 +369,7 @@ def test_saved_model_cli_show_and_run(model, exported, tmp_path):
         "outputs['probabilities'] tensor_info:",
         "outputs['mask'] tensor_info:",
         "dtype: DT_UINT8",
+        "shape: unknown_rank",
         "shape: (-1, -1, -1, 1)",
     ):
         assert line in show, show[-3000:]
@@ -578,3 +592,180 @@ def test_invalid_models_and_folders(tmp_path):
     with pytest.raises(ValueError, match="must be a folder"):
         export_pruned(no_supervision, tmp_path / "file")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["file"]
+
+
+# The size policy, the accurate mode, the input check and run exports.
+
+RESIZE = SizePolicy.resize((32, 48))
+
+
+def _predicted(keras_model, images, policy):
+    """What `keras-unetpp predict` computes for each image of a batch."""
+    return np.stack([
+        prediction.predict_probabilities(keras_model, image, policy)
+        for image in images
+    ])
+
+
+def _serve(path, images):
+    signature = tf.saved_model.load(str(path)).signatures["serving_default"]
+    outputs = signature(image=tf.constant(images))
+    return {key: value.numpy() for key, value in outputs.items()}
+
+
+@pytest.fixture(scope="module")
+def resized(model, tmp_path_factory):
+    """Levels 1 and 3 and the accurate mode of a model trained at 32x48."""
+    export_dir = tmp_path_factory.mktemp("resized")
+    return export_pruned(model, export_dir, levels=[1, 3], size_policy=RESIZE,
+                         accurate=True)
+
+
+def test_resize_policy_serves_what_predict_predicts(model, resized):
+    """Issue 12: a resize-mode model is served at its training size, as predict."""
+    images = _images(2, 45, 61)
+    sub_models = {
+        1: ku.prune(model, 1),
+        3: ku.prune(model, 3),
+        "accurate": ku.inference_model(model, "accurate"),
+    }
+    assert sorted(resized, key=str) == [1, 3, "accurate"]
+    for key, path in resized.items():
+        outputs = _serve(path, images)
+        expected = _predicted(sub_models[key], images, RESIZE)
+        assert outputs["probabilities"].shape == (2, 45, 61, 1)
+        assert np.abs(outputs["probabilities"] - expected).max() <= 1e-5
+        np.testing.assert_array_equal(outputs["mask"], expected >= 0.5)
+        # At native scale the network would answer something else.
+        native = _predicted(sub_models[key], images, SizePolicy.native())
+        assert np.abs(native - expected).max() > 0.01
+        info = load_metadata(path)
+        assert info["size_policy"]["mode"] == "resize"
+        assert info["size_policy"]["image_size"] == [32, 48]
+        assert info["size_policy"]["aspect_ratio"] == "squashed"
+        assert info["preprocessing"]["size"].startswith(
+            "inside the graph: resized to 32x48 for the network, as in training"
+        )
+        assert "probabilities resized back to the input size" in (
+            info["size_policy"]["description"]
+        )
+
+
+def test_resize_policy_with_xla_compiles_the_network(model, tmp_path):
+    path = export_pruned(model, tmp_path, levels=[2], size_policy=RESIZE,
+                         jit_compile=True)[2]
+    assert _xla_marked(path)
+    images = _images(1, 50, 39)
+    expected = _predicted(ku.prune(model, 2), images, RESIZE)
+    assert np.abs(_serve(path, images)["probabilities"] - expected).max() <= 1e-5
+
+
+def test_accurate_mode_is_a_served_model(model, resized):
+    export_dir = resized[1].parent.parent
+    assert resized["accurate"] == export_dir / "unetpp_accurate" / "1"
+    assert sorted(child.name for child in export_dir.iterdir()) == [
+        "models.config", "unetpp_accurate", "unetpp_l1", "unetpp_l3"
+    ]
+    assert 'name: "unetpp_accurate"' in (export_dir / "models.config").read_text()
+    info = load_metadata(resized["accurate"])
+    assert info["model_name"] == "unetpp_accurate" and info["level"] is None
+    assert info["mode"]["name"] == "accurate" and info["mode"]["heads"] == [1, 2, 3]
+    assert "mean of the probabilities of heads L1..L3" in info["mode"]["meaning"]
+    assert info["preprocessing"]["stride"] == 8
+    assert info["parameters"] == model.count_params()
+
+
+def test_accurate_needs_several_heads_and_fails_atomically(small_model, tmp_path,
+                                                           monkeypatch):
+    with pytest.raises(ValueError, match="averages the deep-supervision heads"):
+        export_pruned(ku.build(depth=2, filters=(4, 8, 16)), tmp_path / "one",
+                      accurate=True)
+    assert not (tmp_path / "one").exists()
+    write_metadata = saved_model_lib.metadata_lib.write_metadata
+
+    def fail_on_accurate(folder, metadata):
+        if metadata["mode"]["name"] == "accurate":
+            raise _Injected("injected failure")
+        return write_metadata(folder, metadata)
+
+    monkeypatch.setattr(saved_model_lib.metadata_lib, "write_metadata",
+                        fail_on_accurate)
+    with pytest.raises(_Injected):
+        export_pruned(small_model, tmp_path / "out", accurate=True)
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize(
+    "shape, received",
+    [
+        ((33, 47, 1), "rank 3 / 1 channels"),
+        ((1, 2, 33, 47, 1), "rank 5 / 1 channels"),
+        ((1, 33, 47, 3), "rank 4 / 3 channels"),
+        ((), "rank 0 / -1 channels"),
+    ],
+)
+def test_serving_graph_names_a_bad_shape(exported, resized, shape, received):
+    _, paths = exported
+    for path in (paths[2], resized["accurate"]):
+        signature = tf.saved_model.load(str(path)).signatures["serving_default"]
+        expected = (
+            r"image must be \(batch, height, width, 1\): received "
+            + re.escape(received)
+        )
+        with pytest.raises(tf.errors.InvalidArgumentError, match=expected):
+            signature(image=tf.zeros(shape, tf.float32))
+
+
+def test_size_policy_checks():
+    with pytest.raises(ValueError, match=r"not a multiple of the network's stride 8"):
+        export_pruned(ku.build(depth=3, filters=FILTERS), "unused",
+                      size_policy=SizePolicy.resize((36, 48)))
+    with pytest.raises(ValueError, match="must be a keras_unetpp.size_policy"):
+        export_pruned(ku.build(depth=1, filters=(4, 8)), "unused",
+                      size_policy=(32, 32))
+    with pytest.raises(ValueError, match="positive ints"):
+        SizePolicy.resize((32,))
+    with pytest.raises(ValueError, match="takes no image_size"):
+        SizePolicy("native", (32, 32))
+    config = {"data": {"resize_mode": "resize", "image_size": [96, 64]}}
+    assert SizePolicy.from_run_config(config) == SizePolicy.resize((96, 64))
+    config["data"]["resize_mode"] = "crop"
+    assert SizePolicy.from_run_config(config) == SizePolicy.native()
+    policy = SizePolicy.resize([96, 64])
+    assert SizePolicy.from_dict(policy.to_dict()) == policy
+    assert not os.path.exists("unused")
+
+
+@pytest.fixture(scope="module")
+def synthetic_source(tmp_path_factory):
+    root = write_synthetic_dataset(tmp_path_factory.mktemp("data") / "cells",
+                                   num_images=4, image_size=(32, 40))
+    return sources.data_source(data_dir=root)
+
+
+@pytest.mark.parametrize("resize_mode", ["resize", "crop"])
+def test_export_run_records_the_policy_and_no_absolute_paths(
+    synthetic_source, tmp_path, resize_mode
+):
+    model = tiny_model(depth=2, seed=3)
+    run = make_run(tmp_path / "run", model, synthetic_source, resize_mode,
+                   image_size=(32, 48))
+    paths = runs.export_run(run, levels=[1])
+    # The accurate mode comes by default with a deep-supervision model.
+    assert sorted(paths, key=str) == [1, "accurate"]
+    info = load_metadata(paths[1])
+    expected = "resize" if resize_mode == "resize" else "native"
+    assert info["size_policy"]["mode"] == expected
+    assert info["training"]["resize_mode"] == resize_mode
+    assert info["training"]["data"]["images"] == "cells/images"
+    assert info["training"]["data"]["manifest"] == "cells/manifest.csv"
+    assert info["training"]["val_output_l2_iou"] == 0.5
+    root = str(pathlib.Path(synthetic_source["images"]).parents[1])
+    for path in paths.values():
+        text = (path / "keras_unetpp_metadata.json").read_text()
+        assert root not in text and str(tmp_path) not in text
+    recorded = runs.export_run(run, levels=[1], accurate=False, record_paths=True)
+    assert sorted(recorded) == [1]
+    info = load_metadata(recorded[1])
+    assert info["training"]["data"] == synthetic_source
+    assert info["version"] == 2

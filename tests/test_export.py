@@ -769,3 +769,133 @@ def test_export_run_records_the_policy_and_no_absolute_paths(
     info = load_metadata(recorded[1])
     assert info["training"]["data"] == synthetic_source
     assert info["version"] == 2
+
+
+_SERVE_FILES = textwrap.dedent(
+    """
+    import json
+    import sys
+
+    import numpy as np
+    import tensorflow as tf
+
+    jobs = json.loads(sys.argv[1])
+    for job in jobs:
+        signature = tf.saved_model.load(job["model"]).signatures["serving_default"]
+        for name, path in job["images"].items():
+            pixels = tf.io.decode_png(tf.io.read_file(path), channels=3)
+            outputs = signature(image=pixels[None])
+            np.save(f"{job['out']}_{name}_probabilities.npy",
+                    outputs["probabilities"].numpy()[0, ..., 0])
+            np.save(f"{job['out']}_{name}_mask.npy", outputs["mask"].numpy()[0, ..., 0])
+    assert "keras_unetpp" not in sys.modules
+    print("served ok")
+    """
+)
+
+# Odd sizes (height, width) made from real DSB 2018 images: a crop, the
+# native 256x320 of the colour images, and an upscale to the 520x696 of the
+# issue.
+REAL_SIZES = {"crop_97x131": (97, 131), "native_256x320": (256, 320),
+              "up_520x696": (520, 696)}
+
+
+def _real_images(shared_data, folder):
+    """Writes three DSB images of odd sizes as RGB PNGs into `folder`."""
+    import cv2
+
+    root = shared_data / "dsb2018_nuclei"
+    with open(root / "manifest.csv") as f:
+        rows = [line.strip().split(",") for line in f][1:]
+    colour = sorted(
+        r[0] for r in rows
+        if r[1:3] == ["320", "256"] and r[4] != "grayscale_fluorescence"
+    )
+    stems = {"crop_97x131": colour[2], "native_256x320": colour[0],
+             "up_520x696": colour[1]}
+    folder.mkdir()
+    for name, (height, width) in REAL_SIZES.items():
+        image = cv2.imread(str(root / "images" / f"{stems[name]}.png"),
+                           cv2.IMREAD_COLOR)
+        if name.startswith("crop"):
+            image = image[50:50 + height, 60:60 + width]
+        elif name.startswith("up"):
+            image = cv2.resize(image, (width, height), interpolation=cv2.INTER_CUBIC)
+        assert image.shape == (height, width, 3)
+        assert cv2.imwrite(str(folder / f"{name}.png"), image)
+    return {name: str(folder / f"{name}.png") for name in REAL_SIZES}
+
+
+def _centred(model, image):
+    """Shifts each head's bias so that its median logit on `image` is 0.
+
+    An untrained network's masks are often all background or all
+    foreground; centred, each head marks about half of the pixels, so that
+    the masks compared below are not trivially equal.
+    """
+    from keras_unetpp.description import logits_name
+
+    for level in ku.describe(model).heads:
+        layer = model.get_layer(logits_name(level))
+        logits = keras.Model(model.input, layer.output)(image[None].astype("float32"))
+        kernel, bias = layer.get_weights()
+        layer.set_weights([kernel, bias - np.median(np.asarray(logits))])
+    return model
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("resize_mode", ["resize", "crop"])
+def test_served_masks_equal_predict_on_real_images(shared_data, synthetic_source,
+                                                   tmp_path, resize_mode):
+    """Issue 12: a run's SavedModels, reloaded with TensorFlow only, give the
+    masks of `keras-unetpp predict` on real images of odd sizes, in both modes.
+
+    Probabilities agree to 1e-5 and at least 99.99% of the mask pixels are
+    equal (they are all equal in practice: the difference is float rounding
+    between the Keras call and the served graph).
+    """
+    images = _real_images(shared_data, tmp_path / "images")
+    model = _centred(tiny_model(channels=3, depth=3, seed=12),
+                     prediction.read_image(images["native_256x320"]) / 255.0)
+    run = make_run(tmp_path / "run", model, synthetic_source, resize_mode,
+                   image_size=(64, 96))
+    paths = runs.export_run(run, input_dtype="uint8")
+    assert sorted(paths, key=str) == [1, 2, 3, "accurate"]
+    jobs = [{"model": str(path), "images": images, "out": str(tmp_path / str(key))}
+            for key, path in paths.items()]
+    result = subprocess.run(
+        [sys.executable, "-c", _SERVE_FILES, json.dumps(jobs)],
+        capture_output=True, text=True, cwd=tmp_path, timeout=600,
+        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"},
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = {}
+    for key in paths:
+        out = tmp_path / f"predicted_{key}"
+        predicted = runs.predict_run(
+            run, tmp_path / "images", out, probabilities="npy",
+            level=None if key == "accurate" else key,
+        )
+        assert predicted["model"].startswith("accurate" if key == "accurate" else "L")
+        assert len(predicted["masks"]) == len(REAL_SIZES)
+        for name, size in REAL_SIZES.items():
+            import cv2
+
+            mask = cv2.imread(str(out / "masks" / f"{name}.png"), cv2.IMREAD_UNCHANGED)
+            probabilities = np.load(out / "probabilities" / f"{name}.npy")
+            served = np.load(tmp_path / f"{key}_{name}_probabilities.npy")
+            served_mask = np.load(tmp_path / f"{key}_{name}_mask.npy")
+            assert mask.shape == probabilities.shape == served.shape == size
+            difference = float(np.abs(served - probabilities).max())
+            equal = float(np.mean((served_mask > 0) == (mask > 0)))
+            report[f"{key}/{name}"] = (difference, equal)
+            assert difference <= 1e-5, (key, name, difference)
+            assert equal >= 0.9999, (key, name, equal)
+            report[f"{key}/{name}"] += (float(np.mean(mask > 0)),)
+    print(f"\n{resize_mode}: max abs probability difference, mask pixels equal, "
+          "foreground share")
+    for name, (difference, equal, foreground) in report.items():
+        print(f"  {name}: {difference:.2e}, {100 * equal:.4f}%, {foreground:.3f}")
+    # Not a trivial agreement: the masks hold both classes.
+    foreground = [row[2] for row in report.values()]
+    assert 0.05 < np.mean(foreground) < 0.95, report

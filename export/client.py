@@ -4,8 +4,12 @@ Two transports, one interface: `RestClient` speaks JSON over plain HTTP
 (standard library only) and `GrpcClient` speaks gRPC through
 `tensorflow-serving-api`. Both first ask the server for the model's
 `serving_default` signature and build every request from it: the input's
-name, dtype and channel count come from the signature, not from this file,
-and the outputs are decoded with the dtypes the signature declares.
+name and dtype (and its channel count, where the signature states one) come
+from the signature, not from this file, and the outputs are decoded with
+the dtypes the signature declares. keras_unetpp exports an `image` input of
+unknown rank, checked inside the served graph: a request with the wrong
+rank or channel count comes back as an error that names both, e.g.
+"image must be (batch, height, width, 1): received rank 4 / 3 channels".
 
     client = RestClient("localhost:8501", "unetpp_l2")
     outputs = client.predict(images)   # uint8 or float (batch, h, w, c)
@@ -80,15 +84,18 @@ class Signature:
         """
         spec = self.inputs[self.input_name]
         images = np.asarray(images)
+        # A keras_unetpp signature has unknown rank (the served graph checks
+        # the channels); another model's may state them.
         channels = spec.shape[-1] if spec.shape else -1
         if images.ndim == 2 and channels in (1, -1):
             images = images[..., None]
         if images.ndim == 3:
             images = images[None]
         if images.ndim != 4 or (channels != -1 and images.shape[-1] != channels):
+            wanted = "channels" if channels == -1 else channels
             raise ValueError(
-                f"Expected images (batch, height, width, {channels}) or one "
-                f"image (height, width, {channels}). "
+                f"Expected images (batch, height, width, {wanted}) or one "
+                f"image (height, width, {wanted}). "
                 f"Received: shape={images.shape}"
             )
         if np.issubdtype(spec.dtype, np.integer):

@@ -13,9 +13,11 @@ crop-mode one. The size policy is the very code `keras-unetpp predict` runs.
 The input signature has unknown rank (`TensorSpec(None, dtype)`), so that a
 wrongly shaped request reaches `check_input`, which names what it expected
 and what it received ("image must be (batch, height, width, 1): received
-rank 3 / 3 channels (shape [520 696 3])"). With a fixed rank in the
-signature, TensorFlow would refuse a 3-D request in its own words before
-the check could run (and a constant-folded rank check could never fire).
+rank 3 / 3 channels (shape [520 696 3])"). With a fixed
+`(None, None, None, C)` signature, TensorFlow refuses a 3-D or 5-D request,
+or one with other channels, before any check of ours runs, with a generic
+"Can not cast TensorSpec" binding error that names neither the expected
+layout nor the model.
 """
 
 import tensorflow as tf

@@ -13,11 +13,12 @@ crop-mode one. The size policy is the very code `keras-unetpp predict` runs.
 The input signature has unknown rank (`TensorSpec(None, dtype)`), so that a
 wrongly shaped request reaches `check_input`, which names what it expected
 and what it received ("image must be (batch, height, width, 1): received
-rank 3 / 3 channels (shape [520 696 3])"). With a fixed
-`(None, None, None, C)` signature, TensorFlow refuses a 3-D or 5-D request,
-or one with other channels, before any check of ours runs, with a generic
-"Can not cast TensorSpec" binding error that names neither the expected
-layout nor the model.
+rank 3 / 3 channels (shape [520 696 3])"). A fixed `(None, None, None, C)`
+signature does not help: a reloaded signature function does not check what
+it is fed against it, and the graph, told the rank is 4, folds the rank in
+such a check to the constant 4, so a 3-D request failed with "indices = 4
+is not in [0, 4)" and a 5-D one slipped past the check (tried with
+TensorFlow 2.21).
 """
 
 import tensorflow as tf

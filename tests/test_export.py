@@ -899,3 +899,28 @@ def test_served_masks_equal_predict_on_real_images(shared_data, synthetic_source
     # Not a trivial agreement: the masks hold both classes.
     foreground = [row[2] for row in report.values()]
     assert 0.05 < np.mean(foreground) < 0.95, report
+
+
+def test_export_command_exports_the_accurate_mode_by_default(synthetic_source,
+                                                             tmp_path, capsys):
+    from keras_unetpp import cli
+
+    run = make_run(tmp_path / "run", tiny_model(depth=2, seed=4), synthetic_source,
+                   "resize", image_size=(32, 48))
+    assert cli.main(["export", str(run), "--levels", "2"]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert lines == [
+        f"L2: {run / 'export' / 'unetpp_l2' / '1'}",
+        f"accurate: {run / 'export' / 'unetpp_accurate' / '1'}",
+        "Each request is resized to 32x48 for the network, as in training "
+        "(bilinear, antialiased; the aspect ratio is not kept); probabilities "
+        "resized back to the input size (bilinear) before the threshold.",
+        f"TF Serving config: {run / 'export' / 'models.config'}",
+    ]
+    assert cli.main(["export", str(run), "--levels", "1", "--no-accurate",
+                     "--record-paths"]) == 0
+    assert "accurate" not in capsys.readouterr().out
+    assert serving_config.versions(run / "export" / "unetpp_accurate") == [1]
+    assert serving_config.versions(run / "export" / "unetpp_l1") == [1]
+    info = load_metadata(run / "export" / "unetpp_l1" / "1")
+    assert info["training"]["data"]["images"] == synthetic_source["images"]

@@ -161,8 +161,13 @@ class RestClient:
     ```
     """
 
-    def __init__(self, address="localhost:8501", model_name="unetpp_l4",
-                 version=None, timeout=60.0):
+    def __init__(
+        self,
+        address="localhost:8501",
+        model_name="unetpp_l4",
+        version=None,
+        timeout=60.0,
+    ):
         self.url = f"http://{address}/v1/models/{model_name}"
         if version is not None:
             self.url += f"/versions/{int(version)}"
@@ -199,8 +204,10 @@ class RestClient:
         """The JSON body of a predict request (columnar `inputs` format)."""
         signature = self.signature()
         batch = signature.encode(images)
-        return {"signature_name": SIGNATURE,
-                "inputs": {signature.input_name: batch.tolist()}}
+        return {
+            "signature_name": SIGNATURE,
+            "inputs": {signature.input_name: batch.tolist()},
+        }
 
     def predict(self, images):
         """Predicts a batch; returns `{"probabilities": ..., "mask": ...}`.
@@ -245,16 +252,24 @@ class GrpcClient:
     ```
     """
 
-    def __init__(self, address="localhost:8500", model_name="unetpp_l4",
-                 version=None, timeout=60.0, max_message_mb=256):
+    def __init__(
+        self,
+        address="localhost:8500",
+        model_name="unetpp_l4",
+        version=None,
+        timeout=60.0,
+        max_message_mb=256,
+    ):
         import grpc
         from tensorflow_serving.apis import prediction_service_pb2_grpc
 
         limit = max_message_mb * 1024 * 1024
         self._channel = grpc.insecure_channel(
             address,
-            options=[("grpc.max_send_message_length", limit),
-                     ("grpc.max_receive_message_length", limit)],
+            options=[
+                ("grpc.max_send_message_length", limit),
+                ("grpc.max_receive_message_length", limit),
+            ],
         )
         self._stub = prediction_service_pb2_grpc.PredictionServiceStub(self._channel)
         self.model_name = model_name
@@ -309,8 +324,7 @@ class GrpcClient:
         import tensorflow as tf
 
         signature = self.signature()
-        response = self._stub.Predict(self.build_request(images),
-                                      timeout=self.timeout)
+        response = self._stub.Predict(self.build_request(images), timeout=self.timeout)
         return {
             name: tf.make_ndarray(response.outputs[name]).astype(spec.dtype)
             for name, spec in signature.outputs.items()
@@ -335,11 +349,13 @@ def main(argv=None):
     parser.add_argument("image", help="image file (PNG, TIFF...) or .npy array")
     parser.add_argument("--model", default="unetpp_l4", help="served model name")
     transport = parser.add_mutually_exclusive_group()
-    transport.add_argument("--rest", metavar="HOST:PORT",
-                           help="REST API address (default localhost:8501)")
+    transport.add_argument(
+        "--rest", metavar="HOST:PORT", help="REST API address (default localhost:8501)"
+    )
     transport.add_argument("--grpc", metavar="HOST:PORT", help="gRPC API address")
-    parser.add_argument("--output", default="mask.png",
-                        help="mask file to write (.png or .npy)")
+    parser.add_argument(
+        "--output", default="mask.png", help="mask file to write (.png or .npy)"
+    )
     args = parser.parse_args(argv)
     if args.grpc:
         client = GrpcClient(args.grpc, args.model)
@@ -354,8 +370,10 @@ def main(argv=None):
 
         binary = client.signature().outputs["probabilities"].shape[-1] == 1
         cv2.imwrite(args.output, (mask * (255 if binary else 1)).astype(np.uint8))
-    print(f"{args.output}: {mask.shape[0]}x{mask.shape[1]}, "
-          f"{int((mask > 0).sum())} foreground pixels")
+    print(
+        f"{args.output}: {mask.shape[0]}x{mask.shape[1]}, "
+        f"{int((mask > 0).sum())} foreground pixels"
+    )
 
 
 if __name__ == "__main__":

@@ -531,8 +531,7 @@ def predict_run(
         overlays=overlays,
         probabilities=probabilities,
     )
-    return {**written, "output_dir": output_dir, "model": used,
-            "size_policy": policy}
+    return {**written, "output_dir": output_dir, "model": used, "size_policy": policy}
 
 
 _SOURCE_PATHS = ("images", "masks", "manifest", "root", "data_dir")

@@ -72,10 +72,12 @@ def _reference(model, level, images):
 
 def _train_normalized(batch, normalization):
     """A batch as keras_unetpp.data feeds it to the model in training."""
-    return np.stack([
-        prepare_image(image, image.shape[-1], normalization, "test image")
-        for image in batch
-    ])
+    return np.stack(
+        [
+            prepare_image(image, image.shape[-1], normalization, "test image")
+            for image in batch
+        ]
+    )
 
 
 def _tree(folder):
@@ -124,7 +126,10 @@ def test_layout_and_models_config(exported):
         # Nothing but the version folder: the temporary sibling was renamed.
         assert [child.name for child in path.parent.iterdir()] == ["1"]
     assert sorted(child.name for child in export_dir.iterdir()) == [
-        "models.config", "unetpp_l1", "unetpp_l2", "unetpp_l3"
+        "models.config",
+        "unetpp_l1",
+        "unetpp_l2",
+        "unetpp_l3",
     ]
     text = (export_dir / "models.config").read_text()
     entries = "".join(
@@ -141,7 +146,9 @@ def test_layout_and_models_config(exported):
         return  # The exact text above already pins the format.
     config = text_format.Parse(text, model_server_config_pb2.ModelServerConfig())
     assert [c.name for c in config.model_config_list.config] == [
-        "unetpp_l1", "unetpp_l2", "unetpp_l3"
+        "unetpp_l1",
+        "unetpp_l2",
+        "unetpp_l3",
     ]
 
 
@@ -242,23 +249,45 @@ def variants(model, tmp_path_factory):
     """Exports with other options: uint8 input, bfloat16, multi-class logits."""
     root = tmp_path_factory.mktemp("variants")
     uint8 = export_pruned(model, root / "uint8", levels=[2], input_dtype="uint8")
-    minmax = export_pruned(model, root / "minmax", levels=[1], input_dtype="uint16",
-                           normalization="minmax", jit_compile=True)
+    minmax = export_pruned(
+        model,
+        root / "minmax",
+        levels=[1],
+        input_dtype="uint16",
+        normalization="minmax",
+        jit_compile=True,
+    )
     bf16 = export_pruned(model, root / "bf16", levels=[3], compute_dtype="bfloat16")
     # A static-size, three-class model with a logits head: the export must
     # free its spatial size and apply the softmax the head leaves out.
     keras.utils.set_random_seed(3)
     static = _randomize_normalization(
-        ku.build(depth=2, input_shape=(32, 32, 2), num_classes=3,
-                 filters=(4, 8, 16), output_activation=None, name="classes"),
+        ku.build(
+            depth=2,
+            input_shape=(32, 32, 2),
+            num_classes=3,
+            filters=(4, 8, 16),
+            output_activation=None,
+            name="classes",
+        ),
         seed=3,
     )
     multi = export_pruned(static, root / "multi")
-    dynamic = ku.build(depth=2, input_shape=(None, None, 2), num_classes=3,
-                       filters=(4, 8, 16), output_activation=None)
+    dynamic = ku.build(
+        depth=2,
+        input_shape=(None, None, 2),
+        num_classes=3,
+        filters=(4, 8, 16),
+        output_activation=None,
+    )
     dynamic.set_weights(static.get_weights())
-    return {"uint8": uint8[2], "minmax": minmax[1], "bf16": bf16[3],
-            "multi": multi[2], "dynamic": dynamic}
+    return {
+        "uint8": uint8[2],
+        "minmax": minmax[1],
+        "bf16": bf16[3],
+        "multi": multi[2],
+        "dynamic": dynamic,
+    }
 
 
 @pytest.mark.slow
@@ -280,22 +309,45 @@ def test_reload_in_fresh_process_matches_keras(model, exported, variants, tmp_pa
     np.save(tmp_path / "raw.npy", raw)
     xla_input = str(inputs[33, 47])
     jobs = [
-        {"model": str(paths[level]), "inputs": [str(p) for p in inputs.values()],
-         "out": str(tmp_path / f"l{level}"), "xla_input": xla_input}
+        {
+            "model": str(paths[level]),
+            "inputs": [str(p) for p in inputs.values()],
+            "out": str(tmp_path / f"l{level}"),
+            "xla_input": xla_input,
+        }
         for level in paths
     ] + [
-        {"model": str(variants["bf16"]), "inputs": [],
-         "out": str(tmp_path / "bf16"), "xla_input": xla_input},
-        {"model": str(variants["uint8"]), "inputs": [str(tmp_path / "pixels.npy")],
-         "out": str(tmp_path / "uint8"), "xla_input": None},
-        {"model": str(variants["multi"]), "inputs": [str(tmp_path / "two.npy")],
-         "out": str(tmp_path / "multi"), "xla_input": str(tmp_path / "two.npy")},
-        {"model": str(variants["minmax"]), "inputs": [str(tmp_path / "raw.npy")],
-         "out": str(tmp_path / "minmax"), "xla_input": str(tmp_path / "raw.npy")},
+        {
+            "model": str(variants["bf16"]),
+            "inputs": [],
+            "out": str(tmp_path / "bf16"),
+            "xla_input": xla_input,
+        },
+        {
+            "model": str(variants["uint8"]),
+            "inputs": [str(tmp_path / "pixels.npy")],
+            "out": str(tmp_path / "uint8"),
+            "xla_input": None,
+        },
+        {
+            "model": str(variants["multi"]),
+            "inputs": [str(tmp_path / "two.npy")],
+            "out": str(tmp_path / "multi"),
+            "xla_input": str(tmp_path / "two.npy"),
+        },
+        {
+            "model": str(variants["minmax"]),
+            "inputs": [str(tmp_path / "raw.npy")],
+            "out": str(tmp_path / "minmax"),
+            "xla_input": str(tmp_path / "raw.npy"),
+        },
     ]
     result = subprocess.run(
         [sys.executable, "-c", _FRESH_PROCESS, json.dumps(jobs)],
-        capture_output=True, text=True, cwd=tmp_path, timeout=600,
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        timeout=600,
         env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"},
     )
     assert result.returncode == 0, result.stderr[-3000:]
@@ -346,15 +398,28 @@ def test_saved_model_cli_show_and_run(model, exported, tmp_path):
     np.save(tmp_path / "image.npy", images)
     commands = {
         "show": [cli, "show", "--all", "--dir", str(paths[3])],
-        "run": [cli, "run", "--dir", str(paths[3]), "--tag_set", "serve",
-                "--signature_def", "serving_default",
-                "--inputs", f"image={tmp_path / 'image.npy'}",
-                "--outdir", str(tmp_path / "out")],
+        "run": [
+            cli,
+            "run",
+            "--dir",
+            str(paths[3]),
+            "--tag_set",
+            "serve",
+            "--signature_def",
+            "serving_default",
+            "--inputs",
+            f"image={tmp_path / 'image.npy'}",
+            "--outdir",
+            str(tmp_path / "out"),
+        ],
     }
     # Both at once: most of each command's time is importing TensorFlow.
     processes = {
         name: subprocess.Popen(
-            command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            command,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
             env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"},
         )
         for name, command in commands.items()
@@ -384,14 +449,16 @@ def test_saved_model_cli_show_and_run(model, exported, tmp_path):
 @pytest.mark.parametrize(
     "compute_dtype, tolerance", [("bfloat16", 0.02), ("float16", 0.003)]
 )
-def test_low_precision_compute_against_float32(model, variants, compute_dtype,
-                                               tolerance, tmp_path):
+def test_low_precision_compute_against_float32(
+    model, variants, compute_dtype, tolerance, tmp_path
+):
     """Low-precision convolutions, float32 outputs, close to float32."""
     if compute_dtype == "bfloat16":
         path = variants["bf16"]
     else:
-        path = export_pruned(model, tmp_path, levels=[3],
-                             compute_dtype=compute_dtype)[3]
+        path = export_pruned(model, tmp_path, levels=[3], compute_dtype=compute_dtype)[
+            3
+        ]
     assert load_metadata(path)["compute_dtype"] == compute_dtype
     signature = tf.saved_model.load(str(path)).signatures["serving_default"]
     images = _images(2, 47, 53)
@@ -426,8 +493,12 @@ def test_mixed_precision_model_exports_as_trained_or_in_float32(tmp_path):
     expected = _reference(float32, 2, images)
     differences = {}
     for compute_dtype in (None, "float32"):
-        path = export_pruned(mixed, tmp_path / str(compute_dtype), levels=[2],
-                             compute_dtype=compute_dtype)[2]
+        path = export_pruned(
+            mixed,
+            tmp_path / str(compute_dtype),
+            levels=[2],
+            compute_dtype=compute_dtype,
+        )[2]
         signature = tf.saved_model.load(str(path)).signatures["serving_default"]
         outputs = signature(image=tf.constant(images))["probabilities"].numpy()
         differences[load_metadata(path)["compute_dtype"]] = np.abs(
@@ -475,7 +546,9 @@ def test_next_version_overwrite_and_refusal(tmp_path):
     first = export_pruned(small_model, tmp_path, levels=[1], model_name="cells")
     assert first == {1: tmp_path / "cells_l1" / "1"}
     assert load_metadata(first[1])["source_model"] == {
-        "name": "unetpp", "heads": [1, 2], "optimizer": "Adam",
+        "name": "unetpp",
+        "heads": [1, 2],
+        "optimizer": "Adam",
         "optimizer_steps": 120,
     }
     # The next version is one more than the highest of any exported level.
@@ -487,8 +560,13 @@ def test_next_version_overwrite_and_refusal(tmp_path):
         export_pruned(small_model, tmp_path, levels=[2], version=2, model_name="cells")
     assert _tree(tmp_path) == before
     replaced = export_pruned(
-        small_model, tmp_path, levels=[2], version=2, model_name="cells",
-        overwrite=True, training_info={"run": "replacement"},
+        small_model,
+        tmp_path,
+        levels=[2],
+        version=2,
+        model_name="cells",
+        overwrite=True,
+        training_info={"run": "replacement"},
     )
     assert load_metadata(replaced[2])["training"] == {"run": "replacement"}
     assert sorted(p.name for p in (tmp_path / "cells_l2").iterdir()) == ["2"]
@@ -501,8 +579,7 @@ class _Injected(Exception):
 
 
 @pytest.mark.parametrize("error", [_Injected, KeyboardInterrupt])
-def test_failed_export_leaves_nothing_behind(small_model, tmp_path, monkeypatch,
-                                             error):
+def test_failed_export_leaves_nothing_behind(small_model, tmp_path, monkeypatch, error):
     """An exception or Ctrl-C after one level was written undoes everything."""
     existing = tmp_path / "existing"
     export_pruned(small_model, existing, levels=[1])
@@ -516,8 +593,9 @@ def test_failed_export_leaves_nothing_behind(small_model, tmp_path, monkeypatch,
         written.append(folder)
         return write_metadata(folder, metadata)
 
-    monkeypatch.setattr(saved_model_lib.metadata_lib, "write_metadata",
-                        fail_on_second_level)
+    monkeypatch.setattr(
+        saved_model_lib.metadata_lib, "write_metadata", fail_on_second_level
+    )
     with pytest.raises(error, match="injected failure"):
         export_pruned(small_model, existing)
     assert written and not written[0].exists()
@@ -529,8 +607,7 @@ def test_failed_export_leaves_nothing_behind(small_model, tmp_path, monkeypatch,
     assert not (tmp_path / "new").exists()
 
 
-def test_failure_while_moving_into_place_rolls_back(small_model, tmp_path,
-                                                    monkeypatch):
+def test_failure_while_moving_into_place_rolls_back(small_model, tmp_path, monkeypatch):
     """Levels already renamed into place are removed, replaced ones restored."""
     export_pruned(small_model, tmp_path, version=4, training_info={"run": "old"})
     before = _tree(tmp_path)
@@ -546,8 +623,13 @@ def test_failure_while_moving_into_place_rolls_back(small_model, tmp_path,
 
     monkeypatch.setattr(saved_model_lib.os, "rename", fail_second_level)
     with pytest.raises(OSError, match="injected"):
-        export_pruned(small_model, tmp_path, version=4, overwrite=True,
-                      training_info={"run": "new"})
+        export_pruned(
+            small_model,
+            tmp_path,
+            version=4,
+            overwrite=True,
+            training_info={"run": "new"},
+        )
     assert moved == [tmp_path / "unetpp_l1" / "4"]
     assert _tree(tmp_path) == before
     assert load_metadata(tmp_path / "unetpp_l1" / "4")["training"] == {"run": "old"}
@@ -601,10 +683,12 @@ RESIZE = SizePolicy.resize((32, 48))
 
 def _predicted(keras_model, images, policy):
     """What `keras-unetpp predict` computes for each image of a batch."""
-    return np.stack([
-        prediction.predict_probabilities(keras_model, image, policy)
-        for image in images
-    ])
+    return np.stack(
+        [
+            prediction.predict_probabilities(keras_model, image, policy)
+            for image in images
+        ]
+    )
 
 
 def _serve(path, images):
@@ -617,8 +701,9 @@ def _serve(path, images):
 def resized(model, tmp_path_factory):
     """Levels 1 and 3 and the accurate mode of a model trained at 32x48."""
     export_dir = tmp_path_factory.mktemp("resized")
-    return export_pruned(model, export_dir, levels=[1, 3], size_policy=RESIZE,
-                         accurate=True)
+    return export_pruned(
+        model, export_dir, levels=[1, 3], size_policy=RESIZE, accurate=True
+    )
 
 
 def test_resize_policy_serves_what_predict_predicts(model, resized):
@@ -646,14 +731,16 @@ def test_resize_policy_serves_what_predict_predicts(model, resized):
         assert info["preprocessing"]["size"].startswith(
             "inside the graph: resized to 32x48 for the network, as in training"
         )
-        assert "probabilities resized back to the input size" in (
-            info["size_policy"]["description"]
+        assert (
+            "probabilities resized back to the input size"
+            in (info["size_policy"]["description"])
         )
 
 
 def test_resize_policy_with_xla_compiles_the_network(model, tmp_path):
-    path = export_pruned(model, tmp_path, levels=[2], size_policy=RESIZE,
-                         jit_compile=True)[2]
+    path = export_pruned(
+        model, tmp_path, levels=[2], size_policy=RESIZE, jit_compile=True
+    )[2]
     assert _xla_marked(path)
     images = _images(1, 50, 39)
     expected = _predicted(ku.prune(model, 2), images, RESIZE)
@@ -664,7 +751,10 @@ def test_accurate_mode_is_a_served_model(model, resized):
     export_dir = resized[1].parent.parent
     assert resized["accurate"] == export_dir / "unetpp_accurate" / "1"
     assert sorted(child.name for child in export_dir.iterdir()) == [
-        "models.config", "unetpp_accurate", "unetpp_l1", "unetpp_l3"
+        "models.config",
+        "unetpp_accurate",
+        "unetpp_l1",
+        "unetpp_l3",
     ]
     assert 'name: "unetpp_accurate"' in (export_dir / "models.config").read_text()
     info = load_metadata(resized["accurate"])
@@ -675,11 +765,13 @@ def test_accurate_mode_is_a_served_model(model, resized):
     assert info["parameters"] == model.count_params()
 
 
-def test_accurate_needs_several_heads_and_fails_atomically(small_model, tmp_path,
-                                                           monkeypatch):
+def test_accurate_needs_several_heads_and_fails_atomically(
+    small_model, tmp_path, monkeypatch
+):
     with pytest.raises(ValueError, match="averages the deep-supervision heads"):
-        export_pruned(ku.build(depth=2, filters=(4, 8, 16)), tmp_path / "one",
-                      accurate=True)
+        export_pruned(
+            ku.build(depth=2, filters=(4, 8, 16)), tmp_path / "one", accurate=True
+        )
     assert not (tmp_path / "one").exists()
     write_metadata = saved_model_lib.metadata_lib.write_metadata
 
@@ -688,8 +780,9 @@ def test_accurate_needs_several_heads_and_fails_atomically(small_model, tmp_path
             raise _Injected("injected failure")
         return write_metadata(folder, metadata)
 
-    monkeypatch.setattr(saved_model_lib.metadata_lib, "write_metadata",
-                        fail_on_accurate)
+    monkeypatch.setattr(
+        saved_model_lib.metadata_lib, "write_metadata", fail_on_accurate
+    )
     with pytest.raises(_Injected):
         export_pruned(small_model, tmp_path / "out", accurate=True)
     assert not (tmp_path / "out").exists()
@@ -708,9 +801,8 @@ def test_serving_graph_names_a_bad_shape(exported, resized, shape, received):
     _, paths = exported
     for path in (paths[2], resized["accurate"]):
         signature = tf.saved_model.load(str(path)).signatures["serving_default"]
-        expected = (
-            r"image must be \(batch, height, width, 1\): received "
-            + re.escape(received)
+        expected = r"image must be \(batch, height, width, 1\): received " + re.escape(
+            received
         )
         with pytest.raises(tf.errors.InvalidArgumentError, match=expected):
             signature(image=tf.zeros(shape, tf.float32))
@@ -718,11 +810,13 @@ def test_serving_graph_names_a_bad_shape(exported, resized, shape, received):
 
 def test_size_policy_checks():
     with pytest.raises(ValueError, match=r"not a multiple of the network's stride 8"):
-        export_pruned(ku.build(depth=3, filters=FILTERS), "unused",
-                      size_policy=SizePolicy.resize((36, 48)))
+        export_pruned(
+            ku.build(depth=3, filters=FILTERS),
+            "unused",
+            size_policy=SizePolicy.resize((36, 48)),
+        )
     with pytest.raises(ValueError, match="must be a keras_unetpp.size_policy"):
-        export_pruned(ku.build(depth=1, filters=(4, 8)), "unused",
-                      size_policy=(32, 32))
+        export_pruned(ku.build(depth=1, filters=(4, 8)), "unused", size_policy=(32, 32))
     with pytest.raises(ValueError, match="positive ints"):
         SizePolicy.resize((32,))
     with pytest.raises(ValueError, match="takes no image_size"):
@@ -738,8 +832,9 @@ def test_size_policy_checks():
 
 @pytest.fixture(scope="module")
 def synthetic_source(tmp_path_factory):
-    root = write_synthetic_dataset(tmp_path_factory.mktemp("data") / "cells",
-                                   num_images=4, image_size=(32, 40))
+    root = write_synthetic_dataset(
+        tmp_path_factory.mktemp("data") / "cells", num_images=4, image_size=(32, 40)
+    )
     return sources.data_source(data_dir=root)
 
 
@@ -748,8 +843,9 @@ def test_export_run_records_the_policy_and_no_absolute_paths(
     synthetic_source, tmp_path, resize_mode
 ):
     model = tiny_model(depth=2, seed=3)
-    run = make_run(tmp_path / "run", model, synthetic_source, resize_mode,
-                   image_size=(32, 48))
+    run = make_run(
+        tmp_path / "run", model, synthetic_source, resize_mode, image_size=(32, 48)
+    )
     paths = runs.export_run(run, levels=[1])
     # The accurate mode comes by default with a deep-supervision model.
     assert sorted(paths, key=str) == [1, "accurate"]
@@ -796,8 +892,11 @@ _SERVE_FILES = textwrap.dedent(
 # Odd sizes (height, width) made from real DSB 2018 images: a crop, the
 # native 256x320 of the colour images, and an upscale to the 520x696 of the
 # issue.
-REAL_SIZES = {"crop_97x131": (97, 131), "native_256x320": (256, 320),
-              "up_520x696": (520, 696)}
+REAL_SIZES = {
+    "crop_97x131": (97, 131),
+    "native_256x320": (256, 320),
+    "up_520x696": (520, 696),
+}
 
 
 def _real_images(shared_data, folder):
@@ -808,17 +907,22 @@ def _real_images(shared_data, folder):
     with open(root / "manifest.csv") as f:
         rows = [line.strip().split(",") for line in f][1:]
     colour = sorted(
-        r[0] for r in rows
+        r[0]
+        for r in rows
         if r[1:3] == ["320", "256"] and r[4] != "grayscale_fluorescence"
     )
-    stems = {"crop_97x131": colour[2], "native_256x320": colour[0],
-             "up_520x696": colour[1]}
+    stems = {
+        "crop_97x131": colour[2],
+        "native_256x320": colour[0],
+        "up_520x696": colour[1],
+    }
     folder.mkdir()
     for name, (height, width) in REAL_SIZES.items():
-        image = cv2.imread(str(root / "images" / f"{stems[name]}.png"),
-                           cv2.IMREAD_COLOR)
+        image = cv2.imread(
+            str(root / "images" / f"{stems[name]}.png"), cv2.IMREAD_COLOR
+        )
         if name.startswith("crop"):
-            image = image[50:50 + height, 60:60 + width]
+            image = image[50 : 50 + height, 60 : 60 + width]
         elif name.startswith("up"):
             image = cv2.resize(image, (width, height), interpolation=cv2.INTER_CUBIC)
         assert image.shape == (height, width, 3)
@@ -845,8 +949,9 @@ def _centred(model, image):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("resize_mode", ["resize", "crop"])
-def test_served_masks_equal_predict_on_real_images(shared_data, synthetic_source,
-                                                   tmp_path, resize_mode):
+def test_served_masks_equal_predict_on_real_images(
+    shared_data, synthetic_source, tmp_path, resize_mode
+):
     """Issue 12: a run's SavedModels, reloaded with TensorFlow only, give the
     masks of `keras-unetpp predict` on real images of odd sizes, in both modes.
 
@@ -855,17 +960,25 @@ def test_served_masks_equal_predict_on_real_images(shared_data, synthetic_source
     between the Keras call and the served graph).
     """
     images = _real_images(shared_data, tmp_path / "images")
-    model = _centred(tiny_model(channels=3, depth=3, seed=12),
-                     prediction.read_image(images["native_256x320"]) / 255.0)
-    run = make_run(tmp_path / "run", model, synthetic_source, resize_mode,
-                   image_size=(64, 96))
+    model = _centred(
+        tiny_model(channels=3, depth=3, seed=12),
+        prediction.read_image(images["native_256x320"]) / 255.0,
+    )
+    run = make_run(
+        tmp_path / "run", model, synthetic_source, resize_mode, image_size=(64, 96)
+    )
     paths = runs.export_run(run, input_dtype="uint8")
     assert sorted(paths, key=str) == [1, 2, 3, "accurate"]
-    jobs = [{"model": str(path), "images": images, "out": str(tmp_path / str(key))}
-            for key, path in paths.items()]
+    jobs = [
+        {"model": str(path), "images": images, "out": str(tmp_path / str(key))}
+        for key, path in paths.items()
+    ]
     result = subprocess.run(
         [sys.executable, "-c", _SERVE_FILES, json.dumps(jobs)],
-        capture_output=True, text=True, cwd=tmp_path, timeout=600,
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        timeout=600,
         env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"},
     )
     assert result.returncode == 0, result.stderr[-3000:]
@@ -873,7 +986,10 @@ def test_served_masks_equal_predict_on_real_images(shared_data, synthetic_source
     for key in paths:
         out = tmp_path / f"predicted_{key}"
         predicted = runs.predict_run(
-            run, tmp_path / "images", out, probabilities="npy",
+            run,
+            tmp_path / "images",
+            out,
+            probabilities="npy",
             level=None if key == "accurate" else key,
         )
         assert predicted["model"].startswith("accurate" if key == "accurate" else "L")
@@ -892,8 +1008,10 @@ def test_served_masks_equal_predict_on_real_images(shared_data, synthetic_source
             assert difference <= 1e-5, (key, name, difference)
             assert equal >= 0.9999, (key, name, equal)
             report[f"{key}/{name}"] += (float(np.mean(mask > 0)),)
-    print(f"\n{resize_mode}: max abs probability difference, mask pixels equal, "
-          "foreground share")
+    print(
+        f"\n{resize_mode}: max abs probability difference, mask pixels equal, "
+        "foreground share"
+    )
     for name, (difference, equal, foreground) in report.items():
         print(f"  {name}: {difference:.2e}, {100 * equal:.4f}%, {foreground:.3f}")
     # Not a trivial agreement: the masks hold both classes.
@@ -901,12 +1019,18 @@ def test_served_masks_equal_predict_on_real_images(shared_data, synthetic_source
     assert 0.05 < np.mean(foreground) < 0.95, report
 
 
-def test_export_command_exports_the_accurate_mode_by_default(synthetic_source,
-                                                             tmp_path, capsys):
+def test_export_command_exports_the_accurate_mode_by_default(
+    synthetic_source, tmp_path, capsys
+):
     from keras_unetpp import cli
 
-    run = make_run(tmp_path / "run", tiny_model(depth=2, seed=4), synthetic_source,
-                   "resize", image_size=(32, 48))
+    run = make_run(
+        tmp_path / "run",
+        tiny_model(depth=2, seed=4),
+        synthetic_source,
+        "resize",
+        image_size=(32, 48),
+    )
     assert cli.main(["export", str(run), "--levels", "2"]) == 0
     lines = capsys.readouterr().out.strip().splitlines()
     assert lines == [
@@ -917,8 +1041,12 @@ def test_export_command_exports_the_accurate_mode_by_default(synthetic_source,
         "resized back to the input size (bilinear) before the threshold.",
         f"TF Serving config: {run / 'export' / 'models.config'}",
     ]
-    assert cli.main(["export", str(run), "--levels", "1", "--no-accurate",
-                     "--record-paths"]) == 0
+    assert (
+        cli.main(
+            ["export", str(run), "--levels", "1", "--no-accurate", "--record-paths"]
+        )
+        == 0
+    )
     assert "accurate" not in capsys.readouterr().out
     assert serving_config.versions(run / "export" / "unetpp_accurate") == [1]
     assert serving_config.versions(run / "export" / "unetpp_l1") == [1]

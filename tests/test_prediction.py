@@ -17,16 +17,17 @@ from keras_unetpp.synthetic import write_synthetic_dataset
 
 @pytest.fixture(scope="module")
 def model():
-    return ku.prune(ku.build(2, (None, None, 1), filters=(2, 4, 8),
-                             deep_supervision=True), 2)
+    return ku.prune(
+        ku.build(2, (None, None, 1), filters=(2, 4, 8), deep_supervision=True), 2
+    )
 
 
 def test_to_mask_thresholds_one_class_and_argmaxes_several():
     probabilities = np.array([[[0.2], [0.5], [0.9]]], np.float32)
-    np.testing.assert_array_equal(prediction.to_mask(probabilities, 0.5),
-                                  [[0, 255, 255]])
-    np.testing.assert_array_equal(prediction.to_mask(probabilities, 0.6),
-                                  [[0, 0, 255]])
+    np.testing.assert_array_equal(
+        prediction.to_mask(probabilities, 0.5), [[0, 255, 255]]
+    )
+    np.testing.assert_array_equal(prediction.to_mask(probabilities, 0.6), [[0, 0, 255]])
     classes = np.array([[[0.1, 0.7, 0.2], [0.5, 0.2, 0.3]]], np.float32)
     np.testing.assert_array_equal(prediction.to_mask(classes), [[1, 0]])
 
@@ -91,8 +92,9 @@ def test_resize_policy_is_what_predict_always_did(model):
     resized = tf.clip_by_value(
         tf.image.resize(image, (32, 48), method="bilinear", antialias=True), 0.0, 1.0
     )
-    back = tf.image.resize(model(resized[None], training=False)[0], (50, 70),
-                           method="bilinear")
+    back = tf.image.resize(
+        model(resized[None], training=False)[0], (50, 70), method="bilinear"
+    )
     for size in ((32, 48), SizePolicy.resize((32, 48))):
         np.testing.assert_array_equal(
             prediction.predict_probabilities(model, image, size), back.numpy()
@@ -103,8 +105,10 @@ def _folder(tmp_path, names, size=(9, 13)):
     folder = tmp_path / "in"
     folder.mkdir()
     for name in names:
-        cv2.imwrite(str(folder / name),
-                    np.random.default_rng(0).integers(0, 255, size, np.uint8))
+        cv2.imwrite(
+            str(folder / name),
+            np.random.default_rng(0).integers(0, 255, size, np.uint8),
+        )
     return folder
 
 
@@ -113,7 +117,9 @@ def test_probabilities_png16_and_npy(model, tmp_path):
     for file_format in ("png16", "npy"):
         out = tmp_path / file_format
         result = prediction.predict_images(
-            model, [(p.stem, p) for p in sorted(inputs.iterdir())], out,
+            model,
+            [(p.stem, p) for p in sorted(inputs.iterdir())],
+            out,
             probabilities=file_format,
         )
         assert [p.name for p in result["probabilities"]] == [
@@ -140,13 +146,17 @@ def test_probabilities_png16_and_npy(model, tmp_path):
 def test_probabilities_of_several_classes(tmp_path):
     classes = ku.build(2, (None, None, 1), filters=(2, 4, 8), num_classes=3)
     inputs = _folder(tmp_path, ["a.png"])
-    npy = prediction.predict_images(classes, [("a", inputs / "a.png")],
-                                    tmp_path / "npy", probabilities="npy")
+    npy = prediction.predict_images(
+        classes, [("a", inputs / "a.png")], tmp_path / "npy", probabilities="npy"
+    )
     assert np.load(npy["probabilities"][0]).shape == (9, 13, 3)
-    png = prediction.predict_images(classes, [("a", inputs / "a.png")],
-                                    tmp_path / "png", probabilities="png16")
+    png = prediction.predict_images(
+        classes, [("a", inputs / "a.png")], tmp_path / "png", probabilities="png16"
+    )
     assert [p.name for p in png["probabilities"]] == [
-        "a_class0.png", "a_class1.png", "a_class2.png"
+        "a_class0.png",
+        "a_class1.png",
+        "a_class2.png",
     ]
 
 
@@ -174,8 +184,13 @@ def run(tmp_path_factory):
     """A resize-mode run (trained at 32x48) on 8 synthetic images, 2 in val."""
     root = tmp_path_factory.mktemp("run")
     data = write_synthetic_dataset(root / "data", num_images=8, image_size=(36, 44))
-    return make_run(root / "run", tiny_model(depth=2, seed=5),
-                    sources.data_source(data_dir=data), "resize", (32, 48))
+    return make_run(
+        root / "run",
+        tiny_model(depth=2, seed=5),
+        sources.data_source(data_dir=data),
+        "resize",
+        (32, 48),
+    )
 
 
 def _cli_line(capsys, argv):
@@ -186,8 +201,19 @@ def _cli_line(capsys, argv):
 def test_predict_a_split_of_the_run(run, tmp_path, capsys):
     source = runs.read_run_config(run)["data"]["source"]
     val = [pair.stem for pair in sources.source_pairs(source, "val")]
-    line = _cli_line(capsys, ["predict", str(run), "--split", "val", "--output",
-                              str(tmp_path / "val"), "--probabilities", "npy"])
+    line = _cli_line(
+        capsys,
+        [
+            "predict",
+            str(run),
+            "--split",
+            "val",
+            "--output",
+            str(tmp_path / "val"),
+            "--probabilities",
+            "npy",
+        ],
+    )
     assert line == (
         f"Wrote {len(val)} masks to {tmp_path / 'val'}/masks/, {len(val)} "
         "probability files to probabilities/ (accurate mode, mean of heads "
@@ -196,11 +222,13 @@ def test_predict_a_split_of_the_run(run, tmp_path, capsys):
     )
     assert sorted(p.stem for p in (tmp_path / "val" / "masks").iterdir()) == sorted(val)
     for stem in val:
-        mask = cv2.imread(str(tmp_path / "val" / "masks" / f"{stem}.png"),
-                          cv2.IMREAD_UNCHANGED)
+        mask = cv2.imread(
+            str(tmp_path / "val" / "masks" / f"{stem}.png"), cv2.IMREAD_UNCHANGED
+        )
         assert mask.shape == (36, 44)
-    result = runs.predict_run(run, split="train", output_dir=tmp_path / "train",
-                              level=1)
+    result = runs.predict_run(
+        run, split="train", output_dir=tmp_path / "train", level=1
+    )
     assert result["model"] == "L1" and len(result["masks"]) == 8 - len(val)
     assert result["size_policy"] == SizePolicy.resize((32, 48))
 
@@ -229,8 +257,10 @@ def test_predict_level_and_accurate_are_one_model(run, tmp_path):
     [
         ([], "give IMAGES_DIR or --split, not neither"),
         (["IMAGES", "--split", "val"], "give IMAGES_DIR or --split, not both"),
-        (["--split", "val", "--level", "1", "--accurate"],
-         "argument --accurate: not allowed with argument --level"),
+        (
+            ["--split", "val", "--level", "1", "--accurate"],
+            "argument --accurate: not allowed with argument --level",
+        ),
         (["--split", "test"], "invalid choice: 'test'"),
         (["--split", "val", "--probabilities", "tiff"], "invalid choice: 'tiff'"),
         (["--split", "val", "--output", "FILE"], "Cannot create the output folder"),
@@ -240,8 +270,10 @@ def test_predict_level_and_accurate_are_one_model(run, tmp_path):
 def test_predict_command_errors(run, tmp_path, capsys, argv, expected):
     images = _folder(tmp_path, ["a.png"])
     (tmp_path / "file").write_text("")
-    argv = [str(images) if a == "IMAGES" else str(tmp_path / "file") if a == "FILE"
-            else a for a in argv]
+    argv = [
+        str(images) if a == "IMAGES" else str(tmp_path / "file") if a == "FILE" else a
+        for a in argv
+    ]
     with pytest.raises(SystemExit) as exit_info:
         cli.main(["predict", str(run), *argv])
     assert exit_info.value.code == 2

@@ -162,7 +162,9 @@ def build_metadata(
                     "sigmoid probability of the foreground"
                     if binary
                     else "softmax probability of each class"
-                ) + activation + ", at the input's height and width",
+                )
+                + activation
+                + ", at the input's height and width",
             },
             signatures.MASK: {
                 "dtype": signatures.mask_dtype(num_classes),

@@ -156,6 +156,11 @@ def export_pruned(
     paths = export_pruned(model, "exported", model_name="nuclei",
                           input_dtype="uint8")
     # exported/models.config, exported/nuclei_l1/1/ ... exported/nuclei_l4/1/
+
+    # A model trained on images resized to 96x96, with its accurate mode:
+    export_pruned(model, "exported", model_name="nuclei",
+                  size_policy=SizePolicy.resize((96, 96)), accurate=True)
+    # ... and exported/nuclei_accurate/2/
     ```
     """
     info = describe(model)  # A clear error for models not built by keras_unetpp.
@@ -294,11 +299,13 @@ def _write_level(
 
 def _conv_compute_dtype(model):
     """The dtype the convolutions compute in, e.g. `"bfloat16"`."""
-    dtypes = sorted({
-        layer.dtype_policy.compute_dtype
-        for layer in model.layers
-        if isinstance(layer, (keras.layers.Conv2D, keras.layers.Conv2DTranspose))
-    })
+    dtypes = sorted(
+        {
+            layer.dtype_policy.compute_dtype
+            for layer in model.layers
+            if isinstance(layer, (keras.layers.Conv2D, keras.layers.Conv2DTranspose))
+        }
+    )
     return "+".join(dtypes)
 
 
@@ -345,9 +352,10 @@ def _check_levels(info, levels):
             "`levels` must be an iterable of ints (e.g. (1, 2, 3, 4)) or None "
             f"for every head. Received: levels={received!r}"
         ) from None
-    if not levels or len(set(levels)) != len(levels) or not all(
-        is_int(level)
-        for level in levels
+    if (
+        not levels
+        or len(set(levels)) != len(levels)
+        or not all(is_int(level) for level in levels)
     ):
         raise InputError(
             "`levels` must be a non-empty sequence of distinct ints. "

@@ -157,9 +157,16 @@ def mask_dtype(num_classes):
     return "uint8" if num_classes <= 256 else "int32"
 
 
-def make_serving_fn(model, stride, input_dtype="float32", threshold=0.5,
-                    output_activation="sigmoid", normalization="dtype",
-                    size_policy=None, jit_compile=False):
+def make_serving_fn(
+    model,
+    stride,
+    input_dtype="float32",
+    threshold=0.5,
+    output_activation="sigmoid",
+    normalization="dtype",
+    size_policy=None,
+    jit_compile=False,
+):
     """The function exported as `serving_default` for one pruned model.
 
     Args:

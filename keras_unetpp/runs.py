@@ -518,9 +518,9 @@ def predict_run(
     """
     config = read_run_config(run_dir)
     settings = config.get("data", {})
+    keras_model, used = _single_output(load_run_model(run_dir, model), level, accurate)
     policy = SizePolicy.from_run_config(config)
     inputs = _prediction_inputs(settings, input_dir, split)
-    keras_model, used = _single_output(load_run_model(run_dir, model), level, accurate)
     output_dir = pathlib.Path(output_dir or pathlib.Path(run_dir) / PREDICTION_DIR)
     written = prediction.predict_images(
         keras_model,

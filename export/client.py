@@ -4,8 +4,12 @@ Two transports, one interface: `RestClient` speaks JSON over plain HTTP
 (standard library only) and `GrpcClient` speaks gRPC through
 `tensorflow-serving-api`. Both first ask the server for the model's
 `serving_default` signature and build every request from it: the input's
-name, dtype and channel count come from the signature, not from this file,
-and the outputs are decoded with the dtypes the signature declares.
+name and dtype (and its channel count, where the signature states one) come
+from the signature, not from this file, and the outputs are decoded with
+the dtypes the signature declares. keras_unetpp exports an `image` input of
+unknown rank, checked inside the served graph: a request with the wrong
+rank or channel count comes back as an error that names both, e.g.
+"image must be (batch, height, width, 1): received rank 4 / 3 channels".
 
     client = RestClient("localhost:8501", "unetpp_l2")
     outputs = client.predict(images)   # uint8 or float (batch, h, w, c)
@@ -80,15 +84,18 @@ class Signature:
         """
         spec = self.inputs[self.input_name]
         images = np.asarray(images)
+        # A keras_unetpp signature has unknown rank (the served graph checks
+        # the channels); another model's may state them.
         channels = spec.shape[-1] if spec.shape else -1
         if images.ndim == 2 and channels in (1, -1):
             images = images[..., None]
         if images.ndim == 3:
             images = images[None]
         if images.ndim != 4 or (channels != -1 and images.shape[-1] != channels):
+            wanted = "channels" if channels == -1 else channels
             raise ValueError(
-                f"Expected images (batch, height, width, {channels}) or one "
-                f"image (height, width, {channels}). "
+                f"Expected images (batch, height, width, {wanted}) or one "
+                f"image (height, width, {wanted}). "
                 f"Received: shape={images.shape}"
             )
         if np.issubdtype(spec.dtype, np.integer):
@@ -154,8 +161,13 @@ class RestClient:
     ```
     """
 
-    def __init__(self, address="localhost:8501", model_name="unetpp_l4",
-                 version=None, timeout=60.0):
+    def __init__(
+        self,
+        address="localhost:8501",
+        model_name="unetpp_l4",
+        version=None,
+        timeout=60.0,
+    ):
         self.url = f"http://{address}/v1/models/{model_name}"
         if version is not None:
             self.url += f"/versions/{int(version)}"
@@ -192,8 +204,10 @@ class RestClient:
         """The JSON body of a predict request (columnar `inputs` format)."""
         signature = self.signature()
         batch = signature.encode(images)
-        return {"signature_name": SIGNATURE,
-                "inputs": {signature.input_name: batch.tolist()}}
+        return {
+            "signature_name": SIGNATURE,
+            "inputs": {signature.input_name: batch.tolist()},
+        }
 
     def predict(self, images):
         """Predicts a batch; returns `{"probabilities": ..., "mask": ...}`.
@@ -238,16 +252,24 @@ class GrpcClient:
     ```
     """
 
-    def __init__(self, address="localhost:8500", model_name="unetpp_l4",
-                 version=None, timeout=60.0, max_message_mb=256):
+    def __init__(
+        self,
+        address="localhost:8500",
+        model_name="unetpp_l4",
+        version=None,
+        timeout=60.0,
+        max_message_mb=256,
+    ):
         import grpc
         from tensorflow_serving.apis import prediction_service_pb2_grpc
 
         limit = max_message_mb * 1024 * 1024
         self._channel = grpc.insecure_channel(
             address,
-            options=[("grpc.max_send_message_length", limit),
-                     ("grpc.max_receive_message_length", limit)],
+            options=[
+                ("grpc.max_send_message_length", limit),
+                ("grpc.max_receive_message_length", limit),
+            ],
         )
         self._stub = prediction_service_pb2_grpc.PredictionServiceStub(self._channel)
         self.model_name = model_name
@@ -302,8 +324,7 @@ class GrpcClient:
         import tensorflow as tf
 
         signature = self.signature()
-        response = self._stub.Predict(self.build_request(images),
-                                      timeout=self.timeout)
+        response = self._stub.Predict(self.build_request(images), timeout=self.timeout)
         return {
             name: tf.make_ndarray(response.outputs[name]).astype(spec.dtype)
             for name, spec in signature.outputs.items()
@@ -328,11 +349,13 @@ def main(argv=None):
     parser.add_argument("image", help="image file (PNG, TIFF...) or .npy array")
     parser.add_argument("--model", default="unetpp_l4", help="served model name")
     transport = parser.add_mutually_exclusive_group()
-    transport.add_argument("--rest", metavar="HOST:PORT",
-                           help="REST API address (default localhost:8501)")
+    transport.add_argument(
+        "--rest", metavar="HOST:PORT", help="REST API address (default localhost:8501)"
+    )
     transport.add_argument("--grpc", metavar="HOST:PORT", help="gRPC API address")
-    parser.add_argument("--output", default="mask.png",
-                        help="mask file to write (.png or .npy)")
+    parser.add_argument(
+        "--output", default="mask.png", help="mask file to write (.png or .npy)"
+    )
     args = parser.parse_args(argv)
     if args.grpc:
         client = GrpcClient(args.grpc, args.model)
@@ -347,8 +370,10 @@ def main(argv=None):
 
         binary = client.signature().outputs["probabilities"].shape[-1] == 1
         cv2.imwrite(args.output, (mask * (255 if binary else 1)).astype(np.uint8))
-    print(f"{args.output}: {mask.shape[0]}x{mask.shape[1]}, "
-          f"{int((mask > 0).sum())} foreground pixels")
+    print(
+        f"{args.output}: {mask.shape[0]}x{mask.shape[1]}, "
+        f"{int((mask > 0).sum())} foreground pixels"
+    )
 
 
 if __name__ == "__main__":

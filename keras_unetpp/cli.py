@@ -274,31 +274,51 @@ def _add_evaluate(commands):
 def _add_predict(commands):
     p = commands.add_parser(
         "predict",
-        help="mask PNGs (and overlays) for a folder of images of any size",
+        help="mask PNGs (and overlays, probabilities) for images of any size",
         description="Writes OUTPUT/masks/<name>.png (0/255, or class indices) "
-        "with the same size as each input image, and with --overlays "
-        "OUTPUT/overlays/<name>.png.",
+        "with the same size as each input image, with --overlays "
+        "OUTPUT/overlays/<name>.png and with --probabilities "
+        "OUTPUT/probabilities/<name>.png|.npy. Images go through the run's "
+        "size policy, as the exported SavedModels do: a run trained with "
+        "--resize-mode resize sees each image resized to its --image-size "
+        "(aspect ratio not kept, as in training) and the probabilities "
+        "resized back; a crop-mode run predicts at native scale.",
     )
     p.add_argument("run", metavar="RUN_DIR", help="a folder made by train")
-    p.add_argument("input", metavar="IMAGES_DIR", help="folder of images")
+    p.add_argument("input", metavar="IMAGES_DIR", nargs="?",
+                   help="folder of images (or give --split)")
+    p.add_argument("--split", choices=("val", "train"),
+                   help="predict this split of the run's own data instead of "
+                   "a folder")
     p.add_argument("--output", metavar="DIR",
                    help="results folder (default: RUN_DIR/predictions)")
     _add_model_choice(p)
-    p.add_argument("--level", type=_positive_int,
-                   help="use the model pruned to this level (default: accurate "
-                   "mode, the mean of all heads)")
+    which = p.add_mutually_exclusive_group()
+    which.add_argument("--level", type=_positive_int,
+                       help="use the model pruned to this level (default: "
+                       "accurate mode, the mean of all heads)")
+    which.add_argument("--accurate", action="store_true",
+                       help="the accurate mode, the mean of all heads (the "
+                       "default)")
     p.add_argument("--threshold", type=_fraction, default=0.5, help="(default: 0.5)")
     p.add_argument("--overlays", action="store_true",
                    help="also write the images with the masks drawn on them")
+    p.add_argument("--probabilities", choices=("png16", "npy"),
+                   help="also write the probabilities: 16-bit PNGs scaled to "
+                   "0..65535, or float32 .npy ((h, w) for one class, "
+                   "(h, w, classes) for several)")
 
 
 def _add_export(commands):
     p = commands.add_parser(
         "export",
         help="SavedModels of the pruned levels for TF Serving",
-        description="Writes EXPORT_DIR/<name>_l<L>/<version>/ for each level "
+        description="Writes EXPORT_DIR/<name>_l<L>/<version>/ for each level, "
+        "EXPORT_DIR/<name>_accurate/<version>/ for the accurate mode (the "
+        "mean of all heads, predict's default) of a deep-supervision model, "
         "and EXPORT_DIR/models.config for tensorflow_model_server "
-        "--model_config_file.",
+        "--model_config_file. Every SavedModel applies the run's size "
+        "policy, so its masks are predict's.",
     )
     p.add_argument("run", metavar="RUN_DIR", help="a folder made by train")
     p.add_argument("--export-dir", metavar="DIR",
@@ -313,6 +333,13 @@ def _add_export(commands):
     p.add_argument("--threshold", type=_fraction, default=0.5, help="(default: 0.5)")
     p.add_argument("--overwrite", action="store_true",
                    help="replace an existing version folder")
+    p.add_argument("--accurate", action=argparse.BooleanOptionalAction,
+                   default=None,
+                   help="also export the accurate mode as <name>_accurate "
+                   "(default: on for deep-supervision models)")
+    p.add_argument("--record-paths", action="store_true",
+                   help="record the absolute paths of the run's data in the "
+                   "metadata (default: only their last two components)")
 
 
 def make_parser():
@@ -481,7 +508,12 @@ def _run_evaluate(args):
 def _run_predict(args):
     from keras_unetpp import runs
 
-    written = runs.predict_run(
+    if (args.input is None) == (args.split is None):
+        raise UsageError(
+            "give IMAGES_DIR or --split, not "
+            f"{'both' if args.input else 'neither'}"
+        )
+    result = runs.predict_run(
         args.run,
         args.input,
         output_dir=args.output,
@@ -489,10 +521,23 @@ def _run_predict(args):
         level=args.level,
         threshold=args.threshold,
         overlays=args.overlays,
+        split=args.split,
+        accurate=args.accurate,
+        probabilities=args.probabilities,
     )
-    folder = written[0].parent.parent
-    extra = " and overlays/" if args.overlays else ""
-    print(f"Wrote {len(written)} masks to {folder}/masks/{extra}.")
+    folder = result["output_dir"]
+    count = len(result["masks"])
+    parts = [f"{count} mask{'' if count == 1 else 's'} to {folder}/masks/"]
+    if result["overlays"]:
+        parts.append(f"{len(result['overlays'])} overlays to overlays/")
+    if result["probabilities"]:
+        parts.append(
+            f"{len(result['probabilities'])} probability files to probabilities/"
+        )
+    print(
+        f"Wrote {', '.join(parts)} ({result['model']}; "
+        f"{result['size_policy'].short_description()})."
+    )
 
 
 def _run_export(args):
@@ -508,11 +553,18 @@ def _run_export(args):
         input_dtype=args.input_dtype,
         threshold=args.threshold,
         overwrite=args.overwrite,
+        accurate=args.accurate,
+        record_paths=args.record_paths,
     )
-    for level, path in sorted(paths.items()):
-        print(f"L{level}: {path}")
-    root = next(iter(paths.values())).parent.parent
-    print(f"TF Serving config: {root / 'models.config'}")
+    for key, path in paths.items():
+        label = "accurate" if key == "accurate" else f"L{key}"
+        print(f"{label}: {path}")
+    from keras_unetpp.export import load_metadata
+
+    first = next(iter(paths.values()))
+    policy = load_metadata(first)["size_policy"]["description"]
+    print(f"Each request is {policy}.")
+    print(f"TF Serving config: {first.parent.parent / 'models.config'}")
 
 
 _COMMANDS = {

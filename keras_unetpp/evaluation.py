@@ -31,6 +31,7 @@ from keras_unetpp.flops import count_flops
 from keras_unetpp.metrics import DiceScore, IoUScore
 from keras_unetpp.padding import pad_to_multiple
 from keras_unetpp.pruning import inference_model, prune
+from keras_unetpp.size_policy import SizePolicy
 from keras_unetpp.validation import check_int
 
 COLUMNS = (
@@ -105,9 +106,11 @@ def measure_latencies(models, image_shape, batch_size=1, runs=10, warmup=2):
     return [1000.0 * t / batch_size for t in best]
 
 
-def _metrics(info, threshold):
+def _metrics(info, threshold, from_logits=None):
     kwargs = dict(
-        num_classes=info.num_classes, threshold=threshold, from_logits=info.from_logits
+        num_classes=info.num_classes,
+        threshold=threshold,
+        from_logits=info.from_logits if from_logits is None else from_logits,
     )
     return (
         IoUScore(**kwargs),
@@ -238,23 +241,37 @@ def _level_rows(
 
 
 def heads_model(model):
-    """One single-output model of all the heads: their outputs side by side.
+    """One single-output model of every head's probabilities, side by side.
 
-    The output concatenates the heads' outputs (probabilities, or logits
-    for a logits model) along the channel axis, in level order, so that one
-    forward pass gives every level's prediction, and single-output
-    functions such as `prediction.predict_probabilities` resize or pad it
-    like any model's.
+    The output concatenates, along the channel axis and in level order, the
+    probabilities of each head (the head's activation applied to logits
+    heads) and, for several heads, those of the accurate mode computed as
+    `inference_model(model, "accurate")` and its SavedModel compute them
+    (the mean of the heads' outputs, then the activation for logits heads).
+    One forward pass then gives every level's prediction, and the size
+    policy resizes or pads it like any model's probabilities.
 
     Args:
         model: a model from `keras_unetpp.build` or `build_unet`.
 
     Returns:
-        `keras.Model` with `len(heads) * num_classes` output channels (the
-        heads' own model for a single-head model).
+        `keras.Model` with `(len(heads) + 1) * num_classes` output channels
+        (`num_classes` for a single-head model), all probabilities.
     """
     info = describe(model)
     heads = [model.get_layer(output_name(level)).output for level in info.heads]
+    if len(heads) > 1:
+        heads.append(
+            keras.layers.Average(dtype="float32", name="evaluation_accurate")(heads)
+        )
+    if info.from_logits:
+        activation = "sigmoid" if info.num_classes == 1 else "softmax"
+        heads = [
+            keras.layers.Activation(
+                activation, dtype="float32", name=f"evaluation_probabilities_{k}"
+            )(head)
+            for k, head in enumerate(heads)
+        ]
     if len(heads) == 1:
         output = heads[0]
     else:
@@ -315,7 +332,6 @@ def evaluate_levels_native(
     rows = evaluate_levels_native(model, samples, (96, 96))
     ```
     """
-    from keras_unetpp import prediction
 
     size = image_size if latency_image_size is None else latency_image_size
     if size is None:
@@ -330,8 +346,17 @@ def evaluate_levels_native(
     levels = info.heads
     names = [output_name(level) for level in levels]
     keys = names + (["accurate"] if len(levels) > 1 else [])
-    scores = {key: _metrics(info, threshold) for key in keys}
+    # The heads model returns probabilities, logits heads included.
+    scores = {key: _metrics(info, threshold, from_logits=False) for key in keys}
     stacked = heads_model(model)
+    policy = SizePolicy.from_image_size(image_size)
+
+    def probabilities(image):
+        # The size policy of predict and the SavedModels, on probabilities.
+        return policy.probabilities(
+            stacked, image[None], info.stride, output_activation="sigmoid"
+        ).numpy()[0]
+
     classes = info.num_classes
     target_dtype = "float32" if classes == 1 else "int32"
     count = 0
@@ -350,18 +375,14 @@ def evaluate_levels_native(
             # as one pass of the full model does (`prune(model, L)` alone
             # would pad to 2**L: a few border pixels may differ).
             padded, _ = pad_to_multiple(image[None], info.stride)
-            output = prediction.predict_probabilities(stacked, padded[0], None)
+            output = probabilities(padded[0])
             output = output[: image.shape[0], : image.shape[1]]
         else:
-            output = prediction.predict_probabilities(stacked, image, image_size)
+            output = probabilities(image)
         outputs = {
-            name: output[..., k * classes : (k + 1) * classes]
-            for k, name in enumerate(names)
+            key: output[..., k * classes : (k + 1) * classes]
+            for k, key in enumerate(keys)
         }
-        if len(levels) > 1:
-            outputs["accurate"] = np.mean(
-                np.stack([outputs[name] for name in names]), axis=0
-            )
         target = mask[None].astype(target_dtype)
         for key, metrics in scores.items():
             for metric in metrics:

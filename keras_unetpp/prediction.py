@@ -1,28 +1,34 @@
-"""Writing predicted masks (and overlays) for a folder of images of any size.
+"""Writing predicted masks (and overlays, probabilities) for images of any size.
 
 Images are read and scaled to [0, 1] by the same code as the training
-pipeline (`keras_unetpp.data`). A model trained on resized images
-(`image_size`) sees each image resized to that size, and its probabilities
-are resized back to the image's own size before thresholding; with
-`image_size=None` the image is used at its own scale, padded to the
-network's stride and cropped back. Either way every mask has exactly the
-size of its image.
+pipeline (`keras_unetpp.data`). How an image meets the network is the
+run's size policy (`keras_unetpp.size_policy.SizePolicy`), the same code the
+exported SavedModels run: a model trained on resized images sees each
+image resized to the training size (squashing its aspect ratio, as training
+did), and its probabilities are resized back to the image's own size before
+thresholding; a model trained at native scale (crop mode) sees the image at
+its own scale, padded to the network's stride and cropped back. Either way
+every mask has exactly the size of its image.
 """
 
+import collections
+import os
 import pathlib
 
 import cv2
 import numpy as np
-import tensorflow as tf
 
 from keras_unetpp.data import IMAGE_EXTENSIONS
 from keras_unetpp.data.decode import prepare_image, read_image
+from keras_unetpp.description import describe
 from keras_unetpp.errors import InputError
-from keras_unetpp.padding import predict_padded
+from keras_unetpp.size_policy import SizePolicy
 
 # Colour of the foreground in overlays (RGB), and its opacity.
 OVERLAY_COLOR = np.array([255, 40, 40], np.float32)
 OVERLAY_ALPHA = 0.45
+# How `--probabilities` writes them: 16-bit PNGs (0..65535) or float32 .npy.
+PROBABILITY_FORMATS = ("png16", "npy")
 
 
 def image_files(input_dir):
@@ -54,25 +60,31 @@ def image_files(input_dir):
 def predict_probabilities(model, image, image_size=None):
     """Probabilities of one image at its own size.
 
+    Runs `SizePolicy.probabilities`, the code of the exported serving
+    functions, so a SavedModel exported with the same policy returns the
+    same probabilities.
+
     Args:
         model: a single-output keras_unetpp model (e.g. `prune(model, 4)` or
             `inference_model(model)`).
         image: float32 array `(height, width, channels)` in [0, 1].
-        image_size: `(height, width)` the model was trained at, or `None`
-            to run at the image's own size (padded to the stride).
-            Defaults to `None`.
+        image_size: `(height, width)` the model was trained at (resize
+            mode: the image is resized to it and the probabilities back), a
+            `SizePolicy`, or `None` to run at the image's own size (padded
+            to the stride and cropped back). Defaults to `None`.
 
     Returns:
         float32 array `(height, width, classes)`.
     """
-    height, width = image.shape[:2]
-    if image_size is None:
-        return predict_padded(model, image[None], batch_size=1)[0]
-    resized = tf.image.resize(image, image_size, method="bilinear", antialias=True)
-    resized = tf.clip_by_value(resized, 0.0, 1.0)
-    probabilities = model(resized[None], training=False)[0]
-    back = tf.image.resize(probabilities, (height, width), method="bilinear")
-    return back.numpy().astype(np.float32)
+    policy = SizePolicy.from_image_size(image_size)
+    info = describe(model)
+    probabilities = policy.probabilities(
+        model,
+        np.asarray(image, np.float32)[None],
+        info.stride,
+        output_activation=info.head_activation,
+    )
+    return probabilities.numpy()[0].astype(np.float32, copy=False)
 
 
 def to_mask(probabilities, threshold=0.5):
@@ -110,6 +122,184 @@ def overlay(image, mask):
     return out
 
 
+def _check_threshold(threshold):
+    if not 0.0 < float(threshold) < 1.0:
+        raise InputError(
+            f"`threshold` must be in (0, 1). Received: threshold={threshold!r}"
+        )
+
+
+def _check_single_output(model, caller):
+    if isinstance(model.output, (dict, list, tuple)):
+        raise InputError(
+            f"{caller} needs a single-output model; use "
+            "keras_unetpp.inference_model(model) or prune(model, level). "
+            f"Received: model with outputs {list(model.output_names)}"
+        )
+
+
+def _output_folder(path, output_dir):
+    """Creates a results folder, or raises a one-line `InputError`."""
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise InputError(
+            f"Cannot create the output folder {str(path)!r}: "
+            f"{error.strerror or error}. Received: output_dir={str(output_dir)!r}"
+        ) from None
+    if not os.access(path, os.W_OK | os.X_OK):
+        raise InputError(
+            f"The output folder {str(path)!r} is not writable. "
+            f"Received: output_dir={str(output_dir)!r}"
+        )
+    return path
+
+
+def write_png(path, array):
+    """`cv2.imwrite` that raises an `InputError` naming the file on failure."""
+    try:
+        written = cv2.imwrite(str(path), array)
+    except cv2.error as error:
+        raise InputError(f"Could not write {str(path)!r}: {error}") from None
+    if not written:
+        raise InputError(
+            f"Could not write {str(path)!r} (cv2.imwrite failed: is the folder "
+            "writable, the disk not full, the name not a folder?)"
+        )
+    return pathlib.Path(path)
+
+
+def write_npy(path, array):
+    """`np.save` that raises an `InputError` naming the file on failure."""
+    try:
+        with open(path, "wb") as f:
+            np.save(f, array)
+    except OSError as error:
+        raise InputError(
+            f"Could not write {str(path)!r}: {error.strerror or error}"
+        ) from None
+    return pathlib.Path(path)
+
+
+def write_probabilities(folder, stem, probabilities, file_format):
+    """Writes the probabilities of one image; returns the files written.
+
+    `"npy"`: `<stem>.npy`, float32 `(height, width)` for one class,
+    `(height, width, classes)` for several. `"png16"`: 16-bit PNGs of
+    `round(probability * 65535)`: `<stem>.png` for one class, one
+    `<stem>_class<k>.png` per class k for several (a PNG holds 1, 3 or 4
+    channels, not any number of classes).
+    """
+    folder = pathlib.Path(folder)
+    probabilities = np.asarray(probabilities, np.float32)
+    one = probabilities.shape[-1] == 1
+    if file_format == "npy":
+        array = probabilities[..., 0] if one else probabilities
+        return [write_npy(folder / f"{stem}.npy", array)]
+    scaled = np.rint(np.clip(probabilities, 0.0, 1.0) * 65535.0).astype(np.uint16)
+    if one:
+        return [write_png(folder / f"{stem}.png", scaled[..., 0])]
+    return [
+        write_png(folder / f"{stem}_class{k}.png", scaled[..., k])
+        for k in range(scaled.shape[-1])
+    ]
+
+
+def _check_unique_names(inputs):
+    """Refuses two inputs that would write the same output name."""
+    by_stem = collections.defaultdict(list)
+    for stem, path in inputs:
+        by_stem[stem].append(str(path))
+    clashes = {stem: paths for stem, paths in by_stem.items() if len(paths) > 1}
+    if clashes:
+        shown = "; ".join(
+            " and ".join(repr(p) for p in paths) + f" -> {stem}.png"
+            for stem, paths in sorted(clashes.items())
+        )
+        raise InputError(
+            "Several inputs would write the same output file (outputs are "
+            f"named by the input's name without extension): {shown}. Rename "
+            "or move one of them. Received: "
+            f"{sum(len(p) for p in clashes.values())} clashing inputs"
+        )
+
+
+def predict_images(
+    model,
+    inputs,
+    output_dir,
+    size_policy=None,
+    threshold=0.5,
+    overlays=False,
+    probabilities=None,
+    normalization="dtype",
+):
+    """Predicts a mask PNG (and optionally more) for each of a list of images.
+
+    Writes `output_dir/masks/<stem>.png` (0/255 for one class, class
+    indices otherwise), with `overlays=True` also
+    `output_dir/overlays/<stem>.png` (the image with the mask tinted red and
+    outlined), and with `probabilities` also
+    `output_dir/probabilities/<stem>.png|.npy` (see `write_probabilities`).
+    Everything is checked before the first prediction: the output names
+    are unique and the folders writable; every write is checked.
+
+    Args:
+        model: a single-output keras_unetpp model.
+        inputs: list of `(stem, path)`: the output name and the image file.
+        output_dir: folder for the results (created if missing).
+        size_policy: `SizePolicy` (or a training `(height, width)`, or
+            `None` for native). Defaults to `None`.
+        threshold: float, probability threshold of one-class models.
+            Defaults to `0.5`.
+        overlays: bool, also write overlays. Defaults to `False`.
+        probabilities: `None`, `"png16"` or `"npy"`. Defaults to `None`.
+        normalization: `"dtype"` or `"minmax"`, as the training pipeline
+            used. Defaults to `"dtype"`.
+
+    Returns:
+        dict with lists of `pathlib.Path`: `"masks"`, `"overlays"` and
+        `"probabilities"`, the files written.
+    """
+    _check_threshold(threshold)
+    _check_single_output(model, "predict_images")
+    policy = SizePolicy.from_image_size(size_policy)
+    if probabilities not in (None, *PROBABILITY_FORMATS):
+        raise InputError(
+            f"`probabilities` must be None or one of {PROBABILITY_FORMATS}. "
+            f"Received: probabilities={probabilities!r}"
+        )
+    inputs = [(str(stem), pathlib.Path(path)) for stem, path in inputs]
+    if not inputs:
+        raise InputError("There are no images to predict. Received: 0 images")
+    _check_unique_names(inputs)
+    output_dir = pathlib.Path(output_dir)
+    folders = {"masks": _output_folder(output_dir / "masks", output_dir)}
+    if overlays:
+        folders["overlays"] = _output_folder(output_dir / "overlays", output_dir)
+    if probabilities:
+        folders["probabilities"] = _output_folder(
+            output_dir / "probabilities", output_dir
+        )
+    channels = describe(model).channels
+    written = {"masks": [], "overlays": [], "probabilities": []}
+    for stem, path in inputs:
+        image = prepare_image(read_image(path), channels, normalization, str(path))
+        probs = predict_probabilities(model, image, policy)
+        mask = to_mask(probs, threshold)
+        written["masks"].append(write_png(folders["masks"] / f"{stem}.png", mask))
+        if overlays:
+            rgb = cv2.cvtColor(overlay(image, mask), cv2.COLOR_RGB2BGR)
+            written["overlays"].append(
+                write_png(folders["overlays"] / f"{stem}.png", rgb)
+            )
+        if probabilities:
+            written["probabilities"] += write_probabilities(
+                folders["probabilities"], stem, probs, probabilities
+            )
+    return written
+
+
 def predict_folder(
     model,
     input_dir,
@@ -118,6 +308,7 @@ def predict_folder(
     threshold=0.5,
     overlays=False,
     normalization="dtype",
+    probabilities=None,
 ):
     """Predicts a mask PNG for every image of a folder.
 
@@ -125,20 +316,24 @@ def predict_folder(
     otherwise), and with `overlays=True` also
     `output_dir/overlays/<stem>.png` (the image with the mask tinted red and
     outlined). Images may have any size and 1 to 4 channels; they are
-    converted to the model's channels.
+    converted to the model's channels. Two images with the same name
+    (`a.png`, `a.tif`) are refused before anything is written.
 
     Args:
         model: a single-output keras_unetpp model.
         input_dir: folder of PNG, JPEG or TIFF images.
         output_dir: folder for the results (created if missing).
         image_size: `(height, width)` the model was trained at (images are
-            resized to it and the masks back), or `None` to predict at each
-            image's own size. Defaults to `None`.
+            resized to it and the masks back), a `SizePolicy`, or `None` to
+            predict at each image's own size. Defaults to `None`.
         threshold: float, probability threshold of one-class models.
             Defaults to `0.5`.
         overlays: bool, also write overlays. Defaults to `False`.
         normalization: `"dtype"` or `"minmax"`, as the training pipeline
             used. Defaults to `"dtype"`.
+        probabilities: `None`, `"png16"` or `"npy"`: also write the
+            probabilities to `output_dir/probabilities/`. Defaults to
+            `None`.
 
     Returns:
         list of `pathlib.Path`, the mask files written.
@@ -151,34 +346,16 @@ def predict_folder(
                    overlays=True)
     ```
     """
-    if not 0.0 < float(threshold) < 1.0:
-        raise InputError(
-            f"`threshold` must be in (0, 1). Received: threshold={threshold!r}"
-        )
-    if isinstance(model.output, (dict, list, tuple)):
-        raise InputError(
-            "predict_folder needs a single-output model; use "
-            "keras_unetpp.inference_model(model) or prune(model, level). "
-            f"Received: model with outputs {list(model.output_names)}"
-        )
+    _check_threshold(threshold)
+    _check_single_output(model, "predict_folder")
     files = image_files(input_dir)
-    output_dir = pathlib.Path(output_dir)
-    (output_dir / "masks").mkdir(parents=True, exist_ok=True)
-    if overlays:
-        (output_dir / "overlays").mkdir(parents=True, exist_ok=True)
-    channels = int(model.inputs[0].shape[-1])
-    written = []
-    for path in files:
-        image = prepare_image(read_image(path), channels, normalization, str(path))
-        probabilities = predict_probabilities(model, image, image_size)
-        mask = to_mask(probabilities, threshold)
-        mask_path = output_dir / "masks" / f"{path.stem}.png"
-        cv2.imwrite(str(mask_path), mask)
-        written.append(mask_path)
-        if overlays:
-            rgb = overlay(image, mask)
-            cv2.imwrite(
-                str(output_dir / "overlays" / f"{path.stem}.png"),
-                cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR),
-            )
-    return written
+    return predict_images(
+        model,
+        [(path.stem, path) for path in files],
+        output_dir,
+        size_policy=image_size,
+        threshold=threshold,
+        overlays=overlays,
+        probabilities=probabilities,
+        normalization=normalization,
+    )["masks"]

@@ -38,7 +38,8 @@ from keras_unetpp.model import build, build_unet
 from keras_unetpp.precision import precision_scope
 from keras_unetpp.pruning import inference_model, prune
 from keras_unetpp.recompute import recompute_nodes
-from keras_unetpp.sources import source_dataset
+from keras_unetpp.size_policy import SizePolicy
+from keras_unetpp.sources import source_dataset, source_pairs
 from keras_unetpp.validation import check_int, check_stride
 from keras_unetpp.version import __version__
 
@@ -536,29 +537,67 @@ def evaluate_run(
     }
 
 
-def _single_output(keras_model, level):
+def _single_output(keras_model, level=None, accurate=False):
+    """The single-output model predict uses, and its name for messages."""
     levels = describe(keras_model).heads
-    if level is None:
-        return inference_model(keras_model, "accurate") if len(levels) > 1 else (
-            prune(keras_model, levels[-1])
+    if level is not None and accurate:
+        raise InputError(
+            "Give a level or the accurate mode, not both. "
+            f"Received: level={level!r}, accurate=True"
         )
-    return prune(keras_model, level)
+    if level is not None:
+        return prune(keras_model, level), f"L{level}"
+    if len(levels) > 1:
+        return inference_model(keras_model, "accurate"), (
+            f"accurate mode, mean of heads L{levels[0]}..L{levels[-1]}"
+        )
+    # One head: it is the model's accurate mode too.
+    return prune(keras_model, levels[-1]), f"L{levels[-1]}"
+
+
+def _prediction_inputs(settings, input_dir, split):
+    """`(stem, path)` of the images to predict: a folder, or a split of the run."""
+    if (input_dir is None) == (split is None):
+        raise InputError(
+            "Give either a folder of images or a split of the run's own data "
+            f"(split='val'), not {'both' if split else 'neither'}. "
+            f"Received: input_dir={input_dir!r}, split={split!r}"
+        )
+    if input_dir is not None:
+        return [(path.stem, path) for path in prediction.image_files(input_dir)]
+    if "source" not in settings:
+        raise InputError(
+            "run.json records no data source to take a split from. "
+            f"Received: split={split!r}"
+        )
+    pairs = source_pairs(settings["source"], split)
+    return [(pair.stem, pathlib.Path(pair.image)) for pair in pairs]
 
 
 def predict_run(
     run_dir,
-    input_dir,
+    input_dir=None,
     output_dir=None,
     model="best",
     level=None,
     threshold=0.5,
     overlays=False,
+    split=None,
+    accurate=False,
+    probabilities=None,
 ):
-    """Writes mask PNGs (and overlays) for a folder of images with a run's model.
+    """Writes mask PNGs (and overlays, probabilities) with a run's model.
+
+    The images go through the run's size policy (`SizePolicy.from_run_config`),
+    the same code the exported SavedModels run: a resize-mode run resizes
+    each image to its training size (squashing the aspect ratio, as
+    training did) and the probabilities back; a crop-mode run predicts at
+    each image's own scale.
 
     Args:
         run_dir: the run folder.
-        input_dir: folder of images of any size.
+        input_dir: folder of images of any size, or `None` with `split`.
+            Defaults to `None`.
         output_dir: results folder; `None` is `<run_dir>/predictions`.
             Defaults to `None`.
         model: `"best"`, `"last"` or a `.keras` path. Defaults to `"best"`.
@@ -567,25 +606,70 @@ def predict_run(
             deep-supervision model, or its only head. Defaults to `None`.
         threshold: float. Defaults to `0.5`.
         overlays: bool. Defaults to `False`.
+        split: `"train"` or `"val"`: predict the images of that split of
+            the run's own data source (`sources.source_pairs`) instead of a
+            folder. Defaults to `None`.
+        accurate: bool, the accurate mode (the default of a
+            deep-supervision model, said explicitly); not with `level`.
+            Defaults to `False`.
+        probabilities: `None`, `"png16"` (16-bit PNGs, 0..65535) or
+            `"npy"` (float32): also write the probabilities to
+            `<output_dir>/probabilities/`. Defaults to `None`.
 
     Returns:
-        list of the mask paths written.
+        dict: `"masks"`, `"overlays"`, `"probabilities"` (lists of the
+        files written), `"output_dir"`, `"model"` (which head(s)) and
+        `"size_policy"` (the `SizePolicy` used).
     """
     config = read_run_config(run_dir)
-    settings = config["data"]
-    keras_model = _single_output(load_run_model(run_dir, model), level)
-    image_size = (
-        tuple(settings["image_size"]) if settings["resize_mode"] == "resize" else None
-    )
-    output_dir = output_dir or pathlib.Path(run_dir) / PREDICTION_DIR
-    return prediction.predict_folder(
+    settings = config.get("data", {})
+    keras_model, used = _single_output(load_run_model(run_dir, model), level, accurate)
+    policy = SizePolicy.from_run_config(config)
+    inputs = _prediction_inputs(settings, input_dir, split)
+    output_dir = pathlib.Path(output_dir or pathlib.Path(run_dir) / PREDICTION_DIR)
+    written = prediction.predict_images(
         keras_model,
-        input_dir,
+        inputs,
         output_dir,
-        image_size=image_size,
+        size_policy=policy,
         threshold=threshold,
         overlays=overlays,
+        probabilities=probabilities,
     )
+    return {**written, "output_dir": output_dir, "model": used, "size_policy": policy}
+
+
+_SOURCE_PATHS = ("images", "masks", "manifest", "root", "data_dir")
+
+
+def _short_path(path):
+    """The last two components of a path, e.g. `"dsb2018_nuclei/images"`."""
+    pure = pathlib.PurePath(path)
+    parts = [part for part in pure.parts if part != pure.anchor]
+    return "/".join(parts[-2:])
+
+
+def source_summary(source, record_paths=False):
+    """The data source as export metadata records it.
+
+    Args:
+        source: the `data.source` dict of `run.json`.
+        record_paths: bool, keep the absolute paths. Defaults to `False`:
+            every path is shortened to its last two components (e.g.
+            `"dsb2018_nuclei/images"`), so that the metadata of a served
+            model does not reveal the training machine's folders.
+
+    Returns:
+        dict.
+    """
+    if record_paths or not isinstance(source, dict):
+        return source
+    return {
+        key: _short_path(value)
+        if key in _SOURCE_PATHS and isinstance(value, str)
+        else value
+        for key, value in source.items()
+    }
 
 
 def export_run(
@@ -598,8 +682,16 @@ def export_run(
     input_dtype="float32",
     threshold=0.5,
     overwrite=False,
+    accurate=None,
+    record_paths=False,
 ):
     """Exports the pruned levels of a run's model as SavedModels for TF Serving.
+
+    Every SavedModel applies the run's size policy
+    (`SizePolicy.from_run_config`): a run trained on images resized to
+    `image_size` is served the same way (the graph resizes each request to
+    `image_size` and the probabilities back), a crop-mode run at native
+    scale, so the served masks are those of `predict_run`.
 
     Args:
         run_dir: the run folder.
@@ -616,16 +708,25 @@ def export_run(
             `"float32"`.
         threshold: float. Defaults to `0.5`.
         overwrite: bool. Defaults to `False`.
+        accurate: bool, also export the accurate mode (the mean of every
+            head, `predict`'s default) as `<name>_accurate`; `None` does so
+            for a deep-supervision model. Defaults to `None`.
+        record_paths: bool, record the absolute paths of the run's data in
+            the metadata's `training.data`; by default only their last two
+            components. Defaults to `False`.
 
     Returns:
-        dict level -> version folder (see `export_pruned`).
+        dict level -> version folder, and `"accurate"` -> its folder (see
+        `export_pruned`).
     """
     config = read_run_config(run_dir)
     keras_model = load_run_model(run_dir, model)
     history = training.read_history(run_dir)
+    policy = SizePolicy.from_run_config(config)
     info = {
-        "data": config["data"]["source"],
+        "data": source_summary(config["data"]["source"], record_paths),
         "image_size": config["data"]["image_size"],
+        "resize_mode": config["data"].get("resize_mode", "resize"),
         "epochs": len(history),
         "architecture": config["model"]["architecture"],
     }
@@ -633,6 +734,8 @@ def export_run(
     scores = [row[monitor] for row in history if monitor in row]
     if scores:
         info[monitor] = max(scores)
+    if accurate is None:
+        accurate = len(describe(keras_model).heads) > 1
     return export_pruned(
         keras_model,
         export_dir or pathlib.Path(run_dir) / EXPORT_DIR,
@@ -643,4 +746,6 @@ def export_run(
         threshold=threshold,
         overwrite=overwrite,
         training_info=info,
+        size_policy=policy,
+        accurate=accurate,
     )

@@ -210,9 +210,11 @@ def _odd_folder(root, sizes=ODD_SIZES, seed=0):
     return root
 
 
-def _tiny_model(seed=3):
+def _tiny_model(seed=3, **kwargs):
     keras.utils.set_random_seed(seed)
-    model = ku.build(2, (None, None, 1), filters=(4, 8, 16), deep_supervision=True)
+    model = ku.build(
+        2, (None, None, 1), filters=(4, 8, 16), deep_supervision=True, **kwargs
+    )
     # Fixed, non-trivial weights: centre each head's logits on a sample image
     # (about half of the pixels foreground) and sharpen them; the two heads
     # then disagree.
@@ -248,7 +250,7 @@ def _numpy_scores(model, folder, image_size, stride=4):
                 model, image[..., None], image_size
             )
         assert probs.shape[:2] == truth.shape  # native size
-        pred = probs[..., 0] > 0.5
+        pred = probs[..., 0] >= 0.5  # the package's rule
         i, u = np.sum(pred & truth), np.sum(pred | truth)
         inter, union, area = inter + i, union + u, area + pred.sum() + truth.sum()
         per_image.append(i / u if u else 1.0)
@@ -329,3 +331,32 @@ def test_crop_mode_run_scores_whole_images_not_the_centre_crop(tmp_path):
     assert abs(old["rows"][1]["iou"] - row["iou"]) > 1e-3
     scored = json.loads((run / "evaluation" / "scored.json").read_text())
     assert scored["images"] == 2 and scored["split"] == "all"
+
+
+@pytest.mark.parametrize("policy", ["resize", "crop"])
+def test_native_evaluation_of_a_logits_model_equals_predict(tmp_path, policy):
+    """Logits heads: each level scored as predict and its SavedModel score it.
+
+    Before, the heads' logits were concatenated and given one softmax over
+    all heads' channels, then a second sigmoid in the metrics.
+    """
+    folder = _odd_folder(tmp_path / "data")
+    model = _tiny_model(output_activation=None)
+    assert ku.describe(model).from_logits
+    image_size = TRAIN_SIZE if policy == "resize" else None
+    source = sources.data_source(data_dir=folder, required_splits=())
+    samples, _ = sources.source_samples(source, "all", channels=1)
+    rows = evaluation.evaluate_levels_native(
+        model, samples, image_size, latency_image_size=TRAIN_SIZE, latency_runs=1
+    )
+    subs = {
+        "L1": ku.prune(model, 1),
+        "L2": ku.prune(model, 2),
+        # The accurate SavedModel: the mean of the logits, then the sigmoid.
+        "accurate": ku.inference_model(model, "accurate"),
+    }
+    for row in rows:
+        iou, dice, _ = _numpy_scores(subs[row["level"]], folder, image_size)
+        assert row["iou"] == pytest.approx(iou, abs=1e-6), row["level"]
+        assert row["dice"] == pytest.approx(dice, abs=1e-6), row["level"]
+        assert 0.01 < row["iou"] < 0.99, row  # a non-trivial prediction

@@ -9,6 +9,7 @@ imports only TensorFlow, through XLA, and through `saved_model_cli`.
 import json
 import os
 import pathlib
+import re
 import shutil
 import subprocess
 import sys
@@ -18,17 +19,21 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
+from fake_run import make_run, tiny_model
 from tensorflow.core.protobuf import saved_model_pb2
 
 import keras_unetpp as ku
+from keras_unetpp import prediction, runs, sources
 from keras_unetpp.data.decode import prepare_image
 from keras_unetpp.export import (
+    SizePolicy,
     export_pruned,
     load_metadata,
     pad_to_stride,
     serving_config,
 )
 from keras_unetpp.export import saved_model as saved_model_lib
+from keras_unetpp.synthetic import write_synthetic_dataset
 
 FILTERS = (4, 8, 16, 32)
 TRAINING_INFO = {"dataset": "synthetic", "epochs": 0, "loss": "BCEDiceLoss"}
@@ -67,10 +72,12 @@ def _reference(model, level, images):
 
 def _train_normalized(batch, normalization):
     """A batch as keras_unetpp.data feeds it to the model in training."""
-    return np.stack([
-        prepare_image(image, image.shape[-1], normalization, "test image")
-        for image in batch
-    ])
+    return np.stack(
+        [
+            prepare_image(image, image.shape[-1], normalization, "test image")
+            for image in batch
+        ]
+    )
 
 
 def _tree(folder):
@@ -119,7 +126,10 @@ def test_layout_and_models_config(exported):
         # Nothing but the version folder: the temporary sibling was renamed.
         assert [child.name for child in path.parent.iterdir()] == ["1"]
     assert sorted(child.name for child in export_dir.iterdir()) == [
-        "models.config", "unetpp_l1", "unetpp_l2", "unetpp_l3"
+        "models.config",
+        "unetpp_l1",
+        "unetpp_l2",
+        "unetpp_l3",
     ]
     text = (export_dir / "models.config").read_text()
     entries = "".join(
@@ -136,7 +146,9 @@ def test_layout_and_models_config(exported):
         return  # The exact text above already pins the format.
     config = text_format.Parse(text, model_server_config_pb2.ModelServerConfig())
     assert [c.name for c in config.model_config_list.config] == [
-        "unetpp_l1", "unetpp_l2", "unetpp_l3"
+        "unetpp_l1",
+        "unetpp_l2",
+        "unetpp_l3",
     ]
 
 
@@ -165,7 +177,14 @@ def test_metadata(model, exported):
             "dtype": "float32",
             "shape": [None, None, None, 1],
             "layout": "NHWC (batch, height, width, channels); any height and width",
+            "check": "inside the graph: another rank or channel count fails with "
+            "'image must be (batch, height, width, 1): received rank R / C channels'",
         }
+        assert info["mode"]["name"] == "fast" and info["mode"]["heads"] == [level]
+        # export_pruned's default size policy: each image at its own scale.
+        assert info["size_policy"]["mode"] == "native"
+        assert info["size_policy"]["image_size"] is None
+        assert "own scale" in info["preprocessing"]["size"]
         assert info["preprocessing"]["stride"] == 2**level
         assert info["preprocessing"]["normalization"] == "dtype"
         assert info["outputs"]["mask"]["dtype"] == "uint8"
@@ -182,9 +201,10 @@ def test_signature_in_process(model, exported):
     images = _images(2, 33, 47)
     for level, path in paths.items():
         signature = tf.saved_model.load(str(path)).signatures["serving_default"]
+        # Unknown rank, so that the graph's own check names a bad shape.
         assert signature.structured_input_signature == (
             (),
-            {"image": tf.TensorSpec((None, None, None, 1), tf.float32, name="image")},
+            {"image": tf.TensorSpec(None, tf.float32, name="image")},
         )
         assert sorted(signature.structured_outputs) == ["mask", "probabilities"]
         outputs = signature(image=tf.constant(images))
@@ -229,23 +249,45 @@ def variants(model, tmp_path_factory):
     """Exports with other options: uint8 input, bfloat16, multi-class logits."""
     root = tmp_path_factory.mktemp("variants")
     uint8 = export_pruned(model, root / "uint8", levels=[2], input_dtype="uint8")
-    minmax = export_pruned(model, root / "minmax", levels=[1], input_dtype="uint16",
-                           normalization="minmax", jit_compile=True)
+    minmax = export_pruned(
+        model,
+        root / "minmax",
+        levels=[1],
+        input_dtype="uint16",
+        normalization="minmax",
+        jit_compile=True,
+    )
     bf16 = export_pruned(model, root / "bf16", levels=[3], compute_dtype="bfloat16")
     # A static-size, three-class model with a logits head: the export must
     # free its spatial size and apply the softmax the head leaves out.
     keras.utils.set_random_seed(3)
     static = _randomize_normalization(
-        ku.build(depth=2, input_shape=(32, 32, 2), num_classes=3,
-                 filters=(4, 8, 16), output_activation=None, name="classes"),
+        ku.build(
+            depth=2,
+            input_shape=(32, 32, 2),
+            num_classes=3,
+            filters=(4, 8, 16),
+            output_activation=None,
+            name="classes",
+        ),
         seed=3,
     )
     multi = export_pruned(static, root / "multi")
-    dynamic = ku.build(depth=2, input_shape=(None, None, 2), num_classes=3,
-                       filters=(4, 8, 16), output_activation=None)
+    dynamic = ku.build(
+        depth=2,
+        input_shape=(None, None, 2),
+        num_classes=3,
+        filters=(4, 8, 16),
+        output_activation=None,
+    )
     dynamic.set_weights(static.get_weights())
-    return {"uint8": uint8[2], "minmax": minmax[1], "bf16": bf16[3],
-            "multi": multi[2], "dynamic": dynamic}
+    return {
+        "uint8": uint8[2],
+        "minmax": minmax[1],
+        "bf16": bf16[3],
+        "multi": multi[2],
+        "dynamic": dynamic,
+    }
 
 
 @pytest.mark.slow
@@ -267,22 +309,45 @@ def test_reload_in_fresh_process_matches_keras(model, exported, variants, tmp_pa
     np.save(tmp_path / "raw.npy", raw)
     xla_input = str(inputs[33, 47])
     jobs = [
-        {"model": str(paths[level]), "inputs": [str(p) for p in inputs.values()],
-         "out": str(tmp_path / f"l{level}"), "xla_input": xla_input}
+        {
+            "model": str(paths[level]),
+            "inputs": [str(p) for p in inputs.values()],
+            "out": str(tmp_path / f"l{level}"),
+            "xla_input": xla_input,
+        }
         for level in paths
     ] + [
-        {"model": str(variants["bf16"]), "inputs": [],
-         "out": str(tmp_path / "bf16"), "xla_input": xla_input},
-        {"model": str(variants["uint8"]), "inputs": [str(tmp_path / "pixels.npy")],
-         "out": str(tmp_path / "uint8"), "xla_input": None},
-        {"model": str(variants["multi"]), "inputs": [str(tmp_path / "two.npy")],
-         "out": str(tmp_path / "multi"), "xla_input": str(tmp_path / "two.npy")},
-        {"model": str(variants["minmax"]), "inputs": [str(tmp_path / "raw.npy")],
-         "out": str(tmp_path / "minmax"), "xla_input": str(tmp_path / "raw.npy")},
+        {
+            "model": str(variants["bf16"]),
+            "inputs": [],
+            "out": str(tmp_path / "bf16"),
+            "xla_input": xla_input,
+        },
+        {
+            "model": str(variants["uint8"]),
+            "inputs": [str(tmp_path / "pixels.npy")],
+            "out": str(tmp_path / "uint8"),
+            "xla_input": None,
+        },
+        {
+            "model": str(variants["multi"]),
+            "inputs": [str(tmp_path / "two.npy")],
+            "out": str(tmp_path / "multi"),
+            "xla_input": str(tmp_path / "two.npy"),
+        },
+        {
+            "model": str(variants["minmax"]),
+            "inputs": [str(tmp_path / "raw.npy")],
+            "out": str(tmp_path / "minmax"),
+            "xla_input": str(tmp_path / "raw.npy"),
+        },
     ]
     result = subprocess.run(
         [sys.executable, "-c", _FRESH_PROCESS, json.dumps(jobs)],
-        capture_output=True, text=True, cwd=tmp_path, timeout=600,
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        timeout=600,
         env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"},
     )
     assert result.returncode == 0, result.stderr[-3000:]
@@ -333,15 +398,28 @@ def test_saved_model_cli_show_and_run(model, exported, tmp_path):
     np.save(tmp_path / "image.npy", images)
     commands = {
         "show": [cli, "show", "--all", "--dir", str(paths[3])],
-        "run": [cli, "run", "--dir", str(paths[3]), "--tag_set", "serve",
-                "--signature_def", "serving_default",
-                "--inputs", f"image={tmp_path / 'image.npy'}",
-                "--outdir", str(tmp_path / "out")],
+        "run": [
+            cli,
+            "run",
+            "--dir",
+            str(paths[3]),
+            "--tag_set",
+            "serve",
+            "--signature_def",
+            "serving_default",
+            "--inputs",
+            f"image={tmp_path / 'image.npy'}",
+            "--outdir",
+            str(tmp_path / "out"),
+        ],
     }
     # Both at once: most of each command's time is importing TensorFlow.
     processes = {
         name: subprocess.Popen(
-            command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            command,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
             env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"},
         )
         for name, command in commands.items()
@@ -356,6 +434,7 @@ def test_saved_model_cli_show_and_run(model, exported, tmp_path):
         "outputs['probabilities'] tensor_info:",
         "outputs['mask'] tensor_info:",
         "dtype: DT_UINT8",
+        "shape: unknown_rank",
         "shape: (-1, -1, -1, 1)",
     ):
         assert line in show, show[-3000:]
@@ -370,14 +449,16 @@ def test_saved_model_cli_show_and_run(model, exported, tmp_path):
 @pytest.mark.parametrize(
     "compute_dtype, tolerance", [("bfloat16", 0.02), ("float16", 0.003)]
 )
-def test_low_precision_compute_against_float32(model, variants, compute_dtype,
-                                               tolerance, tmp_path):
+def test_low_precision_compute_against_float32(
+    model, variants, compute_dtype, tolerance, tmp_path
+):
     """Low-precision convolutions, float32 outputs, close to float32."""
     if compute_dtype == "bfloat16":
         path = variants["bf16"]
     else:
-        path = export_pruned(model, tmp_path, levels=[3],
-                             compute_dtype=compute_dtype)[3]
+        path = export_pruned(model, tmp_path, levels=[3], compute_dtype=compute_dtype)[
+            3
+        ]
     assert load_metadata(path)["compute_dtype"] == compute_dtype
     signature = tf.saved_model.load(str(path)).signatures["serving_default"]
     images = _images(2, 47, 53)
@@ -412,8 +493,12 @@ def test_mixed_precision_model_exports_as_trained_or_in_float32(tmp_path):
     expected = _reference(float32, 2, images)
     differences = {}
     for compute_dtype in (None, "float32"):
-        path = export_pruned(mixed, tmp_path / str(compute_dtype), levels=[2],
-                             compute_dtype=compute_dtype)[2]
+        path = export_pruned(
+            mixed,
+            tmp_path / str(compute_dtype),
+            levels=[2],
+            compute_dtype=compute_dtype,
+        )[2]
         signature = tf.saved_model.load(str(path)).signatures["serving_default"]
         outputs = signature(image=tf.constant(images))["probabilities"].numpy()
         differences[load_metadata(path)["compute_dtype"]] = np.abs(
@@ -461,7 +546,9 @@ def test_next_version_overwrite_and_refusal(tmp_path):
     first = export_pruned(small_model, tmp_path, levels=[1], model_name="cells")
     assert first == {1: tmp_path / "cells_l1" / "1"}
     assert load_metadata(first[1])["source_model"] == {
-        "name": "unetpp", "heads": [1, 2], "optimizer": "Adam",
+        "name": "unetpp",
+        "heads": [1, 2],
+        "optimizer": "Adam",
         "optimizer_steps": 120,
     }
     # The next version is one more than the highest of any exported level.
@@ -473,8 +560,13 @@ def test_next_version_overwrite_and_refusal(tmp_path):
         export_pruned(small_model, tmp_path, levels=[2], version=2, model_name="cells")
     assert _tree(tmp_path) == before
     replaced = export_pruned(
-        small_model, tmp_path, levels=[2], version=2, model_name="cells",
-        overwrite=True, training_info={"run": "replacement"},
+        small_model,
+        tmp_path,
+        levels=[2],
+        version=2,
+        model_name="cells",
+        overwrite=True,
+        training_info={"run": "replacement"},
     )
     assert load_metadata(replaced[2])["training"] == {"run": "replacement"}
     assert sorted(p.name for p in (tmp_path / "cells_l2").iterdir()) == ["2"]
@@ -487,8 +579,7 @@ class _Injected(Exception):
 
 
 @pytest.mark.parametrize("error", [_Injected, KeyboardInterrupt])
-def test_failed_export_leaves_nothing_behind(small_model, tmp_path, monkeypatch,
-                                             error):
+def test_failed_export_leaves_nothing_behind(small_model, tmp_path, monkeypatch, error):
     """An exception or Ctrl-C after one level was written undoes everything."""
     existing = tmp_path / "existing"
     export_pruned(small_model, existing, levels=[1])
@@ -502,8 +593,9 @@ def test_failed_export_leaves_nothing_behind(small_model, tmp_path, monkeypatch,
         written.append(folder)
         return write_metadata(folder, metadata)
 
-    monkeypatch.setattr(saved_model_lib.metadata_lib, "write_metadata",
-                        fail_on_second_level)
+    monkeypatch.setattr(
+        saved_model_lib.metadata_lib, "write_metadata", fail_on_second_level
+    )
     with pytest.raises(error, match="injected failure"):
         export_pruned(small_model, existing)
     assert written and not written[0].exists()
@@ -515,8 +607,7 @@ def test_failed_export_leaves_nothing_behind(small_model, tmp_path, monkeypatch,
     assert not (tmp_path / "new").exists()
 
 
-def test_failure_while_moving_into_place_rolls_back(small_model, tmp_path,
-                                                    monkeypatch):
+def test_failure_while_moving_into_place_rolls_back(small_model, tmp_path, monkeypatch):
     """Levels already renamed into place are removed, replaced ones restored."""
     export_pruned(small_model, tmp_path, version=4, training_info={"run": "old"})
     before = _tree(tmp_path)
@@ -532,8 +623,13 @@ def test_failure_while_moving_into_place_rolls_back(small_model, tmp_path,
 
     monkeypatch.setattr(saved_model_lib.os, "rename", fail_second_level)
     with pytest.raises(OSError, match="injected"):
-        export_pruned(small_model, tmp_path, version=4, overwrite=True,
-                      training_info={"run": "new"})
+        export_pruned(
+            small_model,
+            tmp_path,
+            version=4,
+            overwrite=True,
+            training_info={"run": "new"},
+        )
     assert moved == [tmp_path / "unetpp_l1" / "4"]
     assert _tree(tmp_path) == before
     assert load_metadata(tmp_path / "unetpp_l1" / "4")["training"] == {"run": "old"}
@@ -578,3 +674,381 @@ def test_invalid_models_and_folders(tmp_path):
     with pytest.raises(ValueError, match="must be a folder"):
         export_pruned(no_supervision, tmp_path / "file")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["file"]
+
+
+# The size policy, the accurate mode, the input check and run exports.
+
+RESIZE = SizePolicy.resize((32, 48))
+
+
+def _predicted(keras_model, images, policy):
+    """What `keras-unetpp predict` computes for each image of a batch."""
+    return np.stack(
+        [
+            prediction.predict_probabilities(keras_model, image, policy)
+            for image in images
+        ]
+    )
+
+
+def _serve(path, images):
+    signature = tf.saved_model.load(str(path)).signatures["serving_default"]
+    outputs = signature(image=tf.constant(images))
+    return {key: value.numpy() for key, value in outputs.items()}
+
+
+@pytest.fixture(scope="module")
+def resized(model, tmp_path_factory):
+    """Levels 1 and 3 and the accurate mode of a model trained at 32x48."""
+    export_dir = tmp_path_factory.mktemp("resized")
+    return export_pruned(
+        model, export_dir, levels=[1, 3], size_policy=RESIZE, accurate=True
+    )
+
+
+def test_resize_policy_serves_what_predict_predicts(model, resized):
+    """Issue 12: a resize-mode model is served at its training size, as predict."""
+    images = _images(2, 45, 61)
+    sub_models = {
+        1: ku.prune(model, 1),
+        3: ku.prune(model, 3),
+        "accurate": ku.inference_model(model, "accurate"),
+    }
+    assert sorted(resized, key=str) == [1, 3, "accurate"]
+    for key, path in resized.items():
+        outputs = _serve(path, images)
+        expected = _predicted(sub_models[key], images, RESIZE)
+        assert outputs["probabilities"].shape == (2, 45, 61, 1)
+        assert np.abs(outputs["probabilities"] - expected).max() <= 1e-5
+        np.testing.assert_array_equal(outputs["mask"], expected >= 0.5)
+        # At native scale the network would answer something else.
+        native = _predicted(sub_models[key], images, SizePolicy.native())
+        assert np.abs(native - expected).max() > 0.01
+        info = load_metadata(path)
+        assert info["size_policy"]["mode"] == "resize"
+        assert info["size_policy"]["image_size"] == [32, 48]
+        assert info["size_policy"]["aspect_ratio"] == "squashed"
+        assert info["preprocessing"]["size"].startswith(
+            "inside the graph: resized to 32x48 for the network, as in training"
+        )
+        assert (
+            "probabilities resized back to the input size"
+            in (info["size_policy"]["description"])
+        )
+
+
+def test_resize_policy_with_xla_compiles_the_network(model, tmp_path):
+    path = export_pruned(
+        model, tmp_path, levels=[2], size_policy=RESIZE, jit_compile=True
+    )[2]
+    assert _xla_marked(path)
+    images = _images(1, 50, 39)
+    expected = _predicted(ku.prune(model, 2), images, RESIZE)
+    assert np.abs(_serve(path, images)["probabilities"] - expected).max() <= 1e-5
+
+
+def test_accurate_mode_is_a_served_model(model, resized):
+    export_dir = resized[1].parent.parent
+    assert resized["accurate"] == export_dir / "unetpp_accurate" / "1"
+    assert sorted(child.name for child in export_dir.iterdir()) == [
+        "models.config",
+        "unetpp_accurate",
+        "unetpp_l1",
+        "unetpp_l3",
+    ]
+    assert 'name: "unetpp_accurate"' in (export_dir / "models.config").read_text()
+    info = load_metadata(resized["accurate"])
+    assert info["model_name"] == "unetpp_accurate" and info["level"] is None
+    assert info["mode"]["name"] == "accurate" and info["mode"]["heads"] == [1, 2, 3]
+    assert "mean of the probabilities of heads L1..L3" in info["mode"]["meaning"]
+    assert info["preprocessing"]["stride"] == 8
+    assert info["parameters"] == model.count_params()
+
+
+def test_accurate_needs_several_heads_and_fails_atomically(
+    small_model, tmp_path, monkeypatch
+):
+    with pytest.raises(ValueError, match="averages the deep-supervision heads"):
+        export_pruned(
+            ku.build(depth=2, filters=(4, 8, 16)), tmp_path / "one", accurate=True
+        )
+    assert not (tmp_path / "one").exists()
+    write_metadata = saved_model_lib.metadata_lib.write_metadata
+
+    def fail_on_accurate(folder, metadata):
+        if metadata["mode"]["name"] == "accurate":
+            raise _Injected("injected failure")
+        return write_metadata(folder, metadata)
+
+    monkeypatch.setattr(
+        saved_model_lib.metadata_lib, "write_metadata", fail_on_accurate
+    )
+    with pytest.raises(_Injected):
+        export_pruned(small_model, tmp_path / "out", accurate=True)
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize(
+    "shape, received",
+    [
+        ((33, 47, 1), "rank 3 / 1 channels"),
+        ((1, 2, 33, 47, 1), "rank 5 / 1 channels"),
+        ((1, 33, 47, 3), "rank 4 / 3 channels"),
+        ((), "rank 0 / -1 channels"),
+    ],
+)
+def test_serving_graph_names_a_bad_shape(exported, resized, shape, received):
+    _, paths = exported
+    for path in (paths[2], resized["accurate"]):
+        signature = tf.saved_model.load(str(path)).signatures["serving_default"]
+        expected = r"image must be \(batch, height, width, 1\): received " + re.escape(
+            received
+        )
+        with pytest.raises(tf.errors.InvalidArgumentError, match=expected):
+            signature(image=tf.zeros(shape, tf.float32))
+
+
+def test_size_policy_checks():
+    with pytest.raises(ValueError, match=r"not a multiple of the network's stride 8"):
+        export_pruned(
+            ku.build(depth=3, filters=FILTERS),
+            "unused",
+            size_policy=SizePolicy.resize((36, 48)),
+        )
+    with pytest.raises(ValueError, match="must be a keras_unetpp.size_policy"):
+        export_pruned(ku.build(depth=1, filters=(4, 8)), "unused", size_policy=(32, 32))
+    with pytest.raises(ValueError, match="positive ints"):
+        SizePolicy.resize((32,))
+    with pytest.raises(ValueError, match="takes no image_size"):
+        SizePolicy("native", (32, 32))
+    config = {"data": {"resize_mode": "resize", "image_size": [96, 64]}}
+    assert SizePolicy.from_run_config(config) == SizePolicy.resize((96, 64))
+    config["data"]["resize_mode"] = "crop"
+    assert SizePolicy.from_run_config(config) == SizePolicy.native()
+    policy = SizePolicy.resize([96, 64])
+    assert SizePolicy.from_dict(policy.to_dict()) == policy
+    assert not os.path.exists("unused")
+
+
+@pytest.fixture(scope="module")
+def synthetic_source(tmp_path_factory):
+    root = write_synthetic_dataset(
+        tmp_path_factory.mktemp("data") / "cells", num_images=4, image_size=(32, 40)
+    )
+    return sources.data_source(data_dir=root)
+
+
+@pytest.mark.parametrize("resize_mode", ["resize", "crop"])
+def test_export_run_records_the_policy_and_no_absolute_paths(
+    synthetic_source, tmp_path, resize_mode
+):
+    model = tiny_model(depth=2, seed=3)
+    run = make_run(
+        tmp_path / "run", model, synthetic_source, resize_mode, image_size=(32, 48)
+    )
+    paths = runs.export_run(run, levels=[1])
+    # The accurate mode comes by default with a deep-supervision model.
+    assert sorted(paths, key=str) == [1, "accurate"]
+    info = load_metadata(paths[1])
+    expected = "resize" if resize_mode == "resize" else "native"
+    assert info["size_policy"]["mode"] == expected
+    assert info["training"]["resize_mode"] == resize_mode
+    assert info["training"]["data"]["images"] == "cells/images"
+    assert info["training"]["data"]["manifest"] == "cells/manifest.csv"
+    assert info["training"]["val_output_l2_iou"] == 0.5
+    root = str(pathlib.Path(synthetic_source["images"]).parents[1])
+    for path in paths.values():
+        text = (path / "keras_unetpp_metadata.json").read_text()
+        assert root not in text and str(tmp_path) not in text
+    recorded = runs.export_run(run, levels=[1], accurate=False, record_paths=True)
+    assert sorted(recorded) == [1]
+    info = load_metadata(recorded[1])
+    assert info["training"]["data"] == synthetic_source
+    assert info["version"] == 2
+
+
+_SERVE_FILES = textwrap.dedent(
+    """
+    import json
+    import sys
+
+    import numpy as np
+    import tensorflow as tf
+
+    jobs = json.loads(sys.argv[1])
+    for job in jobs:
+        signature = tf.saved_model.load(job["model"]).signatures["serving_default"]
+        for name, path in job["images"].items():
+            pixels = tf.io.decode_png(tf.io.read_file(path), channels=3)
+            outputs = signature(image=pixels[None])
+            np.save(f"{job['out']}_{name}_probabilities.npy",
+                    outputs["probabilities"].numpy()[0, ..., 0])
+            np.save(f"{job['out']}_{name}_mask.npy", outputs["mask"].numpy()[0, ..., 0])
+    assert "keras_unetpp" not in sys.modules
+    print("served ok")
+    """
+)
+
+# Odd sizes (height, width) made from real DSB 2018 images: a crop, the
+# native 256x320 of the colour images, and an upscale to the 520x696 of the
+# issue.
+REAL_SIZES = {
+    "crop_97x131": (97, 131),
+    "native_256x320": (256, 320),
+    "up_520x696": (520, 696),
+}
+
+
+def _real_images(shared_data, folder):
+    """Writes three DSB images of odd sizes as RGB PNGs into `folder`."""
+    import cv2
+
+    root = shared_data / "dsb2018_nuclei"
+    with open(root / "manifest.csv") as f:
+        rows = [line.strip().split(",") for line in f][1:]
+    colour = sorted(
+        r[0]
+        for r in rows
+        if r[1:3] == ["320", "256"] and r[4] != "grayscale_fluorescence"
+    )
+    stems = {
+        "crop_97x131": colour[2],
+        "native_256x320": colour[0],
+        "up_520x696": colour[1],
+    }
+    folder.mkdir()
+    for name, (height, width) in REAL_SIZES.items():
+        image = cv2.imread(
+            str(root / "images" / f"{stems[name]}.png"), cv2.IMREAD_COLOR
+        )
+        if name.startswith("crop"):
+            image = image[50 : 50 + height, 60 : 60 + width]
+        elif name.startswith("up"):
+            image = cv2.resize(image, (width, height), interpolation=cv2.INTER_CUBIC)
+        assert image.shape == (height, width, 3)
+        assert cv2.imwrite(str(folder / f"{name}.png"), image)
+    return {name: str(folder / f"{name}.png") for name in REAL_SIZES}
+
+
+def _centred(model, image):
+    """Shifts each head's bias so that its median logit on `image` is 0.
+
+    An untrained network's masks are often all background or all
+    foreground; centred, each head marks about half of the pixels, so that
+    the masks compared below are not trivially equal.
+    """
+    from keras_unetpp.description import logits_name
+
+    for level in ku.describe(model).heads:
+        layer = model.get_layer(logits_name(level))
+        logits = keras.Model(model.input, layer.output)(image[None].astype("float32"))
+        kernel, bias = layer.get_weights()
+        layer.set_weights([kernel, bias - np.median(np.asarray(logits))])
+    return model
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("resize_mode", ["resize", "crop"])
+def test_served_masks_equal_predict_on_real_images(
+    shared_data, synthetic_source, tmp_path, resize_mode
+):
+    """Issue 12: a run's SavedModels, reloaded with TensorFlow only, give the
+    masks of `keras-unetpp predict` on real images of odd sizes, in both modes.
+
+    Probabilities agree to 1e-5 and at least 99.99% of the mask pixels are
+    equal (they are all equal in practice: the difference is float rounding
+    between the Keras call and the served graph).
+    """
+    images = _real_images(shared_data, tmp_path / "images")
+    model = _centred(
+        tiny_model(channels=3, depth=3, seed=12),
+        prediction.read_image(images["native_256x320"]) / 255.0,
+    )
+    run = make_run(
+        tmp_path / "run", model, synthetic_source, resize_mode, image_size=(64, 96)
+    )
+    paths = runs.export_run(run, input_dtype="uint8")
+    assert sorted(paths, key=str) == [1, 2, 3, "accurate"]
+    jobs = [
+        {"model": str(path), "images": images, "out": str(tmp_path / str(key))}
+        for key, path in paths.items()
+    ]
+    result = subprocess.run(
+        [sys.executable, "-c", _SERVE_FILES, json.dumps(jobs)],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        timeout=600,
+        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"},
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = {}
+    for key in paths:
+        out = tmp_path / f"predicted_{key}"
+        predicted = runs.predict_run(
+            run,
+            tmp_path / "images",
+            out,
+            probabilities="npy",
+            level=None if key == "accurate" else key,
+        )
+        assert predicted["model"].startswith("accurate" if key == "accurate" else "L")
+        assert len(predicted["masks"]) == len(REAL_SIZES)
+        for name, size in REAL_SIZES.items():
+            import cv2
+
+            mask = cv2.imread(str(out / "masks" / f"{name}.png"), cv2.IMREAD_UNCHANGED)
+            probabilities = np.load(out / "probabilities" / f"{name}.npy")
+            served = np.load(tmp_path / f"{key}_{name}_probabilities.npy")
+            served_mask = np.load(tmp_path / f"{key}_{name}_mask.npy")
+            assert mask.shape == probabilities.shape == served.shape == size
+            difference = float(np.abs(served - probabilities).max())
+            equal = float(np.mean((served_mask > 0) == (mask > 0)))
+            report[f"{key}/{name}"] = (difference, equal)
+            assert difference <= 1e-5, (key, name, difference)
+            assert equal >= 0.9999, (key, name, equal)
+            report[f"{key}/{name}"] += (float(np.mean(mask > 0)),)
+    print(
+        f"\n{resize_mode}: max abs probability difference, mask pixels equal, "
+        "foreground share"
+    )
+    for name, (difference, equal, foreground) in report.items():
+        print(f"  {name}: {difference:.2e}, {100 * equal:.4f}%, {foreground:.3f}")
+    # Not a trivial agreement: the masks hold both classes.
+    foreground = [row[2] for row in report.values()]
+    assert 0.05 < np.mean(foreground) < 0.95, report
+
+
+def test_export_command_exports_the_accurate_mode_by_default(
+    synthetic_source, tmp_path, capsys
+):
+    from keras_unetpp import cli
+
+    run = make_run(
+        tmp_path / "run",
+        tiny_model(depth=2, seed=4),
+        synthetic_source,
+        "resize",
+        image_size=(32, 48),
+    )
+    assert cli.main(["export", str(run), "--levels", "2"]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert lines == [
+        f"L2: {run / 'export' / 'unetpp_l2' / '1'}",
+        f"accurate: {run / 'export' / 'unetpp_accurate' / '1'}",
+        "Each request is resized to 32x48 for the network, as in training "
+        "(bilinear, antialiased; the aspect ratio is not kept); probabilities "
+        "resized back to the input size (bilinear) before the threshold.",
+        f"TF Serving config: {run / 'export' / 'models.config'}",
+    ]
+    assert (
+        cli.main(
+            ["export", str(run), "--levels", "1", "--no-accurate", "--record-paths"]
+        )
+        == 0
+    )
+    assert "accurate" not in capsys.readouterr().out
+    assert serving_config.versions(run / "export" / "unetpp_accurate") == [1]
+    assert serving_config.versions(run / "export" / "unetpp_l1") == [1]
+    info = load_metadata(run / "export" / "unetpp_l1" / "1")
+    assert info["training"]["data"]["images"] == synthetic_source["images"]

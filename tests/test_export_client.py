@@ -117,10 +117,13 @@ class _RestHandler(http.server.BaseHTTPRequestHandler):
             key: json_format.MessageToDict(value, preserving_proto_field_name=True)
             for key, value in model["signature_defs"].items()
         }
-        self._answer(200, {
-            "model_spec": {"name": self.path.split("/")[3], "signature_name": ""},
-            "metadata": {"signature_def": {"signature_def": signature_defs}},
-        })
+        self._answer(
+            200,
+            {
+                "model_spec": {"name": self.path.split("/")[3], "signature_name": ""},
+                "metadata": {"signature_def": {"signature_def": signature_defs}},
+            },
+        )
 
     def do_POST(self):
         model, verb = self._model()
@@ -133,7 +136,12 @@ class _RestHandler(http.server.BaseHTTPRequestHandler):
             name: tf.constant(np.asarray(value, dtype=specs[name].dtype.as_numpy_dtype))
             for name, value in body["inputs"].items()
         }
-        outputs = signature(**inputs)
+        try:
+            outputs = signature(**inputs)
+        except tf.errors.InvalidArgumentError as error:
+            # TF Serving answers a failed run with HTTP 400 and its message.
+            self._answer(400, {"error": error.message})
+            return
         outputs = {key: value.numpy().tolist() for key, value in outputs.items()}
         self._answer(200, {"outputs": outputs})
 
@@ -157,14 +165,19 @@ def test_rest_client_builds_requests_from_the_signature(served, client_lib):
         signature = client.signature()
         assert signature.input_name == "image"
         assert signature.inputs["image"].dtype == np.uint8
-        assert signature.inputs["image"].shape == (-1, -1, -1, 1)
+        # Unknown rank: the served graph checks rank and channels itself.
+        assert signature.inputs["image"].shape == ()
+        assert signature.outputs["probabilities"].shape == (-1, -1, -1, 1)
         assert {k: v.dtype for k, v in signature.outputs.items()} == {
-            "probabilities": np.float32, "mask": np.uint8
+            "probabilities": np.float32,
+            "mask": np.uint8,
         }
         pixels = _pixels(2, 45, 38)
         body = client.build_request(pixels)
-        assert body == {"signature_name": "serving_default",
-                        "inputs": {"image": pixels.tolist()}}
+        assert body == {
+            "signature_name": "serving_default",
+            "inputs": {"image": pixels.tolist()},
+        }
         outputs = client.predict(pixels)
         direct = _direct(served, "cells_l2", pixels)
         assert sorted(outputs) == ["mask", "probabilities"]
@@ -185,8 +198,17 @@ def test_rest_client_errors(served, client_lib):
         client = client_lib.RestClient(address, "cells_l1")
         with pytest.raises(ValueError, match="takes uint8 pixels.*dtype=float32"):
             client.predict(np.zeros((1, 8, 8, 1), np.float32))
-        with pytest.raises(ValueError, match=r"Received: shape=\(1, 8, 8, 3\)"):
+        # The channel count is checked by the served graph, which names it.
+        with pytest.raises(
+            RuntimeError,
+            match=(
+                r"(?s)HTTP 400.*image must be \(batch, height, width, 1\): received "
+                r"rank 4 / 3 channels"
+            ),
+        ):
             client.predict(np.zeros((1, 8, 8, 3), np.uint8))
+        with pytest.raises(ValueError, match=r"Received: shape=\(1, 1, 8, 8, 1\)"):
+            client.predict(np.zeros((1, 1, 8, 8, 1), np.uint8))
         with pytest.raises(ValueError, match=r"must fit uint8.*range=\(0, 300\)"):
             client.predict(np.array([[0, 300]], np.int32))
 
@@ -195,9 +217,17 @@ def test_client_command_line(served, client_lib, tmp_path):
     pixels = _pixels(1, 29, 31, seed=1)
     np.save(tmp_path / "image.npy", pixels[0])
     with _rest_server(served["models"]) as address:
-        client_lib.main(["--model", "cells_l1", "--rest", address,
-                         str(tmp_path / "image.npy"),
-                         "--output", str(tmp_path / "mask.npy")])
+        client_lib.main(
+            [
+                "--model",
+                "cells_l1",
+                "--rest",
+                address,
+                str(tmp_path / "image.npy"),
+                "--output",
+                str(tmp_path / "mask.npy"),
+            ]
+        )
     mask = np.load(tmp_path / "mask.npy")
     expected = _direct(served, "cells_l1", pixels)["mask"][0, ..., 0]
     np.testing.assert_array_equal(mask, expected)
@@ -231,10 +261,12 @@ def _grpc_server(models):
 
         def Predict(self, request, context):
             signature = models[request.model_spec.name]["signature"]
-            outputs = signature(**{
-                name: tf.constant(tf.make_ndarray(proto))
-                for name, proto in request.inputs.items()
-            })
+            outputs = signature(
+                **{
+                    name: tf.constant(tf.make_ndarray(proto))
+                    for name, proto in request.inputs.items()
+                }
+            )
             response = predict_pb2.PredictResponse()
             for name, value in outputs.items():
                 response.outputs[name].CopyFrom(tf.make_tensor_proto(value.numpy()))
@@ -284,9 +316,14 @@ def test_live_tensorflow_model_server(served, client_lib, tmp_path):
     grpc_port, rest_port = _free_port(), _free_port()
     log = open(tmp_path / "server.log", "w")
     server = subprocess.Popen(
-        [binary, f"--port={grpc_port}", f"--rest_api_port={rest_port}",
-         f"--model_config_file={served['export_dir'] / 'models.config'}"],
-        stdout=log, stderr=subprocess.STDOUT,
+        [
+            binary,
+            f"--port={grpc_port}",
+            f"--rest_api_port={rest_port}",
+            f"--model_config_file={served['export_dir'] / 'models.config'}",
+        ],
+        stdout=log,
+        stderr=subprocess.STDOUT,
     )
     try:
         deadline = time.monotonic() + 120
@@ -295,9 +332,11 @@ def test_live_tensorflow_model_server(served, client_lib, tmp_path):
             assert server.poll() is None, (tmp_path / "server.log").read_text()[-3000:]
             try:
                 states = [
-                    json.loads(urllib.request.urlopen(
-                        f"http://localhost:{rest_port}/v1/models/{name}", timeout=5
-                    ).read())["model_version_status"][0]["state"]
+                    json.loads(
+                        urllib.request.urlopen(
+                            f"http://localhost:{rest_port}/v1/models/{name}", timeout=5
+                        ).read()
+                    )["model_version_status"][0]["state"]
                     for name in names
                 ]
             except (OSError, ValueError, KeyError):
@@ -323,7 +362,6 @@ def test_live_tensorflow_model_server(served, client_lib, tmp_path):
         server.terminate()
         server.wait(timeout=30)
         log.close()
-
 
 
 def _readme_blocks(language):
@@ -352,7 +390,11 @@ def test_readme_grpc_example_runs(served):
     (snippet,) = [b for b in _readme_blocks("python") if "PredictRequest" in b]
     with _grpc_server(served["models"]) as address:
         namespace = {}
-        exec(snippet.replace("localhost:8500", address)
-             .replace('"unetpp_l2"', '"cells_l2"'), namespace)
+        exec(
+            snippet.replace("localhost:8500", address).replace(
+                '"unetpp_l2"', '"cells_l2"'
+            ),
+            namespace,
+        )
     assert namespace["mask"].shape == (1, 565, 584, 1)
     assert namespace["mask"].dtype == np.uint8

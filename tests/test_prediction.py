@@ -1,25 +1,33 @@
 """Tests of keras_unetpp.prediction: masks of any size, overlays, errors."""
 
+import json
+
 import cv2
 import numpy as np
 import pytest
+import tensorflow as tf
+from fake_run import make_run, tiny_model
 
 import keras_unetpp as ku
-from keras_unetpp import prediction
+from keras_unetpp import cli, prediction, runs, sources
+from keras_unetpp.errors import InputError
+from keras_unetpp.size_policy import SizePolicy
+from keras_unetpp.synthetic import write_synthetic_dataset
 
 
 @pytest.fixture(scope="module")
 def model():
-    return ku.prune(ku.build(2, (None, None, 1), filters=(2, 4, 8),
-                             deep_supervision=True), 2)
+    return ku.prune(
+        ku.build(2, (None, None, 1), filters=(2, 4, 8), deep_supervision=True), 2
+    )
 
 
 def test_to_mask_thresholds_one_class_and_argmaxes_several():
     probabilities = np.array([[[0.2], [0.5], [0.9]]], np.float32)
-    np.testing.assert_array_equal(prediction.to_mask(probabilities, 0.5),
-                                  [[0, 255, 255]])
-    np.testing.assert_array_equal(prediction.to_mask(probabilities, 0.6),
-                                  [[0, 0, 255]])
+    np.testing.assert_array_equal(
+        prediction.to_mask(probabilities, 0.5), [[0, 255, 255]]
+    )
+    np.testing.assert_array_equal(prediction.to_mask(probabilities, 0.6), [[0, 0, 255]])
     classes = np.array([[[0.1, 0.7, 0.2], [0.5, 0.2, 0.3]]], np.float32)
     np.testing.assert_array_equal(prediction.to_mask(classes), [[1, 0]])
 
@@ -73,3 +81,214 @@ def test_predict_folder_errors(model, tmp_path):
     cv2.imwrite(str(tmp_path / "x.png"), np.zeros((4, 4), np.uint8))
     with pytest.raises(ValueError, match="single-output model"):
         prediction.predict_folder(full, tmp_path, tmp_path / "out")
+
+
+# Size policy, probabilities, splits, checked writes (issue 12 and after).
+
+
+def test_resize_policy_is_what_predict_always_did(model):
+    """The shared size policy keeps predict's resize-and-back exactly."""
+    image = np.random.default_rng(2).random((50, 70, 1), np.float32)
+    resized = tf.clip_by_value(
+        tf.image.resize(image, (32, 48), method="bilinear", antialias=True), 0.0, 1.0
+    )
+    back = tf.image.resize(
+        model(resized[None], training=False)[0], (50, 70), method="bilinear"
+    )
+    for size in ((32, 48), SizePolicy.resize((32, 48))):
+        np.testing.assert_array_equal(
+            prediction.predict_probabilities(model, image, size), back.numpy()
+        )
+
+
+def _folder(tmp_path, names, size=(9, 13)):
+    folder = tmp_path / "in"
+    folder.mkdir()
+    for name in names:
+        cv2.imwrite(
+            str(folder / name),
+            np.random.default_rng(0).integers(0, 255, size, np.uint8),
+        )
+    return folder
+
+
+def test_probabilities_png16_and_npy(model, tmp_path):
+    inputs = _folder(tmp_path, ["a.png", "b.png"])
+    for file_format in ("png16", "npy"):
+        out = tmp_path / file_format
+        result = prediction.predict_images(
+            model,
+            [(p.stem, p) for p in sorted(inputs.iterdir())],
+            out,
+            probabilities=file_format,
+        )
+        assert [p.name for p in result["probabilities"]] == [
+            f"a.{'png' if file_format == 'png16' else 'npy'}",
+            f"b.{'png' if file_format == 'png16' else 'npy'}",
+        ]
+        image = prediction.prepare_image(
+            prediction.read_image(inputs / "a.png"), 1, "dtype", "a"
+        )
+        expected = prediction.predict_probabilities(model, image)[..., 0]
+        if file_format == "npy":
+            written = np.load(result["probabilities"][0])
+            assert written.dtype == np.float32
+            np.testing.assert_array_equal(written, expected)
+        else:
+            written = cv2.imread(str(result["probabilities"][0]), cv2.IMREAD_UNCHANGED)
+            assert written.dtype == np.uint16 and written.shape == (9, 13)
+            np.testing.assert_array_equal(written, np.rint(expected * 65535))
+        # The masks are the probabilities thresholded.
+        mask = cv2.imread(str(result["masks"][0]), cv2.IMREAD_UNCHANGED)
+        np.testing.assert_array_equal(mask > 0, expected >= 0.5)
+
+
+def test_probabilities_of_several_classes(tmp_path):
+    classes = ku.build(2, (None, None, 1), filters=(2, 4, 8), num_classes=3)
+    inputs = _folder(tmp_path, ["a.png"])
+    npy = prediction.predict_images(
+        classes, [("a", inputs / "a.png")], tmp_path / "npy", probabilities="npy"
+    )
+    assert np.load(npy["probabilities"][0]).shape == (9, 13, 3)
+    png = prediction.predict_images(
+        classes, [("a", inputs / "a.png")], tmp_path / "png", probabilities="png16"
+    )
+    assert [p.name for p in png["probabilities"]] == [
+        "a_class0.png",
+        "a_class1.png",
+        "a_class2.png",
+    ]
+
+
+def test_clashing_output_names_are_refused_up_front(model, tmp_path):
+    inputs = _folder(tmp_path, ["a.png", "a.tif", "b.png"])
+    with pytest.raises(InputError, match=r"a\.png' and .*a\.tif' -> a\.png"):
+        prediction.predict_folder(model, inputs, tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
+def test_every_write_is_checked(model, tmp_path):
+    inputs = _folder(tmp_path, ["a.png", "b.png"])
+    (tmp_path / "out" / "masks" / "b.png").mkdir(parents=True)  # not writable
+    with pytest.raises(InputError, match=r"Could not write '.*masks/b\.png'"):
+        prediction.predict_folder(model, inputs, tmp_path / "out")
+    (tmp_path / "file").write_text("not a folder")
+    with pytest.raises(InputError, match="Cannot create the output folder"):
+        prediction.predict_folder(model, inputs, tmp_path / "file")
+    with pytest.raises(InputError, match="Cannot create the output folder"):
+        prediction.predict_folder(model, inputs, tmp_path / "file" / "sub")
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    """A resize-mode run (trained at 32x48) on 8 synthetic images, 2 in val."""
+    root = tmp_path_factory.mktemp("run")
+    data = write_synthetic_dataset(root / "data", num_images=8, image_size=(36, 44))
+    return make_run(
+        root / "run",
+        tiny_model(depth=2, seed=5),
+        sources.data_source(data_dir=data),
+        "resize",
+        (32, 48),
+    )
+
+
+def _cli_line(capsys, argv):
+    assert cli.main(argv) == 0
+    return capsys.readouterr().out.strip().splitlines()[-1]
+
+
+def test_predict_a_split_of_the_run(run, tmp_path, capsys):
+    source = runs.read_run_config(run)["data"]["source"]
+    val = [pair.stem for pair in sources.source_pairs(source, "val")]
+    line = _cli_line(
+        capsys,
+        [
+            "predict",
+            str(run),
+            "--split",
+            "val",
+            "--output",
+            str(tmp_path / "val"),
+            "--probabilities",
+            "npy",
+        ],
+    )
+    assert line == (
+        f"Wrote {len(val)} masks to {tmp_path / 'val'}/masks/, {len(val)} "
+        "probability files to probabilities/ (accurate mode, mean of heads "
+        "L1..L2; images resized to 32x48 for the network as in training "
+        "(aspect ratio not kept), masks at each image's own size)."
+    )
+    assert sorted(p.stem for p in (tmp_path / "val" / "masks").iterdir()) == sorted(val)
+    for stem in val:
+        mask = cv2.imread(
+            str(tmp_path / "val" / "masks" / f"{stem}.png"), cv2.IMREAD_UNCHANGED
+        )
+        assert mask.shape == (36, 44)
+    result = runs.predict_run(
+        run, split="train", output_dir=tmp_path / "train", level=1
+    )
+    assert result["model"] == "L1" and len(result["masks"]) == 8 - len(val)
+    assert result["size_policy"] == SizePolicy.resize((32, 48))
+
+
+def test_predict_level_and_accurate_are_one_model(run, tmp_path):
+    images = _folder(tmp_path, ["x.png"], size=(40, 30))
+    model = runs.load_run_model(run)
+    image = prediction.prepare_image(
+        prediction.read_image(images / "x.png"), 1, "dtype", "x"
+    )
+    for kwargs, keras_model in (
+        ({"level": 1}, ku.prune(model, 1)),
+        ({"accurate": True}, ku.inference_model(model, "accurate")),
+        ({}, ku.inference_model(model, "accurate")),
+    ):
+        out = tmp_path / str(kwargs)
+        runs.predict_run(run, images, out, probabilities="npy", **kwargs)
+        expected = prediction.predict_probabilities(keras_model, image, (32, 48))
+        np.testing.assert_array_equal(
+            np.load(out / "probabilities" / "x.npy"), expected[..., 0]
+        )
+
+
+@pytest.mark.parametrize(
+    "argv, expected",
+    [
+        ([], "give IMAGES_DIR or --split, not neither"),
+        (["IMAGES", "--split", "val"], "give IMAGES_DIR or --split, not both"),
+        (
+            ["--split", "val", "--level", "1", "--accurate"],
+            "argument --accurate: not allowed with argument --level",
+        ),
+        (["--split", "test"], "invalid choice: 'test'"),
+        (["--split", "val", "--probabilities", "tiff"], "invalid choice: 'tiff'"),
+        (["--split", "val", "--output", "FILE"], "Cannot create the output folder"),
+        (["IMAGES", "--level", "3"], "between 1 and the model's depth (2)"),
+    ],
+)
+def test_predict_command_errors(run, tmp_path, capsys, argv, expected):
+    images = _folder(tmp_path, ["a.png"])
+    (tmp_path / "file").write_text("")
+    argv = [
+        str(images) if a == "IMAGES" else str(tmp_path / "file") if a == "FILE" else a
+        for a in argv
+    ]
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["predict", str(run), *argv])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "Traceback" not in err
+    assert expected in err
+
+
+def test_predict_split_of_a_tfds_run_is_a_one_line_error(run, tmp_path, capsys):
+    config = runs.read_run_config(run)
+    config["data"]["source"] = {"kind": "tfds", "name": "oxford_iiit_pet"}
+    other = tmp_path / "tfds_run"
+    other.mkdir()
+    (other / "run.json").write_text(json.dumps(config))
+    (other / "best.keras").write_bytes((run / "best.keras").read_bytes())
+    with pytest.raises(SystemExit):
+        cli.main(["predict", str(other), "--split", "val"])
+    assert "Only folder and DSB 2018 sources" in capsys.readouterr().err

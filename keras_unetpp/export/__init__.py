@@ -4,8 +4,10 @@ from keras_unetpp.export.metadata import load_metadata
 from keras_unetpp.export.saved_model import export_pruned
 from keras_unetpp.export.serving_config import serving_config_text, versions
 from keras_unetpp.export.signatures import make_serving_fn, pad_to_stride
+from keras_unetpp.size_policy import SizePolicy
 
 __all__ = [
+    "SizePolicy",
     "export_pruned",
     "load_metadata",
     "make_serving_fn",

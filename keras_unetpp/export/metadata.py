@@ -17,6 +17,7 @@ from keras_unetpp.description import describe
 from keras_unetpp.errors import InputError
 from keras_unetpp.export import signatures
 from keras_unetpp.flops import count_flops
+from keras_unetpp.size_policy import SizePolicy
 from keras_unetpp.version import __version__
 
 METADATA_FILE = "keras_unetpp_metadata.json"
@@ -40,12 +41,15 @@ def build_metadata(
     training_info,
     normalization="dtype",
     jit_compile=False,
+    size_policy=None,
 ):
-    """The metadata dict of one exported level.
+    """The metadata dict of one exported level (or of the accurate mode).
 
     Args:
-        model: the pruned single-output `keras.Model` that is exported.
-        level: int, its level L (the stride is `2**L`).
+        model: the pruned single-output `keras.Model` that is exported, or
+            the accurate mode (`inference_model(source_model)`).
+        level: int, its level L (the stride is `2**L`), or `"accurate"`
+            for the mean of every head (stride `2**depth`).
         model_name: str, the served model's base name (without `_l<L>`).
         version: int, the version folder's number.
         source_model: the full `keras.Model` it was pruned from.
@@ -61,11 +65,16 @@ def build_metadata(
             maps pixels to the model's input. Defaults to `"dtype"`.
         jit_compile: bool, whether the serving function is marked for XLA.
             Defaults to `False`.
+        size_policy: the `SizePolicy` of the serving function, or `None`
+            for native. Defaults to `None`.
 
     Returns:
         A JSON-serialisable dict.
     """
+    policy = SizePolicy.native() if size_policy is None else size_policy
+    accurate = level == "accurate"
     info = describe(model)
+    stride = info.stride
     channels = info.channels
     num_classes = info.num_classes
     flops = count_flops(model, FLOPS_SIZE, FLOPS_SIZE)
@@ -77,11 +86,38 @@ def build_metadata(
     else:
         scaling = f"cast to float32 and divided by {divisor:g}"
     binary = num_classes == 1
+    heads = list(describe(source_model).heads)
+    if accurate:
+        averaged = "logits" if output_activation is None else "probabilities"
+        mode = {
+            "name": "accurate",
+            "heads": heads,
+            "meaning": (
+                f"the mean of the {averaged} of heads "
+                f"L{heads[0]}..L{heads[-1]} (the paper's accurate mode, "
+                "keras_unetpp.inference_model(model, 'accurate'))"
+            ),
+        }
+    else:
+        mode = {
+            "name": "fast",
+            "heads": [level],
+            "meaning": f"the network pruned to level {level} (prune(model, {level}))",
+        }
+    if output_activation is None:
+        activation = " (applied in the graph to the logits head)"
+        if accurate:
+            activation = " (applied in the graph to the mean of the logits)"
+    else:
+        activation = ""
     return {
         "format": METADATA_FORMAT,
-        "model_name": f"{model_name}_l{level}",
+        "model_name": (
+            f"{model_name}_accurate" if accurate else f"{model_name}_l{level}"
+        ),
         "base_model_name": model_name,
-        "level": level,
+        "level": None if accurate else level,
+        "mode": mode,
         "source_depth": describe(source_model).depth,
         "source_model": _source_info(source_model),
         "version": version,
@@ -98,16 +134,25 @@ def build_metadata(
             "dtype": input_dtype,
             "shape": [None, None, None, channels],
             "layout": "NHWC (batch, height, width, channels); any height and width",
+            "check": (
+                "inside the graph: another rank or channel count fails with "
+                f"'image must be (batch, height, width, {channels}): received "
+                "rank R / C channels'"
+            ),
         },
+        "size_policy": policy.to_dict(),
         "preprocessing": {
             "scaling": scaling,
             "normalization": normalization,
+            "size": f"inside the graph: {policy.description(stride)}",
             "padding": (
                 f"inside the graph: reflect-padded at the bottom and right to "
-                f"a multiple of {2**level} (edge padding when the image is "
+                f"a multiple of {stride} (edge padding when the image is "
                 "smaller than the padding), predictions cropped back"
+                if policy.mode == "native"
+                else f"none: the training size is a multiple of {stride}"
             ),
-            "stride": 2**level,
+            "stride": stride,
         },
         "outputs": {
             signatures.PROBABILITIES: {
@@ -117,7 +162,9 @@ def build_metadata(
                     "sigmoid probability of the foreground"
                     if binary
                     else "softmax probability of each class"
-                ),
+                )
+                + activation
+                + ", at the input's height and width",
             },
             signatures.MASK: {
                 "dtype": signatures.mask_dtype(num_classes),

@@ -2,7 +2,10 @@
 
 One SavedModel per level L goes to `export_dir/<model_name>_l<L>/<version>/`,
 the layout TF Serving polls, with the level's metadata JSON inside the
-version folder and a `models.config` listing every model folder.
+version folder and a `models.config` listing every model folder. With
+`accurate=True` the paper's accurate mode (the mean of heads 1..D) is a
+model of its own, `export_dir/<model_name>_accurate/<version>/`, written in
+the same transaction.
 
 Safety. A server watching the folder must never load a half-written model,
 and a failed export must not leave one behind. Every level is first written
@@ -22,17 +25,18 @@ import shutil
 import uuid
 
 import keras
-import tensorflow as tf
 
-from keras_unetpp.description import describe, output_name
+from keras_unetpp.description import ACCURATE_OUTPUT, describe, parse_head
 from keras_unetpp.errors import InputError
 from keras_unetpp.export import metadata as metadata_lib
 from keras_unetpp.export import serving_config, signatures
 from keras_unetpp.fused_batch_norm import fuse_batch_norm
-from keras_unetpp.pruning import prune
+from keras_unetpp.pruning import inference_model, prune
+from keras_unetpp.size_policy import SizePolicy
 from keras_unetpp.validation import is_int
 
 COMPUTE_DTYPES = (None, "float32", "bfloat16", "float16")
+ACCURATE = "accurate"
 
 
 def export_pruned(
@@ -49,6 +53,8 @@ def export_pruned(
     base_path=None,
     normalization="dtype",
     jit_compile=False,
+    size_policy=None,
+    accurate=False,
 ):
     """Exports each pruned level of a UNet++ as a SavedModel for TF Serving.
 
@@ -64,12 +70,16 @@ def export_pruned(
     Each SavedModel has one signature, `serving_default`:
 
     - input `image`: `(batch, height, width, channels)` of `input_dtype`, any
-      batch size, height and width. The graph maps the pixels to [0, 1] as
-      `keras_unetpp.data` does in training (`normalization="dtype"`: `uint8`
-      divided by 255, `uint16` by 65535, float32 used as it is;
-      `"minmax"`: each image's range mapped to [0, 1]), pads them to a
-      multiple of `2**L` and crops the predictions back, so a client never
-      needs to know the network's stride or scaling.
+      batch size, height and width (checked in the graph: another rank or
+      channel count fails with a message naming both). The graph maps the
+      pixels to [0, 1] as `keras_unetpp.data` does in training
+      (`normalization="dtype"`: `uint8` divided by 255, `uint16` by 65535,
+      float32 used as it is; `"minmax"`: each image's range mapped to
+      [0, 1]) and applies `size_policy`: a native policy pads the images to
+      a multiple of `2**L` and crops the predictions back; a resize policy
+      resizes them to the training size and the probabilities back, as
+      `keras-unetpp predict` does. A client never needs to know the
+      network's stride, scale or training size.
     - output `probabilities`: float32 `(batch, height, width, classes)`.
     - output `mask`: `(batch, height, width, 1)`; `probabilities >=
       threshold` as uint8 for one-class models, the arg-max class otherwise.
@@ -120,10 +130,23 @@ def export_pruned(
             compilation (`tf.function(jit_compile=True)`), so that a server
             built with XLA fuses the graph on GPU. XLA compiles once per
             input shape, so this suits clients that send a few fixed sizes.
+            With a resize policy only the network is compiled (the
+            antialiased resize has no XLA kernel). Defaults to `False`.
+        size_policy: `keras_unetpp.size_policy.SizePolicy`, how the model
+            was trained and so how an image of any size must meet it:
+            `SizePolicy.resize((h, w))` for a model trained on images
+            resized to `(h, w)`, `SizePolicy.native()` for one trained at
+            native scale (crops). Recorded in each version's metadata.
+            Defaults to `None`, native. `keras_unetpp.runs.export_run`
+            passes the run's own.
+        accurate: bool, also export the accurate mode (the mean of every
+            head, `inference_model(model, "accurate")`) as the model
+            `f"{model_name}_accurate"`. Needs a deep-supervision model.
             Defaults to `False`.
 
     Returns:
-        dict mapping each level to the `pathlib.Path` of its version folder.
+        dict mapping each level to the `pathlib.Path` of its version folder,
+        and `"accurate"` to the accurate mode's with `accurate=True`.
 
     Example:
 
@@ -133,10 +156,27 @@ def export_pruned(
     paths = export_pruned(model, "exported", model_name="nuclei",
                           input_dtype="uint8")
     # exported/models.config, exported/nuclei_l1/1/ ... exported/nuclei_l4/1/
+
+    # A model trained on images resized to 96x96, with its accurate mode:
+    export_pruned(model, "exported", model_name="nuclei",
+                  size_policy=SizePolicy.resize((96, 96)), accurate=True)
+    # ... and exported/nuclei_accurate/2/
     ```
     """
     info = describe(model)  # A clear error for models not built by keras_unetpp.
     levels = _check_levels(info, levels)
+    size_policy = _check_size_policy(size_policy, levels, info)
+    if not isinstance(accurate, bool):
+        raise InputError(
+            f"`accurate` must be True or False. Received: accurate={accurate!r}"
+        )
+    if accurate and len(info.heads) < 2:
+        raise InputError(
+            "The accurate mode averages the deep-supervision heads; this model "
+            f"has one head (levels {list(info.heads)}). Build it with "
+            "deep_supervision=True, or export without accurate. "
+            "Received: accurate=True"
+        )
     model_name = serving_config.check_model_name(
         model.name if model_name is None else model_name
     )
@@ -157,19 +197,20 @@ def export_pruned(
             "`export_dir` must be a folder (or not exist yet). "
             f"Received: export_dir={str(export_dir)!r}"
         )
-    model_dirs = {level: export_dir / f"{model_name}_l{level}" for level in levels}
+    keys = list(levels) + ([ACCURATE] if accurate else [])
+    model_dirs = {key: export_dir / served_name(model_name, key) for key in keys}
     version = _choose_version(model_dirs.values(), version, overwrite)
     transaction = _Transaction()
     try:
         transaction.make_dir(export_dir)
         staged = {}
-        for level in levels:
-            transaction.make_dir(model_dirs[level])
-            staged[level] = transaction.temporary(model_dirs[level], version)
+        for key in keys:
+            transaction.make_dir(model_dirs[key])
+            staged[key] = transaction.temporary(model_dirs[key], version)
             _write_level(
                 model,
-                level,
-                staged[level],
+                key,
+                staged[key],
                 model_name=model_name,
                 version=version,
                 input_dtype=input_dtype,
@@ -178,17 +219,30 @@ def export_pruned(
                 training_info=training_info,
                 normalization=normalization,
                 jit_compile=jit_compile,
+                size_policy=size_policy,
             )
         paths = {}
-        for level in levels:
-            paths[level] = model_dirs[level] / str(version)
-            transaction.move_into_place(staged[level], paths[level], overwrite)
+        for key in keys:
+            paths[key] = model_dirs[key] / str(version)
+            transaction.move_into_place(staged[key], paths[key], overwrite)
         serving_config.write_serving_config(export_dir, base_path)
     except BaseException:
         transaction.roll_back()
         raise
     transaction.finish()
     return paths
+
+
+def served_name(model_name, key):
+    """The served model name of a level (`"<name>_l<L>"`) or the accurate mode."""
+    return f"{model_name}_{ACCURATE}" if key == ACCURATE else f"{model_name}_l{key}"
+
+
+def _sub_model(model, key):
+    """The single-output model of a level, or the accurate mode, and its stride."""
+    if key == ACCURATE:
+        return inference_model(model, "accurate"), describe(model).stride
+    return prune(model, key), 2**key
 
 
 def _write_level(
@@ -203,22 +257,23 @@ def _write_level(
     training_info,
     normalization,
     jit_compile,
+    size_policy,
 ):
-    """Writes the SavedModel and metadata of one level into `folder`."""
-    pruned = _serving_model(prune(model, level), level, compute_dtype)
+    """Writes the SavedModel and metadata of one level (or accurate) into `folder`."""
+    sub_model, stride = _sub_model(model, level)
+    pruned = _serving_model(sub_model, compute_dtype)
     output_activation = describe(model).head_activation
     serve = signatures.make_serving_fn(
         pruned,
-        stride=2**level,
+        stride=stride,
         input_dtype=input_dtype,
         threshold=threshold,
         output_activation=output_activation,
         normalization=normalization,
+        size_policy=size_policy,
+        jit_compile=jit_compile,
     )
     spec = signatures.input_signature(pruned.inputs[0].shape[-1], input_dtype)
-    if jit_compile:
-        serve = tf.function(serve, input_signature=spec, jit_compile=True,
-                            autograph=False)
     archive = keras.export.ExportArchive()
     archive.add_endpoint("serving_default", serve, input_signature=spec)
     archive.write_out(str(folder), verbose=False)
@@ -237,27 +292,31 @@ def _write_level(
             training_info=training_info,
             normalization=normalization,
             jit_compile=jit_compile,
+            size_policy=size_policy,
         ),
     )
 
 
 def _conv_compute_dtype(model):
     """The dtype the convolutions compute in, e.g. `"bfloat16"`."""
-    dtypes = sorted({
-        layer.dtype_policy.compute_dtype
-        for layer in model.layers
-        if isinstance(layer, (keras.layers.Conv2D, keras.layers.Conv2DTranspose))
-    })
+    dtypes = sorted(
+        {
+            layer.dtype_policy.compute_dtype
+            for layer in model.layers
+            if isinstance(layer, (keras.layers.Conv2D, keras.layers.Conv2DTranspose))
+        }
+    )
     return "+".join(dtypes)
 
 
-def _serving_model(pruned, level, compute_dtype):
+def _serving_model(pruned, compute_dtype):
     """A clone of the pruned model for serving: any size, `compute_dtype`.
 
     The clone (same weight values, new layers, so that the caller's model is
     left untouched) takes any height and width, its layers compute in
     `compute_dtype`, and its batch normalization runs TensorFlow's fused
-    kernel. The float32 output activation of the head is kept in float32.
+    kernel. The float32 output activations of the heads (and the accurate
+    mode's mean) are kept in float32.
     """
     image = pruned.inputs[0]
     if compute_dtype in (None, "float32"):
@@ -267,7 +326,8 @@ def _serving_model(pruned, level, compute_dtype):
 
     def clone_layer(layer):
         config = layer.get_config()
-        if policy is not None and layer.name != output_name(level):
+        head = parse_head(layer.name) is not None or layer.name == ACCURATE_OUTPUT
+        if policy is not None and not head:
             config["dtype"] = keras.DTypePolicy(policy)
         return layer.__class__.from_config(config)
 
@@ -292,9 +352,10 @@ def _check_levels(info, levels):
             "`levels` must be an iterable of ints (e.g. (1, 2, 3, 4)) or None "
             f"for every head. Received: levels={received!r}"
         ) from None
-    if not levels or len(set(levels)) != len(levels) or not all(
-        is_int(level)
-        for level in levels
+    if (
+        not levels
+        or len(set(levels)) != len(levels)
+        or not all(is_int(level) for level in levels)
     ):
         raise InputError(
             "`levels` must be a non-empty sequence of distinct ints. "
@@ -307,6 +368,20 @@ def _check_levels(info, levels):
             f"Received: levels={received!r}"
         )
     return sorted(int(level) for level in levels)
+
+
+def _check_size_policy(size_policy, levels, info):
+    if size_policy is None:
+        return SizePolicy.native()
+    if not isinstance(size_policy, SizePolicy):
+        raise InputError(
+            "`size_policy` must be a keras_unetpp.size_policy.SizePolicy (e.g. "
+            "SizePolicy.resize((96, 96)) or SizePolicy.native()) or None. "
+            f"Received: size_policy={size_policy!r}"
+        )
+    for stride in [2**level for level in levels] + [info.stride]:
+        size_policy.check_stride(stride)
+    return size_policy
 
 
 def _check_threshold(threshold):

@@ -3,15 +3,39 @@
 The function written into every SavedModel takes one batch of images of any
 height and width under the input name `image` and returns a dict with two
 stable keys, `probabilities` and `mask`. Everything a client would otherwise
-have to know about the network happens inside the graph: scaling the pixels
-to [0, 1] as the training pipeline did, padding to a multiple of the
-network's stride `2**level` and cropping the predictions back to the input's
-size.
+have to know about the network happens inside the graph: checking the
+input's rank and channels, scaling the pixels to [0, 1] as the training
+pipeline did, and the run's size policy (`keras_unetpp.size_policy`):
+resizing to the training size and the probabilities back for a resize-mode
+run, padding to a multiple of the stride `2**level` and cropping back for a
+crop-mode one. The size policy is the very code `keras-unetpp predict` runs.
+
+The input signature has unknown rank (`TensorSpec(None, dtype)`), so that a
+wrongly shaped request reaches `check_input`, which names what it expected
+and what it received ("image must be (batch, height, width, 1): received
+rank 3 / 3 channels (shape [520 696 3])"). A fixed `(None, None, None, C)`
+signature does not help: a reloaded signature function does not check what
+it is fed against it, and the graph, told the rank is 4, folds the rank in
+such a check to the constant 4, so a 3-D request failed with "indices = 4
+is not in [0, 4)" and a 5-D one slipped past the check (tried with
+TensorFlow 2.21).
 """
 
 import tensorflow as tf
 
 from keras_unetpp.errors import InputError
+from keras_unetpp.size_policy import SizePolicy, pad_to_stride
+
+__all__ = [
+    "INPUT_NAME",
+    "MASK",
+    "PROBABILITIES",
+    "check_input",
+    "input_signature",
+    "make_serving_fn",
+    "normalize",
+    "pad_to_stride",
+]
 
 INPUT_NAME = "image"
 PROBABILITIES = "probabilities"
@@ -34,22 +58,55 @@ NORMALIZATIONS = ("dtype", "minmax")
 
 
 def input_signature(channels, input_dtype="float32"):
-    """The `[tf.TensorSpec]` of the `image` input: any batch, height, width.
+    """The `[tf.TensorSpec]` of the `image` input, of unknown rank.
+
+    The serving function checks in the graph that the input is
+    `(batch, height, width, channels)` (`check_input`), with a message that
+    names the expected and received shape; a fixed-rank signature would
+    make TensorFlow refuse other ranks before that check runs.
 
     Args:
-        channels: int, the number of image channels of the model.
+        channels: int, the number of image channels of the model (checked
+            by the serving function, not by the signature).
         input_dtype: one of `"float32"`, `"uint8"`, `"uint16"`.
             Defaults to `"float32"`.
 
     Returns:
-        A one-element list holding a `tf.TensorSpec` of shape
-        `(None, None, None, channels)` named `"image"`.
+        A one-element list holding a `tf.TensorSpec` of unknown shape named
+        `"image"`.
     """
+    del channels  # Checked in the graph, see `check_input`.
     check_input_dtype(input_dtype)
-    return [
-        tf.TensorSpec((None, None, None, channels), tf.as_dtype(input_dtype),
-                      name=INPUT_NAME)
-    ]
+    return [tf.TensorSpec(None, tf.as_dtype(input_dtype), name=INPUT_NAME)]
+
+
+def check_input(image, channels):
+    """Checks in the graph that `image` is `(batch, height, width, channels)`.
+
+    Args:
+        image: the `image` tensor as received, of any rank.
+        channels: int, the channels the model takes.
+
+    Returns:
+        `image` with the static shape `(None, None, None, channels)`; the
+        graph fails with an `InvalidArgumentError` such as "image must be
+        (batch, height, width, 1): received rank 3 / 3 channels (shape
+        [520 696 3])" for any other shape.
+    """
+    shape = tf.shape(image)
+    rank = tf.size(shape)
+    # The last axis (-1 for a scalar), without indexing out of range.
+    received = tf.gather(tf.concat([[-1], shape], 0), rank)
+    valid = tf.logical_and(tf.equal(rank, 4), tf.equal(received, channels))
+    message = tf.strings.format(
+        f"{INPUT_NAME} must be (batch, height, width, {channels}): received "
+        "rank {} / {} channels (shape {})",
+        (rank, received, shape),
+    )
+    check = tf.debugging.Assert(valid, [message])
+    with tf.control_dependencies([check]):
+        image = tf.identity(image)
+    return tf.ensure_shape(image, (None, None, None, channels))
 
 
 def check_normalization(normalization):
@@ -100,52 +157,22 @@ def mask_dtype(num_classes):
     return "uint8" if num_classes <= 256 else "int32"
 
 
-def _pad_indices(size, padded_size, reflect):
-    """Source indices along one axis for reflect or edge padding."""
-    positions = tf.range(padded_size)
-    reflected = tf.where(positions < size, positions, 2 * (size - 1) - positions)
-    edge = tf.minimum(positions, size - 1)
-    return tf.where(reflect, reflected, edge)
-
-
-def pad_to_stride(images, stride):
-    """Pads a batch at the bottom and right to a multiple of `stride`, in-graph.
-
-    The same rule as `keras_unetpp.pad_to_multiple`: reflect padding, or edge
-    padding when the padding of either axis is not smaller than that axis
-    (a reflection needs that many pixels to mirror). Written with gathers of
-    computed indices, so it traces with unknown sizes and compiles with XLA.
-
-    Args:
-        images: float tensor `(batch, height, width, channels)`.
-        stride: int, e.g. `2**level`.
-
-    Returns:
-        `(padded, height, width)` with the original height and width as
-        scalar int32 tensors.
-    """
-    shape = tf.shape(images)
-    height, width = shape[1], shape[2]
-    padded_height = (height + stride - 1) // stride * stride
-    padded_width = (width + stride - 1) // stride * stride
-    reflect = tf.logical_and(
-        padded_height - height < height, padded_width - width < width
-    )
-    rows = _pad_indices(height, padded_height, reflect)
-    columns = _pad_indices(width, padded_width, reflect)
-    padded = tf.gather(tf.gather(images, rows, axis=1), columns, axis=2)
-    return padded, height, width
-
-
-def make_serving_fn(model, stride, input_dtype="float32", threshold=0.5,
-                    output_activation="sigmoid", normalization="dtype"):
+def make_serving_fn(
+    model,
+    stride,
+    input_dtype="float32",
+    threshold=0.5,
+    output_activation="sigmoid",
+    normalization="dtype",
+    size_policy=None,
+    jit_compile=False,
+):
     """The function exported as `serving_default` for one pruned model.
 
     Args:
         model: a single-output `keras.Model` with `None` spatial input
-            dimensions (a pruned keras_unetpp model).
-        stride: int, the multiple the spatial sizes are padded to
-            (`2**level`).
+            dimensions (a pruned keras_unetpp model, or the accurate mode).
+        stride: int, the multiple the network needs (`2**level`).
         input_dtype: dtype of the `image` input. Defaults to `"float32"`.
         threshold: float, the probability at or above which a one-class
             model's mask is 1. Defaults to `0.5`.
@@ -155,6 +182,14 @@ def make_serving_fn(model, stride, input_dtype="float32", threshold=0.5,
             Defaults to `"sigmoid"`.
         normalization: how pixels become the model's input, see
             `normalize`. Defaults to `"dtype"`.
+        size_policy: `keras_unetpp.size_policy.SizePolicy`, how an image of
+            any size meets the network (the run's: resized to the training
+            size and back, or padded to the stride and cropped), or `None`
+            for `SizePolicy.native()`. Defaults to `None`.
+        jit_compile: bool, mark the computation for XLA: everything after
+            the input check (XLA drops assertions) in native mode, the
+            network alone in resize mode (the antialiased resize has no XLA
+            kernel). Defaults to `False`.
 
     Returns:
         A Python function `serve(image)` returning
@@ -165,22 +200,36 @@ def make_serving_fn(model, stride, input_dtype="float32", threshold=0.5,
     """
     check_input_dtype(input_dtype)
     check_normalization(normalization)
+    policy = SizePolicy.native() if size_policy is None else size_policy
+    policy.check_stride(stride)
     num_classes = model.outputs[0].shape[-1]
+    channels = model.inputs[0].shape[-1]
     dtype = tf.as_dtype(mask_dtype(num_classes))
 
-    def serve(image):
+    network = model
+    if jit_compile and policy.mode == "resize":
+        # The antialiased resize (ScaleAndTranslate) has no XLA kernel: only
+        # the network is compiled.
+        compiled = tf.function(
+            lambda x: model(x, training=False), jit_compile=True, autograph=False
+        )
+
+        def network(x, training=False):
+            return compiled(x)
+
+    def predict(image):
         x = normalize(image, input_dtype, normalization)
-        padded, height, width = pad_to_stride(x, stride)
-        outputs = tf.cast(model(padded, training=False), tf.float32)
-        outputs = outputs[:, :height, :width, :]
-        if output_activation is None:
-            outputs = (
-                tf.sigmoid(outputs) if num_classes == 1 else tf.nn.softmax(outputs)
-            )
+        outputs = policy.probabilities(network, x, stride, output_activation)
         if num_classes == 1:
             mask = tf.cast(outputs >= threshold, dtype)
         else:
             mask = tf.cast(tf.argmax(outputs, axis=-1)[..., None], dtype)
         return {PROBABILITIES: outputs, MASK: mask}
+
+    if jit_compile and policy.mode != "resize":
+        predict = tf.function(predict, jit_compile=True, autograph=False)
+
+    def serve(image):
+        return predict(check_input(image, channels))
 
     return serve

@@ -90,6 +90,7 @@ def filtered_stderr():
     Everything written to stderr inside the block (by Python or by C++
     libraries) goes to a temporary file; when the block ends, even by an
     exception, the lines of `filter_startup_lines` are written to stderr.
+    Where there is no stderr or no temporary folder, nothing is filtered.
 
     Example:
 
@@ -100,8 +101,22 @@ def filtered_stderr():
     """
     with contextlib.suppress(Exception):
         sys.stderr.flush()
-    saved = os.dup(2)
-    with tempfile.TemporaryFile() as capture:
+    try:
+        saved = os.dup(2)
+    except OSError:  # No stderr to filter.
+        saved = None
+    if saved is None:
+        yield
+        return
+    try:
+        capture = tempfile.TemporaryFile()
+    except OSError:  # No temporary folder: nothing is filtered.
+        os.close(saved)
+        capture = None
+    if capture is None:
+        yield
+        return
+    with capture:
         os.dup2(capture.fileno(), 2)
         try:
             yield

@@ -205,10 +205,11 @@ print("@@", json.dumps(needs))
 """
 
 # Largest recomputed / plain ratio of the step memory, per CPU allocator. With
-# oneDNN, the step's peak is its stored activations (measured on this machine:
-# 0.39-0.40). Without oneDNN, TensorFlow's own convolution gradients add
-# im2col workspaces of some 30-40 MiB each, up to two at a time, to both
-# peaks alike (measured: plain 237-257 MiB, recomputed 123-145, 0.48-0.60).
+# oneDNN, the peak is mostly the stored activations (measured on this machine:
+# plain 162 MiB, recomputed 63, 0.39). Without oneDNN, both peaks are some
+# 60-80 MiB higher, the same in both models (TensorFlow's own convolution
+# gradients and their scratch buffers, not profiled further), so the ratio is
+# higher (measured: plain 237-257 MiB, recomputed 123-145, 0.48-0.60).
 _MAX_RATIO = {"onednn": 0.6, "bfc": 0.7}
 
 

@@ -207,9 +207,10 @@ print("@@", json.dumps(needs))
 # Largest recomputed / plain ratio of the step memory, per CPU allocator. With
 # oneDNN, the peak is mostly the stored activations (measured on this machine:
 # plain 162 MiB, recomputed 63, 0.39). Without oneDNN, both peaks are some
-# 60-80 MiB higher, the same in both models (TensorFlow's own convolution
-# gradients and their scratch buffers, not profiled further), so the ratio is
-# higher (measured: plain 237-257 MiB, recomputed 123-145, 0.48-0.60).
+# 60-80 MiB higher, in both models alike (TensorFlow's own convolution
+# gradients' scratch buffers, it seems: a 32x32 batch-2 step peaks at ~60 MiB
+# too; not profiled further), so the ratio is higher (measured: plain 234-257
+# MiB, recomputed 123-145, 0.48-0.60).
 _MAX_RATIO = {"onednn": 0.6, "bfc": 0.7}
 
 

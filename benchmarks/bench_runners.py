@@ -37,10 +37,15 @@ class KerasRunner:
     """Keras 3 (TensorFlow backend) models: keras_unetpp and keras-unet-collection."""
 
     def __init__(self, config):
+        import memory
+
+        # Before the first TensorFlow op: allocator statistics without oneDNN too.
+        memory.enable_allocator_stats()
         import keras
         import tensorflow as tf
 
         self.tf = tf
+        self._memory = memory
         keras.config.set_dtype_policy(config["precision"])
         try:
             model, heads = self._build(config)
@@ -185,10 +190,10 @@ class KerasRunner:
         return flops
 
     def reset_memory(self):
-        self.tf.config.experimental.reset_memory_stats("CPU:0")
+        self._memory.reset_peak("CPU:0")
 
     def memory_peak(self):
-        return int(self.tf.config.experimental.get_memory_info("CPU:0")["peak"])
+        return self._memory.memory_info("CPU:0")["peak"]
 
 
 def keras_conv_flops(model):

@@ -10,7 +10,7 @@ On a GPU, with the same initial weights and the same batches:
    (medians of `--steps` steps after warm-up);
 4. peak memory of one training step: float32, mixed_float16, and
    mixed_float16 with `keras_unetpp.recompute_nodes` (TensorFlow's
-   allocator statistics of the device);
+   allocator statistics of the device, read by `benchmarks/memory.py`);
 5. export of the mixed_float16 model as a `.keras` file and as a SavedModel
    (`model.export`), reloaded and compared with the model.
 
@@ -172,7 +172,7 @@ def check_speed(args, out):
 
 def check_memory(args, out, device):
     """Allocator peak of one training step per configuration, in MB."""
-    import tensorflow as tf
+    import memory
 
     import keras_unetpp
 
@@ -187,10 +187,10 @@ def check_memory(args, out, device):
         _compile(model, keras)
         targets = {name: y for name in model.output}
         model.train_on_batch(x, targets)  # traced and warmed up
-        before = tf.config.experimental.get_memory_info(device)["current"]
-        tf.config.experimental.reset_memory_stats(device)
-        model.train_on_batch(x, targets)
-        peak = tf.config.experimental.get_memory_info(device)["peak"]
+        measured = memory.step_peak(
+            lambda m=model, t=targets: m.train_on_batch(x, t), device
+        )
+        before, peak = measured["before"], measured["peak"]
         key = f"{precision}{'+recompute' if recompute else ''}"
         record = {"check": "memory", "config": key, "device": device,
                   "step_peak_mb": (peak - before) / 2**20,
@@ -253,8 +253,11 @@ def main(argv=None):
                         help="folder for gpu_check.jsonl")
     args = parser.parse_args(argv)
 
+    import memory
     import tensorflow as tf
 
+    # Before the first TensorFlow op: CPU allocator statistics without oneDNN.
+    memory.enable_allocator_stats()
     gpus = tf.config.list_physical_devices("GPU")
     if args.out:
         args.out.mkdir(parents=True, exist_ok=True)

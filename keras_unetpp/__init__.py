@@ -10,6 +10,10 @@ imported on first use, so that
 
 import importlib
 
+# First of all: in the `keras-unetpp` command (console script or `python -m
+# keras_unetpp`), TensorFlow imported with its harmless start-up lines
+# filtered from stderr, before Keras imports it (see quiet_start.py).
+from keras_unetpp import _startup  # noqa: F401
 from keras_unetpp.description import (
     ModelDescription,
     describe,

@@ -2,6 +2,7 @@
 
 import json
 import os
+import pathlib
 import subprocess
 import sys
 
@@ -135,9 +136,7 @@ def test_unet_baseline_and_idempotence():
 
 
 def test_refuses_dropout_and_foreign_models():
-    model = keras_unetpp.build(
-        depth=1, input_shape=(8, 8, 1), filters=4, dropout=0.2
-    )
+    model = keras_unetpp.build(depth=1, input_shape=(8, 8, 1), filters=4, dropout=0.2)
     with pytest.raises(ValueError, match="x_0_0_drop1.*dropout"):
         recompute_nodes(model)
     assert not is_recomputing(model)
@@ -173,26 +172,29 @@ def test_backward_pass_runs_the_nodes_again():
 
 _MEMORY_SCRIPT = """
 import json
+import sys
 import numpy as np
-import tensorflow as tf
+
+sys.path.insert(0, {benchmarks!r})
+import memory
+
+# Before the first TensorFlow op: allocator statistics with or without oneDNN.
+allocator = memory.enable_allocator_stats()
 import keras_unetpp
 
 def step_memory(model, images, masks):
     # Allocator bytes one training step needs above what is allocated before.
     model.train_on_batch(images, masks)  # traced and warmed up
-    peaks = []
-    for _ in range(3):
-        before = tf.config.experimental.get_memory_info("CPU:0")["current"]
-        tf.config.experimental.reset_memory_stats("CPU:0")
-        model.train_on_batch(images, masks)
-        peak = tf.config.experimental.get_memory_info("CPU:0")["peak"]
-        peaks.append(peak - before)
-    return min(peaks)
+    steps = [
+        memory.step_peak(lambda: model.train_on_batch(images, masks))["step"]
+        for _ in range(2)
+    ]
+    return min(steps)
 
 rng = np.random.default_rng(5)
-images = rng.random((4, 128, 128, 1), dtype=np.float32)
+images = rng.random((8, 128, 128, 1), dtype=np.float32)
 masks = (images > 0.6).astype("float32")
-needs = {}
+needs = {{"allocator": allocator}}
 for name in ("plain", "recomputed"):
     model = keras_unetpp.build(depth=3, input_shape=(128, 128, 1), filters=8)
     if name == "recomputed":
@@ -202,28 +204,45 @@ for name in ("plain", "recomputed"):
 print("@@", json.dumps(needs))
 """
 
+# Largest recomputed / plain ratio of the step memory, per CPU allocator. With
+# oneDNN, the peak is mostly the stored activations (measured on this machine:
+# plain 162 MiB, recomputed 63, 0.39). Without oneDNN, both peaks are some
+# 60-80 MiB higher, in both models alike (TensorFlow's own convolution
+# gradients' scratch buffers, it seems: a 32x32 batch-2 step peaks at ~60 MiB
+# too; not profiled further), so the ratio is higher (measured: plain 234-257
+# MiB, recomputed 123-145, 0.48-0.60).
+_MAX_RATIO = {"onednn": 0.6, "bfc": 0.7}
+
 
 def test_training_step_needs_less_memory():
     """TensorFlow's allocator peak of one training step, plain vs recomputed.
 
-    In a fresh process, the smallest of three steps each (measured on this
-    machine, alone and two at a time: recomputed / plain 0.36-0.42).
+    In a fresh process, the smaller of two steps each, batch 8 of 128x128.
+    With or without oneDNN (`TF_ENABLE_ONEDNN_OPTS=0`; CPUs without AVX-512):
+    `benchmarks/memory.py` turns on the BFC allocator's statistics there.
     """
+    benchmarks = str(pathlib.Path(__file__).resolve().parents[1] / "benchmarks")
     completed = subprocess.run(
-        [sys.executable, "-c", _MEMORY_SCRIPT],
+        [sys.executable, "-c", _MEMORY_SCRIPT.format(benchmarks=benchmarks)],
         capture_output=True,
         text=True,
-        timeout=300,
+        timeout=400,
         env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"},
         check=False,
     )
     assert completed.returncode == 0, completed.stderr[-2000:]
     line = [x for x in completed.stdout.splitlines() if x.startswith("@@ ")][-1]
     needs = json.loads(line[3:])
+    print(
+        {k: v if k == "allocator" else round(v / 2**20, 1) for k, v in needs.items()},
+        "MiB, ratio",
+        round(needs["recomputed"] / needs["plain"], 3),
+    )
     # Activations of one 128x128x8 float32 image tensor: 512 KiB; a batch of
-    # 4 through 10 nodes keeps tens of MiB without recomputation.
-    assert needs["plain"] > 16 * 2**20, needs
-    assert needs["recomputed"] < 0.6 * needs["plain"], needs
+    # 8 through 10 nodes keeps tens of MiB without recomputation.
+    assert needs["plain"] > 32 * 2**20, needs
+    ratio = _MAX_RATIO[needs["allocator"]]
+    assert needs["recomputed"] < ratio * needs["plain"], needs
 
 
 def test_trains_under_xla():

@@ -570,8 +570,14 @@ class TimeBudget(keras.callbacks.Callback):
         full = self.steps_per_epoch or self._fit_steps() or self._batches
         if self._batches and self._last_batch_end is not None and full:
             self._overhead = max(0.0, now - self._last_batch_end)
-            train_part = (self._last_batch_end - mark) * full / self._batches
-            self.epoch_seconds = train_part + self._overhead
+            if self._batches >= 2:
+                # Without the first batch, which may include tracing.
+                rate = (self._last_batch_end - self._first_batch_end) / (
+                    self._batches - 1
+                )
+            else:
+                rate = self._last_batch_end - mark
+            self.epoch_seconds = full * rate + self._overhead
         else:
             self.epoch_seconds = now - mark
         left = self.start + self.seconds - now

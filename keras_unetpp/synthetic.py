@@ -126,14 +126,18 @@ def _check_target(root, overwrite):
     entries = sorted(p.name for p in root.iterdir())
     if not entries:
         return
-    shown = ", ".join(entries[:5]) + (f", ... ({len(entries)} entries)"
-                                      if len(entries) > 5 else "")
+    shown = ", ".join(entries[:5]) + (
+        f", ... ({len(entries)} entries)" if len(entries) > 5 else ""
+    )
     if not overwrite:
         raise InputError(
             f"{str(root)!r} is not empty (it holds {shown}); give a new or "
             "empty folder"
-            + (", or overwrite=True (--overwrite) to replace this synthetic "
-               "data set" if is_synthetic_dataset(root) else "")
+            + (
+                ", or overwrite=True (--overwrite) to replace this synthetic data set"
+                if is_synthetic_dataset(root)
+                else ""
+            )
             + f". Received: output_dir={str(root)!r}"
         )
     if not is_synthetic_dataset(root):
@@ -146,7 +150,11 @@ def _check_target(root, overwrite):
 
 
 def write_synthetic_dataset(
-    output_dir, num_images=64, image_size=(64, 64), val_fraction=0.25, seed=0,
+    output_dir,
+    num_images=64,
+    image_size=(64, 64),
+    val_fraction=0.25,
+    seed=0,
     overwrite=False,
 ):
     """Writes a synthetic image/mask data set as PNG folders and a manifest.
@@ -190,16 +198,17 @@ def write_synthetic_dataset(
         height, width = (int(s) for s in image_size)
     except (TypeError, ValueError):
         raise InputError(
-            "`image_size` must be (height, width). "
-            f"Received: image_size={image_size!r}"
+            f"`image_size` must be (height, width). Received: image_size={image_size!r}"
         ) from None
     if height < 8 or width < 8:
         raise InputError(
             f"`image_size` must be at least 8x8. Received: image_size={image_size!r}"
         )
-    if isinstance(val_fraction, bool) or not isinstance(
-        val_fraction, numbers.Real
-    ) or not 0.0 < val_fraction < 1.0:
+    if (
+        isinstance(val_fraction, bool)
+        or not isinstance(val_fraction, numbers.Real)
+        or not 0.0 < val_fraction < 1.0
+    ):
         raise InputError(
             "`val_fraction` must be a float in (0, 1). "
             f"Received: val_fraction={val_fraction!r}"

@@ -199,11 +199,15 @@ def check_loss_weight_values(loss_weights):
     """
     if loss_weights is None:
         return None
-    values = list(loss_weights.values()) if isinstance(loss_weights, dict) else (
-        list(loss_weights)
+    values = (
+        list(loss_weights.values())
+        if isinstance(loss_weights, dict)
+        else (list(loss_weights))
     )
     if not all(
-        isinstance(w, numbers.Real) and not isinstance(w, bool) and math.isfinite(w)
+        isinstance(w, numbers.Real)
+        and not isinstance(w, bool)
+        and math.isfinite(w)
         and w >= 0
         for w in values
     ) or not any(values):
@@ -266,8 +270,9 @@ class DivergenceGuard(keras.callbacks.Callback):
         loss = (logs or {}).get("loss")
         if loss is not None and not math.isfinite(float(loss)):
             where = f"epoch {self._epoch + 1}, batch {self._offset + batch + 1}"
-            raise TrainingDiverged(self._message(f"the training loss is {loss} "
-                                                 f"in {where}"))
+            raise TrainingDiverged(
+                self._message(f"the training loss is {loss} in {where}")
+            )
 
     def on_epoch_end(self, epoch, logs=None):
         self._offset = 0
@@ -335,8 +340,13 @@ class TrainingState(keras.callbacks.Callback):
     """
 
     def __init__(
-        self, state_dir, steps_per_epoch, save_every=None, checkpoint=None,
-        initial_batch=0, lr_plan=None,
+        self,
+        state_dir,
+        steps_per_epoch,
+        save_every=None,
+        checkpoint=None,
+        initial_batch=0,
+        lr_plan=None,
     ):
         super().__init__()
         self.state_dir = pathlib.Path(state_dir)
@@ -356,8 +366,10 @@ class TrainingState(keras.callbacks.Callback):
 
     def on_train_batch_end(self, batch, logs=None):
         done = self._offset + batch + 1
-        if self.save_every and done % self.save_every == 0 and (
-            done < self.steps_per_epoch
+        if (
+            self.save_every
+            and done % self.save_every == 0
+            and (done < self.steps_per_epoch)
         ):
             self._save(self._epoch, done)
 
@@ -485,8 +497,9 @@ class HistoryCSV(keras.callbacks.Callback):
         records.append(record)
         keys = sorted({key for r in records for key in r} - {"epoch"})
         header = ["epoch", *keys]
-        _write_rows(self.path, header, [[r.get(k, "NA") for k in header]
-                                        for r in records])
+        _write_rows(
+            self.path, header, [[r.get(k, "NA") for k in header] for r in records]
+        )
 
 
 class TimeBudget(keras.callbacks.Callback):
@@ -782,7 +795,7 @@ def train(
             ) from None
     key = monitor_name(model, monitor)
     if val_data is None:
-        key = key[len("val_"):]
+        key = key[len("val_") :]
 
     history_path = output_dir / HISTORY
     if state is not None:
@@ -815,7 +828,11 @@ def train(
 
     def fit(initial_epoch, last_epoch, fit_steps, initial_batch):
         state_cb = TrainingState(
-            output_dir / STATE_DIR, steps, save_every, checkpoint, initial_batch,
+            output_dir / STATE_DIR,
+            steps,
+            save_every,
+            checkpoint,
+            initial_batch,
             lr_plan=plan,
         )
         guard = DivergenceGuard(output_dir, steps, initial_batch)
@@ -862,8 +879,9 @@ def train(
         "stopped_by_time_budget": budget is not None and budget.exhausted,
         "best_model": output_dir / BEST_MODEL,
         "last_model": output_dir / LAST_MODEL,
-        "learning_rate": float(keras.ops.convert_to_numpy(
-            model.optimizer.learning_rate)),
+        "learning_rate": float(
+            keras.ops.convert_to_numpy(model.optimizer.learning_rate)
+        ),
     }
 
 

@@ -30,7 +30,7 @@ class _SlowFile:
 
     def write(self, data):
         for start in range(0, len(data), CHUNK):
-            self._f.write(data[start:start + CHUNK])
+            self._f.write(data[start : start + CHUNK])
             self._f.flush()
             time.sleep(DELAY)
         return len(data)

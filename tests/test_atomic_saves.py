@@ -24,8 +24,19 @@ import pytest
 from keras_unetpp import atomic, cli, training
 
 CHILD = pathlib.Path(__file__).with_name("slow_write_child.py")
-TINY = ["--image-size", "32", "32", "--depth", "2", "--filters", "4",
-        "--batch-size", "4", "--verbose", "0"]
+TINY = [
+    "--image-size",
+    "32",
+    "32",
+    "--depth",
+    "2",
+    "--filters",
+    "4",
+    "--batch-size",
+    "4",
+    "--verbose",
+    "0",
+]
 
 
 def _strict_json(path):
@@ -47,7 +58,8 @@ def _check_run_folder(run):
             rows = list(csv.DictReader(f))
         assert all(None not in row and None not in row.values() for row in rows)
         assert [r["epoch"] for r in training.read_history(run)] == list(
-            range(len(rows)))
+            range(len(rows))
+        )
     if (run / "state" / "state.json").exists():
         state = _strict_json(run / "state" / "state.json")
         assert (run / "state" / state["weights"]).is_file()
@@ -55,18 +67,32 @@ def _check_run_folder(run):
 
 def _kill_while_writing(argv, run, target, log, seed):
     """Starts the child, SIGKILLs it just after it opens `target`; the path hit."""
-    env = dict(os.environ, SLOW_WRITE_DIR=str(run), SLOW_WRITE_LOG=str(log),
-               TF_CPP_MIN_LOG_LEVEL="2")
+    env = dict(
+        os.environ,
+        SLOW_WRITE_DIR=str(run),
+        SLOW_WRITE_LOG=str(log),
+        TF_CPP_MIN_LOG_LEVEL="2",
+    )
     with open(log.with_suffix(".out"), "w") as out:
-        process = subprocess.Popen([sys.executable, str(CHILD), *argv], env=env,
-                                   stdout=out, stderr=subprocess.STDOUT)
+        process = subprocess.Popen(
+            [sys.executable, str(CHILD), *argv],
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
     hit = None
     try:
         end = time.monotonic() + 300
         while hit is None and time.monotonic() < end and process.poll() is None:
             if log.exists():
-                hit = next((line for line in log.read_text().splitlines()
-                            if target in pathlib.Path(line).name), None)
+                hit = next(
+                    (
+                        line
+                        for line in log.read_text().splitlines()
+                        if target in pathlib.Path(line).name
+                    ),
+                    None,
+                )
             time.sleep(0.005)
         if hit is not None:
             time.sleep(random.Random(seed).uniform(0.0, 0.03))
@@ -80,12 +106,28 @@ def _kill_while_writing(argv, run, target, log, seed):
 @pytest.mark.slow
 def test_a_kill_during_any_save_leaves_complete_files(tmp_path):
     data = tmp_path / "data"
-    assert cli.main(["synthetic", str(data), "--num-images", "12",
-                     "--image-size", "32", "32"]) == 0
+    assert (
+        cli.main(
+            ["synthetic", str(data), "--num-images", "12", "--image-size", "32", "32"]
+        )
+        == 0
+    )
     run = tmp_path / "run"
-    argv = ["train", "--data", str(data), "--output", str(run), "--epochs", "3",
-            "--lr-schedule", "cosine", "--save-every", "1", "--no-tensorboard",
-            *TINY]
+    argv = [
+        "train",
+        "--data",
+        str(data),
+        "--output",
+        str(run),
+        "--epochs",
+        "3",
+        "--lr-schedule",
+        "cosine",
+        "--save-every",
+        "1",
+        "--no-tensorboard",
+        *TINY,
+    ]
     # In the order the files are first written: each try resumes the last.
     targets = ["run.json", "state.json", "best.keras", "history.csv", "last.keras"]
     for seed, target in enumerate(targets):

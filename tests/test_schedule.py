@@ -71,8 +71,9 @@ def test_the_plan_round_trips_through_strict_json():
         assert copy(step) == plan(step)
 
 
-@pytest.mark.parametrize("value", [math.inf, -math.inf, math.nan, 0.0, -1.0, True,
-                                   "0.1"])
+@pytest.mark.parametrize(
+    "value", [math.inf, -math.inf, math.nan, 0.0, -1.0, True, "0.1"]
+)
 def test_check_positive_refuses_non_finite_and_non_positive(value):
     with pytest.raises(InputError, match="finite positive number"):
         check_positive(value, "learning_rate")

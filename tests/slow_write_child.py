@@ -60,10 +60,9 @@ def _slow_open(file, mode="r", *args, **kwargs):
     return f
 
 
-builtins.open = _slow_open
-io.open = _slow_open
-
 if __name__ == "__main__":
+    builtins.open = _slow_open
+    io.open = _slow_open
     from keras_unetpp import cli
 
     sys.exit(cli.main(sys.argv[1:]))

@@ -5,17 +5,21 @@ This module only parses flags and calls the library (`keras_unetpp.runs`,
 when a command runs, not for `--help` or a bad flag. Any bad argument, path
 or setting (an `InputError`, or a file the system refuses) ends the command
 with exit status 2 and one line on stderr:
-`keras-unetpp <command>: error: <what is wrong>`. Any other exception is a
-bug: it keeps its traceback.
+`keras-unetpp <command>: error: <what is wrong>`. A training run whose loss
+became NaN or infinite (`keras_unetpp.training.TrainingDiverged`) ends with
+exit status 3 and one line; its run folder keeps the last good state. Any
+other exception is a bug: it keeps its traceback (exit status 1).
 """
 
 import argparse
 import json
+import math
 import sys
 
 from keras_unetpp.errors import InputError
 
 PROG = "keras-unetpp"
+EXIT_DIVERGED = 3
 
 _EPILOG = """\
 Quick start (synthetic data, no download):
@@ -65,7 +69,16 @@ def _positive_int(text):
 
 
 def _positive_float(text):
-    return _number(text, float, lambda v: v > 0, "a positive number")
+    return _number(
+        text, float, lambda v: math.isfinite(v) and v > 0, "a finite positive number"
+    )
+
+
+def _weight(text):
+    return _number(
+        text, float, lambda v: math.isfinite(v) and v >= 0,
+        "a finite non-negative number",
+    )
 
 
 def _fraction(text):
@@ -88,6 +101,9 @@ def _add_synthetic(commands):
     p.add_argument("--val-fraction", type=_fraction, default=0.25,
                    help="share marked 'val' in the manifest (default: 0.25)")
     p.add_argument("--seed", type=int, default=0, help="(default: 0)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace OUTPUT if it is a synthetic data set made by "
+                   "this command (a non-empty folder is refused otherwise)")
 
 
 def _add_train(commands):
@@ -171,9 +187,10 @@ def _add_train(commands):
                    help="Adam learning rate (default: 0.001)")
     t.add_argument("--lr-schedule", choices=("constant", "cosine"),
                    default="constant",
-                   help="cosine: decay to 5%% of the rate over all epochs "
-                   "(default: constant)")
-    t.add_argument("--loss-weights", type=float, nargs="+", metavar="W",
+                   help="cosine: decay to 5%% of the rate over all epochs, or "
+                   "over the epochs that fit in --time-budget; a resumed run "
+                   "continues its decay (default: constant)")
+    t.add_argument("--loss-weights", type=_weight, nargs="+", metavar="W",
                    help="loss weight of each head from L1 up (default: all 1)")
     t.add_argument("--monitor", choices=("iou", "dice"), default="iou",
                    help="validation score that picks best.keras (default: iou)")
@@ -380,6 +397,7 @@ def _run_synthetic(args):
         image_size=tuple(args.image_size),
         val_fraction=args.val_fraction,
         seed=args.seed,
+        overwrite=args.overwrite,
     )
     print(f"Wrote {args.num_images} SYNTHETIC image/mask pairs to {root} "
           "(images/, masks/, manifest.csv, README.txt).")
@@ -586,7 +604,9 @@ def main(argv=None):
     Returns:
         int, the exit status: 0 on success. Usage errors and bad values or
         paths exit with status 2 (`SystemExit`) after one line on stderr;
-        an interruption (Ctrl-C) exits with 130.
+        a training run that diverged (NaN or infinite loss,
+        `training.TrainingDiverged`) with status 3, also after one line; an
+        interruption (Ctrl-C) exits with 130.
 
     Example:
 
@@ -611,4 +631,13 @@ def main(argv=None):
         hint = " (run the same command to resume)" if command == "train" else ""
         print(f"{PROG} {command}: interrupted{hint}", file=sys.stderr)
         raise SystemExit(130) from None
+    except RuntimeError as e:
+        # A diverged run (NaN/inf loss) is no bug: one line, exit status 3.
+        # keras_unetpp.training is loaded by then if it raised this.
+        training = sys.modules.get("keras_unetpp.training")
+        if training is None or not isinstance(e, training.TrainingDiverged):
+            raise
+        message = " ".join(str(e).split())
+        print(f"{PROG} {command}: error: {message}", file=sys.stderr)
+        raise SystemExit(EXIT_DIVERGED) from None
     return 0

@@ -23,7 +23,7 @@ import pathlib
 
 import keras
 
-from keras_unetpp import data, evaluation, prediction, sources, training
+from keras_unetpp import atomic, data, evaluation, prediction, sources, training
 from keras_unetpp.description import describe, output_name
 from keras_unetpp.distribute import (
     check_global_batch,
@@ -38,6 +38,7 @@ from keras_unetpp.model import build, build_unet
 from keras_unetpp.precision import precision_scope
 from keras_unetpp.pruning import inference_model, prune
 from keras_unetpp.recompute import recompute_nodes
+from keras_unetpp.schedule import check_positive
 from keras_unetpp.size_policy import SizePolicy
 from keras_unetpp.sources import source_dataset, source_pairs
 from keras_unetpp.validation import check_int, check_stride
@@ -214,6 +215,11 @@ def train_run(
         )
     image_size = _image_size(image_size, depth)
     batch_size = check_int(batch_size, "batch_size")
+    # Before run.json is written: it must never hold NaN or Infinity.
+    learning_rate = check_positive(learning_rate, "learning_rate")
+    training.check_loss_weight_values(loss_weights)
+    if time_budget is not None:
+        check_positive(time_budget, "time_budget")
     config = {
         "keras_unetpp": __version__,
         "data": {
@@ -308,9 +314,8 @@ def train_run(
             source, run_dir / sources.SPLITS_CSV
         )
         config["data"]["split_counts"] = split_counts
-        with open(run_dir / RUN_CONFIG, "w") as f:
-            json.dump(config, f, indent=2)
-            f.write("\n")
+        # Atomic and strict JSON: a kill leaves the old run.json or the new.
+        atomic.write_json(run_dir / RUN_CONFIG, config, indent=2)
         if verbose:
             print(
                 f"{model.name}: depth {depth}, {model.count_params():,} parameters; "

@@ -19,7 +19,9 @@ pip install -e . >"$OUT/pip.log" 2>&1 || { tail -n 30 "$OUT/pip.log"; exit 1; }
 export TF_CPP_MIN_LOG_LEVEL=${TF_CPP_MIN_LOG_LEVEL:-2}
 
 echo "== 1/5 synthetic data (random blurred ellipses, NOT real images) =="
-keras-unetpp synthetic "$OUT/data" --num-images 96 --image-size 64 64
+# --overwrite replaces the data set of an earlier demo (the same seed writes
+# the same files); it refuses a folder that is not a synthetic data set.
+keras-unetpp synthetic "$OUT/data" --num-images 96 --image-size 64 64 --overwrite
 
 echo "== 2/5 train a depth-3 UNet++ with deep supervision =="
 keras-unetpp train --data "$OUT/data" --output "$OUT/run" \

@@ -195,6 +195,17 @@ def test_help_lists_every_command(capsys):
         (["evaluate", "/nonexistent/run"], "is not a training run"),
         (["export", "."], "is not a training run"),
         (["frobnicate"], "invalid choice: 'frobnicate'"),
+        (["train", "--output", "o", "--data", ".", "--learning-rate", "inf"],
+         "expected a finite positive number: 'inf'"),
+        (["train", "--output", "o", "--data", ".", "--learning-rate", "nan"],
+         "expected a finite positive number: 'nan'"),
+        (["train", "--output", "o", "--data", ".", "--time-budget", "inf"],
+         "expected a finite positive number: 'inf'"),
+        (["train", "--output", "o", "--data", ".", "--loss-weights", "nan", "1"],
+         "expected a finite non-negative number: 'nan'"),
+        (["train", "--output", "o", "--data", ".", "--loss-weights", "1", "inf"],
+         "expected a finite non-negative number: 'inf'"),
+        (["synthetic", "o", "--val-fraction", "nan"], "expected a number in (0, 1)"),
     ],
 )
 def test_bad_arguments_exit_2_with_one_line(argv, expected, capsys, tmp_path,
@@ -270,3 +281,78 @@ def test_only_input_errors_become_one_line(error, code, capsys, monkeypatch):
             cli.main(["synthetic", "unused"])
     else:
         assert _error(capsys, ["synthetic", "unused"]).endswith("error: bad value")
+
+
+def test_synthetic_refuses_a_folder_with_other_data(tmp_path, capsys):
+    real = tmp_path / "real"
+    (real / "images").mkdir(parents=True)
+    (real / "manifest.csv").write_text("stem,suggested_split\nnucleus_1,train\n")
+    line = _error(capsys, ["synthetic", str(real), "--num-images", "4"])
+    assert f"{str(real)!r} is not empty (it holds images, manifest.csv)" in line
+    line = _error(capsys, ["synthetic", str(real), "--num-images", "4",
+                           "--overwrite"])
+    assert "is not a synthetic data set" in line and "manifest.csv" in line
+    assert (real / "manifest.csv").read_text().startswith("stem,suggested_split\n")
+    assert sorted(p.name for p in real.iterdir()) == ["images", "manifest.csv"]
+    assert not list((real / "images").iterdir())
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["real"]  # no leftovers
+    # A synthetic data set is refused too, unless --overwrite replaces it.
+    fake = tmp_path / "fake"
+    _run(["synthetic", str(fake), "--num-images", "6", "--image-size", "16", "16"])
+    line = _error(capsys, ["synthetic", str(fake), "--num-images", "4"])
+    assert "--overwrite" in line
+    _run(["synthetic", str(fake), "--num-images", "4", "--image-size", "16", "16",
+          "--overwrite"])
+    assert len(list((fake / "images").iterdir())) == 4
+    assert len((fake / "manifest.csv").read_text().splitlines()) == 1 + 4
+    # ... but not once something else has been put into it.
+    (fake / "images" / "real_cell.png").write_bytes(b"")
+    line = _error(capsys, ["synthetic", str(fake), "--overwrite"])
+    assert "is not a synthetic data set" in line
+    # An empty folder is fine.
+    (tmp_path / "empty").mkdir()
+    _run(["synthetic", str(tmp_path / "empty"), "--num-images", "2",
+          "--image-size", "16", "16"])
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["empty", "fake", "real"]
+
+
+def test_a_diverged_run_exits_3_with_one_line(synthetic_dir, tmp_path, capsys,
+                                              monkeypatch):
+    from keras_unetpp import runs
+
+    def diverge(*args, **kwargs):
+        raise training.TrainingDiverged("Training diverged: the training loss "
+                                        "is nan in epoch 2, batch 1.\nTry ...")
+
+    monkeypatch.setattr(runs, "train_run", diverge)
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["train", "--data", str(synthetic_dir), "--output",
+                  str(tmp_path / "run"), *TINY])
+    assert exit_info.value.code == 3
+    err = capsys.readouterr().err.strip()
+    assert err.splitlines() == [
+        "keras-unetpp train: error: Training diverged: the training loss is nan "
+        "in epoch 2, batch 1. Try ..."
+    ]
+    # Other runtime errors are bugs: they keep their traceback.
+    monkeypatch.setattr(runs, "train_run", lambda *a, **k: 1 / 0)
+    with pytest.raises(ZeroDivisionError):
+        cli.main(["train", "--data", str(synthetic_dir), "--output",
+                  str(tmp_path / "run"), *TINY])
+
+
+def test_train_run_refuses_non_finite_numbers_before_writing_run_json(
+    synthetic_dir, tmp_path
+):
+    from keras_unetpp import runs, sources
+    from keras_unetpp.errors import InputError
+
+    source = sources.data_source(data_dir=str(synthetic_dir))
+    for kwargs in ({"learning_rate": float("inf")}, {"learning_rate": float("nan")},
+                   {"time_budget": float("inf")},
+                   {"loss_weights": [float("nan"), 1.0]}):
+        with pytest.raises(InputError, match="finite"):
+            runs.train_run(tmp_path / "run", source, image_size=(32, 32), depth=2,
+                           filters=4, epochs=1, tensorboard=False, verbose=0,
+                           **kwargs)
+        assert not (tmp_path / "run" / "run.json").exists()

@@ -321,10 +321,10 @@ def _adapt(value, shape, is_first_kernel, bgr):
     """Fits a 3-channel weight to `shape` (segmentation_models' rule).
 
     The first convolution's kernel: flipped from BGR to RGB for caffe-style
-    trunks; for 1 input channel summed over RGB; for C > 3 the RGB kernels
-    repeated and scaled by 3 / C, so a gray image repeated over the channels
-    gives the same response. A 3-vector (a normalization's statistics) is
-    averaged or repeated the same way.
+    trunks; for 1 input channel summed over RGB (a gray image then responds
+    as the same gray in RGB); for C > 3 channel k takes the RGB kernel k mod 3,
+    scaled by 3 / C so the response keeps its scale. A 3-vector (a
+    normalization's statistics) is averaged or repeated the same way.
     """
     if value.shape == shape and not (is_first_kernel and bgr):
         return value

@@ -667,14 +667,20 @@ def source_summary(source, record_paths=False):
     Returns:
         dict.
     """
-    if record_paths or not isinstance(source, dict):
+    if record_paths:
         return source
-    return {
-        key: _short_path(value)
-        if key in _SOURCE_PATHS and isinstance(value, str)
-        else value
-        for key, value in source.items()
-    }
+    return _shorten_paths(source)
+
+
+def _shorten_paths(value, key=None):
+    """`source_summary`'s walk: nested sources (the split, a validation source)."""
+    if isinstance(value, dict):
+        return {k: _shorten_paths(v, k) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_shorten_paths(v, key) for v in value]
+    if key in _SOURCE_PATHS and isinstance(value, str):
+        return _short_path(value)
+    return value
 
 
 def export_run(

@@ -854,7 +854,8 @@ def test_export_run_records_the_policy_and_no_absolute_paths(
     assert info["size_policy"]["mode"] == expected
     assert info["training"]["resize_mode"] == resize_mode
     assert info["training"]["data"]["images"] == "cells/images"
-    assert info["training"]["data"]["manifest"] == "cells/manifest.csv"
+    # Nested entries too: the split's manifest.
+    assert info["training"]["data"]["split"]["manifest"] == "cells/manifest.csv"
     assert info["training"]["val_output_l2_iou"] == 0.5
     root = str(pathlib.Path(synthetic_source["images"]).parents[1])
     for path in paths.values():

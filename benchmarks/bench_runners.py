@@ -298,8 +298,9 @@ class TorchRunner:
     def _infer(self):
         torch = self.torch
         self.model.eval()
-        with torch.inference_mode(), torch.autocast(
-            "cpu", dtype=torch.bfloat16, enabled=self.autocast
+        with (
+            torch.inference_mode(),
+            torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.autocast),
         ):
             out = self.model(self.x)
         return float(out[-1][0, 0, 0, 0])

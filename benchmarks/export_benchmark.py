@@ -40,8 +40,9 @@ def _time_call(signature, images):
     return time.perf_counter() - start
 
 
-def benchmark(depth=4, filters=None, size=256, batches=(1, 8), rounds=5,
-              warmup=2, seed=0):
+def benchmark(
+    depth=4, filters=None, size=256, batches=(1, 8), rounds=5, warmup=2, seed=0
+):
     """Exports every level and times each SavedModel; returns one row a level.
 
     Args:
@@ -117,9 +118,7 @@ def markdown_table(rows, batches=(1, 8)):
     """The rows as a Markdown table (one line per level)."""
     header = ["level", "params", "GFLOPs", "L4 FLOPs / FLOPs"]
     for batch in batches:
-        header += [
-            f"latency b{batch} (ms)", f"img/s b{batch}", f"speed-up b{batch}"
-        ]
+        header += [f"latency b{batch} (ms)", f"img/s b{batch}", f"speed-up b{batch}"]
     header.append("max abs diff vs Keras")
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for row in rows:
@@ -143,8 +142,13 @@ def markdown_table(rows, batches=(1, 8)):
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--depth", type=int, default=4)
-    parser.add_argument("--filters", type=int, nargs="+", default=None,
-                        help="widths per level (default: 32 64 128 ...)")
+    parser.add_argument(
+        "--filters",
+        type=int,
+        nargs="+",
+        default=None,
+        help="widths per level (default: 32 64 128 ...)",
+    )
     parser.add_argument("--size", type=int, default=256)
     parser.add_argument("--batches", type=int, nargs="+", default=[1, 8])
     parser.add_argument("--rounds", type=int, default=5)
@@ -152,12 +156,20 @@ def main(argv=None):
     parser.add_argument("--json", help="also write the rows to this JSON file")
     args = parser.parse_args(argv)
     batches = tuple(args.batches)
-    rows = benchmark(depth=args.depth, filters=args.filters, size=args.size,
-                     batches=batches, rounds=args.rounds, warmup=args.warmup)
+    rows = benchmark(
+        depth=args.depth,
+        filters=args.filters,
+        size=args.size,
+        batches=batches,
+        rounds=args.rounds,
+        warmup=args.warmup,
+    )
     cpu = platform.processor() or platform.machine()
-    print(f"UNet++ depth {args.depth}, {args.size}x{args.size}, exported "
-          f"SavedModels, median of {args.rounds} round-robin rounds; "
-          f"TensorFlow {tf.__version__}, {cpu}, {os.cpu_count()} CPUs")
+    print(
+        f"UNet++ depth {args.depth}, {args.size}x{args.size}, exported "
+        f"SavedModels, median of {args.rounds} round-robin rounds; "
+        f"TensorFlow {tf.__version__}, {cpu}, {os.cpu_count()} CPUs"
+    )
     print(markdown_table(rows, batches))
     if args.json:
         with open(args.json, "w") as file:

@@ -103,8 +103,10 @@ def check_numerics(args, out):
     head = f"output_l{args.depth}"
     diff, agree = _compare(ref(x)[head], half(x)[head])
     ok = diff < args.tolerance and agree > 0.99
-    _emit(out, {"check": "forward", "max_abs_diff": diff, "mask_agreement": agree,
-                "ok": ok})
+    _emit(
+        out,
+        {"check": "forward", "max_abs_diff": diff, "mask_agreement": agree, "ok": ok},
+    )
     _compile(ref, keras)
     _compile(half, keras)
     scaled = type(half.optimizer).__name__
@@ -122,12 +124,22 @@ def check_numerics(args, out):
     final_ref, final_half = losses[-1]
     rel = abs(final_half - final_ref) / max(abs(final_ref), 1e-6)
     train_ok = finite and rel < args.loss_tolerance
-    diff, agree = _compare(ref.predict(x, verbose=0)[head],
-                           half.predict(x, verbose=0)[head])
-    _emit(out, {"check": "training", "steps": args.train_steps,
-                "optimizer": scaled, "losses": losses, "final_loss_rel_diff": rel,
-                "max_abs_diff_after": diff, "mask_agreement_after": agree,
-                "ok": train_ok})
+    diff, agree = _compare(
+        ref.predict(x, verbose=0)[head], half.predict(x, verbose=0)[head]
+    )
+    _emit(
+        out,
+        {
+            "check": "training",
+            "steps": args.train_steps,
+            "optimizer": scaled,
+            "losses": losses,
+            "final_loss_rel_diff": rel,
+            "max_abs_diff_after": diff,
+            "mask_agreement_after": agree,
+            "ok": train_ok,
+        },
+    )
     return ok and train_ok, half, x
 
 
@@ -160,14 +172,29 @@ def check_speed(args, out):
             infer = args.batch / float(np.median(times))
             key = f"{precision}{'+xla' if xla else ''}"
             results[key] = (train, infer)
-            _emit(out, {"check": "speed", "config": key, "train_images_per_s": train,
-                        "infer_images_per_s": infer, "size": args.size,
-                        "batch": args.batch, "steps": args.steps})
+            _emit(
+                out,
+                {
+                    "check": "speed",
+                    "config": key,
+                    "train_images_per_s": train,
+                    "infer_images_per_s": infer,
+                    "size": args.size,
+                    "batch": args.batch,
+                    "steps": args.steps,
+                },
+            )
     base = results["float32"]
     for key, (train, infer) in results.items():
-        _emit(out, {"check": "speed_ratio", "config": key,
-                    "train_vs_float32": train / base[0],
-                    "infer_vs_float32": infer / base[1]})
+        _emit(
+            out,
+            {
+                "check": "speed_ratio",
+                "config": key,
+                "train_vs_float32": train / base[0],
+                "infer_vs_float32": infer / base[1],
+            },
+        )
 
 
 def check_memory(args, out, device):
@@ -179,7 +206,9 @@ def check_memory(args, out, device):
     x, y = _batch(args.size, args.batch, seed=2)
     base = None
     for precision, recompute in (
-        ("float32", False), ("mixed_float16", False), ("mixed_float16", True)
+        ("float32", False),
+        ("mixed_float16", False),
+        ("mixed_float16", True),
     ):
         model, keras = _build(precision, args)
         if recompute:
@@ -192,10 +221,15 @@ def check_memory(args, out, device):
         )
         before, peak = measured["before"], measured["peak"]
         key = f"{precision}{'+recompute' if recompute else ''}"
-        record = {"check": "memory", "config": key, "device": device,
-                  "step_peak_mb": (peak - before) / 2**20,
-                  "total_peak_mb": peak / 2**20,
-                  "size": args.size, "batch": args.batch}
+        record = {
+            "check": "memory",
+            "config": key,
+            "device": device,
+            "step_peak_mb": (peak - before) / 2**20,
+            "total_peak_mb": peak / 2**20,
+            "size": args.size,
+            "batch": args.batch,
+        }
         if base is None:
             base = peak - before
         record["step_peak_vs_float32"] = (peak - before) / base
@@ -225,9 +259,16 @@ def check_export(model, x, args, out):
         served_dtype = str(served.dtype.name)
         saved_diff = float(np.max(np.abs(np.asarray(served) - expected)))
     ok = keras_diff < 1e-3 and saved_diff < 1e-3 and served_dtype == "float32"
-    _emit(out, {"check": "export", "reloaded_max_abs_diff": keras_diff,
-                "saved_model_max_abs_diff": saved_diff,
-                "saved_model_output_dtype": served_dtype, "ok": ok})
+    _emit(
+        out,
+        {
+            "check": "export",
+            "reloaded_max_abs_diff": keras_diff,
+            "saved_model_max_abs_diff": saved_diff,
+            "saved_model_output_dtype": served_dtype,
+            "ok": ok,
+        },
+    )
     return ok
 
 
@@ -236,21 +277,37 @@ def main(argv=None):
     parser.add_argument("--depth", type=int, default=4)
     parser.add_argument("--size", type=int, default=256)
     parser.add_argument("--batch", type=int, default=8)
-    parser.add_argument("--steps", type=int, default=20,
-                        help="timed steps per speed configuration")
-    parser.add_argument("--train-steps", type=int, default=20,
-                        help="training steps of the numerical comparison")
-    parser.add_argument("--tolerance", type=float, default=0.05,
-                        help="largest allowed probability difference, forward")
-    parser.add_argument("--loss-tolerance", type=float, default=0.05,
-                        help="largest relative difference of the final loss")
+    parser.add_argument(
+        "--steps", type=int, default=20, help="timed steps per speed configuration"
+    )
+    parser.add_argument(
+        "--train-steps",
+        type=int,
+        default=20,
+        help="training steps of the numerical comparison",
+    )
+    parser.add_argument(
+        "--tolerance",
+        type=float,
+        default=0.05,
+        help="largest allowed probability difference, forward",
+    )
+    parser.add_argument(
+        "--loss-tolerance",
+        type=float,
+        default=0.05,
+        help="largest relative difference of the final loss",
+    )
     parser.add_argument("--skip-speed", action="store_true")
-    parser.add_argument("--allow-cpu", action="store_true",
-                        help="run on the CPU when there is no GPU (tests only)")
-    parser.add_argument("--require-gpu", action="store_true",
-                        help="exit 3 (not 0) when there is no GPU")
-    parser.add_argument("--out", type=pathlib.Path,
-                        help="folder for gpu_check.jsonl")
+    parser.add_argument(
+        "--allow-cpu",
+        action="store_true",
+        help="run on the CPU when there is no GPU (tests only)",
+    )
+    parser.add_argument(
+        "--require-gpu", action="store_true", help="exit 3 (not 0) when there is no GPU"
+    )
+    parser.add_argument("--out", type=pathlib.Path, help="folder for gpu_check.jsonl")
     args = parser.parse_args(argv)
 
     import memory
@@ -265,22 +322,34 @@ def main(argv=None):
         for gpu in gpus:
             tf.config.experimental.set_memory_growth(gpu, True)
         details = tf.config.experimental.get_device_details(gpus[0])
-        _emit(args.out, {"check": "device", "gpus": len(gpus), **{
-            k: str(v) for k, v in details.items()}})
+        _emit(
+            args.out,
+            {
+                "check": "device",
+                "gpus": len(gpus),
+                **{k: str(v) for k, v in details.items()},
+            },
+        )
     elif not args.allow_cpu:
-        print("No GPU found by TensorFlow: the GPU check was not run. "
-              "(Use --allow-cpu to run it on the CPU.)", flush=True)
+        print(
+            "No GPU found by TensorFlow: the GPU check was not run. "
+            "(Use --allow-cpu to run it on the CPU.)",
+            flush=True,
+        )
         return 3 if args.require_gpu else 0
     else:
-        print("No GPU found by TensorFlow: running on the CPU (--allow-cpu).",
-              flush=True)
+        print(
+            "No GPU found by TensorFlow: running on the CPU (--allow-cpu).", flush=True
+        )
     ok, model, x = check_numerics(args, args.out)
     if not args.skip_speed:
         check_speed(args, args.out)
     check_memory(args, args.out, "GPU:0" if gpus else "CPU:0")
     ok = check_export(model, x, args, args.out) and ok
-    print(f"GPU check {'passed' if ok else 'FAILED'} on "
-          f"{'GPU' if gpus else 'CPU'}.", flush=True)
+    print(
+        f"GPU check {'passed' if ok else 'FAILED'} on {'GPU' if gpus else 'CPU'}.",
+        flush=True,
+    )
     return 0 if ok else 1
 
 

@@ -70,7 +70,10 @@ def measure_training(pairs, image_size, batch_size, steps, warmup, depth=4):
         optimizer=keras.optimizers.Adam(1e-3), loss=keras_unetpp.BCEDiceLoss()
     )
     ds = data.make_dataset(
-        pairs, image_size=image_size, batch_size=batch_size, drop_remainder=True,
+        pairs,
+        image_size=image_size,
+        batch_size=batch_size,
+        drop_remainder=True,
         depth=depth,
     )
     batch = next(iter(ds))
@@ -91,10 +94,16 @@ def plot(results, path):
     matplotlib.use("Agg")
     from matplotlib import pyplot as plt
 
-    names = ["pipeline, cold", "pipeline, cached",
-             f"UNet++ d{results['depth']} training"]
-    rates = [results["cold_images_per_s"], results["cached_images_per_s"],
-             results["training_images_per_s"]]
+    names = [
+        "pipeline, cold",
+        "pipeline, cached",
+        f"UNet++ d{results['depth']} training",
+    ]
+    rates = [
+        results["cold_images_per_s"],
+        results["cached_images_per_s"],
+        results["training_images_per_s"],
+    ]
     fig, ax = plt.subplots(figsize=(6, 3.5))
     bars = ax.bar(names, rates, color=["#4c72b0", "#55a868", "#c44e52"])
     ax.bar_label(bars, labels=[f"{r:,.1f}" for r in rates])
@@ -113,8 +122,18 @@ def plot(results, path):
     plt.close(fig)
 
 
-def run(data_root, out, image_size=(256, 256), batch_size=8, limit=None,
-        repeats=3, cached_epochs=3, train_steps=5, warmup=2, depth=4):
+def run(
+    data_root,
+    out,
+    image_size=(256, 256),
+    batch_size=8,
+    limit=None,
+    repeats=3,
+    cached_epochs=3,
+    train_steps=5,
+    warmup=2,
+    depth=4,
+):
     """Runs the benchmark, prints the table and writes JSON and a figure."""
     from keras_unetpp import data
 
@@ -154,9 +173,11 @@ def run(data_root, out, image_size=(256, 256), batch_size=8, limit=None,
         ("pipeline, cached", cached, cached / training),
         (f"UNet++ depth {depth} training", training, 1.0),
     ]
-    print(f"{len(pairs)} images, {image_size[0]}x{image_size[1]}, batch "
-          f"{batch_size}, augmentation on, {os.cpu_count()} CPU cores, "
-          f"load average {results['load_average_1min_at_end']:.1f}")
+    print(
+        f"{len(pairs)} images, {image_size[0]}x{image_size[1]}, batch "
+        f"{batch_size}, augmentation on, {os.cpu_count()} CPU cores, "
+        f"load average {results['load_average_1min_at_end']:.1f}"
+    )
     print(f"{'':30s} {'images/s':>10s} {'x training':>11s}")
     for name, rate, ratio in rows:
         print(f"{name:30s} {rate:10.1f} {ratio:11.1f}")
@@ -171,24 +192,34 @@ def run(data_root, out, image_size=(256, 256), batch_size=8, limit=None,
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument(
-        "--data", default=str(REPO.parent / "shared" / "data" / "dsb2018_nuclei"),
+        "--data",
+        default=str(REPO.parent / "shared" / "data" / "dsb2018_nuclei"),
         help="folder with images/, masks/ and manifest.csv",
     )
     parser.add_argument("--out", default=str(REPO / "results" / "pipeline_benchmark"))
     parser.add_argument("--image-size", type=int, default=256)
     parser.add_argument("--batch-size", type=int, default=8)
-    parser.add_argument("--limit", type=int, default=None,
-                        help="use only the first N training images")
+    parser.add_argument(
+        "--limit", type=int, default=None, help="use only the first N training images"
+    )
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--cached-epochs", type=int, default=3)
     parser.add_argument("--train-steps", type=int, default=5)
     parser.add_argument("--warmup", type=int, default=2)
-    parser.add_argument("--depth", type=int, default=4,
-                        help="UNet++ depth of the training-rate model")
+    parser.add_argument(
+        "--depth", type=int, default=4, help="UNet++ depth of the training-rate model"
+    )
     args = parser.parse_args(argv)
     run(
-        args.data, args.out, (args.image_size, args.image_size), args.batch_size,
-        args.limit, args.repeats, args.cached_epochs, args.train_steps, args.warmup,
+        args.data,
+        args.out,
+        (args.image_size, args.image_size),
+        args.batch_size,
+        args.limit,
+        args.repeats,
+        args.cached_epochs,
+        args.train_steps,
+        args.warmup,
         args.depth,
     )
 

@@ -83,8 +83,9 @@ def train_once(precision, data, args):
         start = time.perf_counter()
         logs = model.train_on_batch(x, y, return_dict=True)
         times.append(time.perf_counter() - start)
-    val = model.evaluate(x_val, y_val, batch_size=args.batch, verbose=0,
-                         return_dict=True)
+    val = model.evaluate(
+        x_val, y_val, batch_size=args.batch, verbose=0, return_dict=True
+    )
     return {
         "record": "parity",
         "precision": precision,
@@ -101,10 +102,14 @@ def train_once(precision, data, args):
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--data", type=pathlib.Path,
-                        default=REPO.parent / "shared" / "data" / "dsb2018_nuclei")
-    parser.add_argument("--precisions", nargs="+",
-                        default=["float32", "mixed_bfloat16"])
+    parser.add_argument(
+        "--data",
+        type=pathlib.Path,
+        default=REPO.parent / "shared" / "data" / "dsb2018_nuclei",
+    )
+    parser.add_argument(
+        "--precisions", nargs="+", default=["float32", "mixed_bfloat16"]
+    )
     parser.add_argument("--steps", type=int, default=300)
     parser.add_argument("--depth", type=int, default=4)
     parser.add_argument("--size", type=int, default=96)
@@ -112,8 +117,10 @@ def main(argv=None):
     parser.add_argument("--learning-rate", type=float, default=1e-3)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
-    data = (load_split(args.data, "train", args.size),
-            load_split(args.data, "val", args.size))
+    data = (
+        load_split(args.data, "train", args.size),
+        load_split(args.data, "val", args.size),
+    )
     results = [train_once(p, data, args) for p in args.precisions]
     for result in results:
         print(json.dumps(result, sort_keys=True), flush=True)

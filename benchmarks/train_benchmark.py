@@ -97,9 +97,7 @@ def _config(impl, depth, ds, precision, args, **extra):
         suffix = f"-{extra['lever']}"
     else:
         suffix = "".join(f"-{k}={v}" for k, v in sorted(extra.items()))
-    config["name"] = (
-        f"{impl}-d{depth}-{'ds' if ds else 'nods'}-{precision}{suffix}"
-    )
+    config["name"] = f"{impl}-d{depth}-{'ds' if ds else 'nods'}-{precision}{suffix}"
     return config
 
 
@@ -142,10 +140,7 @@ def plan(args):
                         _config("keras_unetpp", depth, ds, "float32", args)
                         for ds in args.modes
                     ]
-                    + [
-                        _config(peer, depth, ds, "float32", args)
-                        for peer, ds in peers
-                    ]
+                    + [_config(peer, depth, ds, "float32", args) for peer, ds in peers]
                 )
         if args.levers:
             # The plain model and each variant side by side, in the same
@@ -156,8 +151,13 @@ def plan(args):
                     [_config("keras_unetpp", depth, False, precision, args)]
                     + [
                         _config(
-                            "keras_unetpp", depth, False, precision, args,
-                            lever=lever, **LEVERS[lever],
+                            "keras_unetpp",
+                            depth,
+                            False,
+                            precision,
+                            args,
+                            lever=lever,
+                            **LEVERS[lever],
                         )
                         for lever in args.levers
                     ]
@@ -181,8 +181,14 @@ def plan(args):
             if lever in MEMORY_LEVERS:
                 memory.append(
                     _config(
-                        "keras_unetpp", depth, False, "float32", mem,
-                        infer=False, lever=lever, **LEVERS[lever],
+                        "keras_unetpp",
+                        depth,
+                        False,
+                        "float32",
+                        mem,
+                        infer=False,
+                        lever=lever,
+                        **LEVERS[lever],
                     )
                 )
         if depth == 4:
@@ -368,7 +374,12 @@ def speed_records(results):
             continue
         train = result["train"]
         record = _speed_record(
-            config, info, "train", "train", train["step_s"], train["ref_s"],
+            config,
+            info,
+            "train",
+            "train",
+            train["step_s"],
+            train["ref_s"],
             info["flops"],
         )
         # CPU seconds of all threads per step: a figure that load from other
@@ -379,7 +390,12 @@ def speed_records(results):
         for mode, steps in infer["step_s"].items():
             records.append(
                 _speed_record(
-                    config, info, "infer", mode, steps, infer["ref_s"],
+                    config,
+                    info,
+                    "infer",
+                    mode,
+                    steps,
+                    infer["ref_s"],
                     info["infer_flops"][mode],
                 )
             )
@@ -424,8 +440,13 @@ def ratio_records(groups_results):
 
     def add(name, value, target=None, note=""):
         records.append(
-            {"record": "ratio", "ratio": name, "value": value, "target": target,
-             "note": note}
+            {
+                "record": "ratio",
+                "ratio": name,
+                "value": value,
+                "target": target,
+                "note": note,
+            }
         )
 
     for results in groups_results:
@@ -465,8 +486,7 @@ def ratio_records(groups_results):
                     )
                 infer = result["infer"]["step_s"]
                 add(
-                    f"accurate / L{depth} inference time, {tag}, "
-                    f"{config['precision']}",
+                    f"accurate / L{depth} inference time, {tag}, {config['precision']}",
                     _paired(infer["accurate"], infer[f"L{depth}"]),
                     "<= 1.05",
                 )
@@ -531,24 +551,49 @@ def _table(headers, rows):
 
 def speed_table(records):
     headers = [
-        "model", "depth", "DS", "precision", "phase", "mode", "GFLOP/img",
-        "img/s", "GFLOP/s", "% peak", "peak GFLOP/s",
+        "model",
+        "depth",
+        "DS",
+        "precision",
+        "phase",
+        "mode",
+        "GFLOP/img",
+        "img/s",
+        "GFLOP/s",
+        "% peak",
+        "peak GFLOP/s",
     ]
     rows = []
     for r in records:
         if r["phase"] == "skipped":
             rows.append(
-                [r["model"], r["depth"], "yes" if r["deep_supervision"] else "no",
-                 r["precision"], "skipped", r.get("error", "")[:40], "", "", "", "",
-                 ""]
+                [
+                    r["model"],
+                    r["depth"],
+                    "yes" if r["deep_supervision"] else "no",
+                    r["precision"],
+                    "skipped",
+                    r.get("error", "")[:40],
+                    "",
+                    "",
+                    "",
+                    "",
+                    "",
+                ]
             )
             continue
         rows.append(
             [
-                r["model"], r["depth"], "yes" if r["deep_supervision"] else "no",
-                r["precision"], r["phase"], r["mode"],
-                _fmt(r["gflop_per_image"], ".2f"), _fmt(r["images_per_s"], ".2f"),
-                _fmt(r["gflops"], ".0f"), _fmt(r["pct_of_peak"], ".0f"),
+                r["model"],
+                r["depth"],
+                "yes" if r["deep_supervision"] else "no",
+                r["precision"],
+                r["phase"],
+                r["mode"],
+                _fmt(r["gflop_per_image"], ".2f"),
+                _fmt(r["images_per_s"], ".2f"),
+                _fmt(r["gflops"], ".0f"),
+                _fmt(r["pct_of_peak"], ".0f"),
                 _fmt(r["peak_gflops"], ".0f"),
             ]
         )
@@ -557,15 +602,29 @@ def speed_table(records):
 
 def memory_table(records):
     headers = [
-        "model", "depth", "DS", "precision", "image", "batch",
-        "TF allocator peak MB", "peak RSS MB", "RSS growth MB", "step s",
+        "model",
+        "depth",
+        "DS",
+        "precision",
+        "image",
+        "batch",
+        "TF allocator peak MB",
+        "peak RSS MB",
+        "RSS growth MB",
+        "step s",
     ]
     rows = [
         [
-            r["model"], r["depth"], "yes" if r["deep_supervision"] else "no",
-            r["precision"], f"{r['size']}x{r['size']}", r["batch"],
-            _fmt(r.get("allocator_peak_mb"), ".0f"), _fmt(r.get("max_rss_mb"), ".0f"),
-            _fmt(r.get("rss_growth_mb"), ".0f"), _fmt(r.get("step_s"), ".2f"),
+            r["model"],
+            r["depth"],
+            "yes" if r["deep_supervision"] else "no",
+            r["precision"],
+            f"{r['size']}x{r['size']}",
+            r["batch"],
+            _fmt(r.get("allocator_peak_mb"), ".0f"),
+            _fmt(r.get("max_rss_mb"), ".0f"),
+            _fmt(r.get("rss_growth_mb"), ".0f"),
+            _fmt(r.get("step_s"), ".2f"),
         ]
         for r in records
     ]
@@ -573,9 +632,7 @@ def memory_table(records):
 
 
 def ratio_table(records):
-    rows = [
-        [r["ratio"], _fmt(r["value"], ".3f"), r["target"] or ""] for r in records
-    ]
+    rows = [[r["ratio"], _fmt(r["value"], ".3f"), r["target"] or ""] for r in records]
     return _table(["ratio (paired, same rounds)", "value", "target"], rows)
 
 
@@ -610,48 +667,85 @@ def machine_record(results):
 
 def build_parser():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--quick", action="store_true",
-                        help="smoke test: a tiny depth-2 model, a few steps")
-    parser.add_argument("--size", type=int, default=128,
-                        help="square image size of the speed runs")
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="smoke test: a tiny depth-2 model, a few steps",
+    )
+    parser.add_argument(
+        "--size", type=int, default=128, help="square image size of the speed runs"
+    )
     parser.add_argument("--batch", type=int, default=8)
-    parser.add_argument("--steps", type=int, default=20,
-                        help="timed steps per configuration (median)")
+    parser.add_argument(
+        "--steps", type=int, default=20, help="timed steps per configuration (median)"
+    )
     parser.add_argument("--warmup", type=int, default=2)
-    parser.add_argument("--depths", type=int, nargs="+",
-                        help="depths of keras_unetpp (default 4 3 2 1; 2 with "
-                        "--quick)")
-    parser.add_argument("--modes", nargs="*", default=["nods", "ds"],
-                        choices=["nods", "ds"],
-                        help="without and/or with deep supervision")
-    parser.add_argument("--precisions", nargs="+", default=list(PRECISIONS),
-                        choices=PRECISIONS)
+    parser.add_argument(
+        "--depths",
+        type=int,
+        nargs="+",
+        help="depths of keras_unetpp (default 4 3 2 1; 2 with --quick)",
+    )
+    parser.add_argument(
+        "--modes",
+        nargs="*",
+        default=["nods", "ds"],
+        choices=["nods", "ds"],
+        help="without and/or with deep supervision",
+    )
+    parser.add_argument(
+        "--precisions", nargs="+", default=list(PRECISIONS), choices=PRECISIONS
+    )
     parser.add_argument("--peers", nargs="*", default=list(PEERS), choices=PEERS)
-    parser.add_argument("--peer-python",
-                        default=os.environ.get("KERAS_UNETPP_PEER_PYTHON",
-                                               sys.executable),
-                        help="interpreter that has the peers installed")
-    parser.add_argument("--python", default=sys.executable,
-                        help="interpreter that has keras_unetpp installed")
-    parser.add_argument("--only", choices=["speed", "memory"],
-                        help="run only the speed or only the memory part")
-    parser.add_argument("--levers", nargs="*", default=[], choices=sorted(LEVERS),
-                        help="also time these variants beside the plain "
-                        "model: XLA, one inter-op thread, no oneDNN, "
-                        "jemalloc, TensorFlow's BFC allocator, no normalization, "
-                        "Keras' unfused batch norm, batch 16, 256x256 images")
-    parser.add_argument("--lever-precisions", nargs="+", default=["float32"],
-                        choices=PRECISIONS,
-                        help="the precisions in which the levers are timed "
-                        "(one group each)")
-    parser.add_argument("--memory-size", type=int, default=256,
-                        help="image size of the memory runs (0: none)")
+    parser.add_argument(
+        "--peer-python",
+        default=os.environ.get("KERAS_UNETPP_PEER_PYTHON", sys.executable),
+        help="interpreter that has the peers installed",
+    )
+    parser.add_argument(
+        "--python",
+        default=sys.executable,
+        help="interpreter that has keras_unetpp installed",
+    )
+    parser.add_argument(
+        "--only",
+        choices=["speed", "memory"],
+        help="run only the speed or only the memory part",
+    )
+    parser.add_argument(
+        "--levers",
+        nargs="*",
+        default=[],
+        choices=sorted(LEVERS),
+        help="also time these variants beside the plain "
+        "model: XLA, one inter-op thread, no oneDNN, "
+        "jemalloc, TensorFlow's BFC allocator, no normalization, "
+        "Keras' unfused batch norm, batch 16, 256x256 images",
+    )
+    parser.add_argument(
+        "--lever-precisions",
+        nargs="+",
+        default=["float32"],
+        choices=PRECISIONS,
+        help="the precisions in which the levers are timed (one group each)",
+    )
+    parser.add_argument(
+        "--memory-size",
+        type=int,
+        default=256,
+        help="image size of the memory runs (0: none)",
+    )
     parser.add_argument("--memory-batch", type=int, default=8)
     parser.add_argument("--memory-steps", type=int, default=2)
-    parser.add_argument("--ref-size", type=int, default=3072,
-                        help="n of the n x n float32 reference matmul")
-    parser.add_argument("--json", type=pathlib.Path,
-                        help="also write the JSON lines to this file")
+    parser.add_argument(
+        "--ref-size",
+        type=int,
+        default=3072,
+        help="n of the n x n float32 reference matmul",
+    )
+    parser.add_argument(
+        "--json", type=pathlib.Path, help="also write the JSON lines to this file"
+    )
     return parser
 
 
@@ -706,9 +800,11 @@ def main(argv=None):
         )
         print(speed_table(speed))
     if mem:
-        print(f"\nMemory: one training step, {args.memory_size}x{args.memory_size}"
-              f"x1, batch {args.memory_batch}, each configuration alone in a "
-              "fresh process.\n")
+        print(
+            f"\nMemory: one training step, {args.memory_size}x{args.memory_size}"
+            f"x1, batch {args.memory_batch}, each configuration alone in a "
+            "fresh process.\n"
+        )
         print(memory_table(mem))
     if ratios:
         print()

@@ -61,28 +61,50 @@ class Backbone:
 def _resnet(blocks, v2=False):
     if v2:
         # Pre-activation: a stage's last block ends at its stride-2 unit.
-        names = {4: f"conv2_block{blocks[0]}_out", 8: f"conv3_block{blocks[1]}_out",
-                 16: f"conv4_block{blocks[2]}_out", 32: "post_relu"}
+        names = {
+            4: f"conv2_block{blocks[0]}_out",
+            8: f"conv3_block{blocks[1]}_out",
+            16: f"conv4_block{blocks[2]}_out",
+            32: "post_relu",
+        }
         return {2: "conv1_conv", **names}
-    return {2: "conv1_relu", 4: f"conv2_block{blocks[0]}_out",
-            8: f"conv3_block{blocks[1]}_out", 16: f"conv4_block{blocks[2]}_out",
-            32: f"conv5_block{blocks[3]}_out"}
+    return {
+        2: "conv1_relu",
+        4: f"conv2_block{blocks[0]}_out",
+        8: f"conv3_block{blocks[1]}_out",
+        16: f"conv4_block{blocks[2]}_out",
+        32: f"conv5_block{blocks[3]}_out",
+    }
 
 
 def _densenet():
-    return {2: "conv1_relu", 4: "pool2_conv", 8: "pool3_conv", 16: "pool4_conv",
-            32: "relu"}
+    return {
+        2: "conv1_relu",
+        4: "pool2_conv",
+        8: "pool3_conv",
+        16: "pool4_conv",
+        32: "relu",
+    }
 
 
 def _efficientnet():
-    return {2: "block2a_expand_activation", 4: "block3a_expand_activation",
-            8: "block4a_expand_activation", 16: "block6a_expand_activation",
-            32: "top_activation"}
+    return {
+        2: "block2a_expand_activation",
+        4: "block3a_expand_activation",
+        8: "block4a_expand_activation",
+        16: "block6a_expand_activation",
+        32: "top_activation",
+    }
 
 
 def _efficientnet_v2(stage1, stage2):
-    return {2: stage1, 4: stage2, 8: "block4a_expand_activation",
-            16: "block6a_expand_activation", 32: "top_activation"}
+    return {
+        2: stage1,
+        4: stage2,
+        8: "block4a_expand_activation",
+        16: "block6a_expand_activation",
+        32: "top_activation",
+    }
 
 
 def _convnext(prefix, stage_blocks):
@@ -93,12 +115,30 @@ def _convnext(prefix, stage_blocks):
 
 
 BACKBONES = {
-    "vgg16": Backbone("VGG16", {1: "block1_conv2", 2: "block2_conv2",
-                                4: "block3_conv3", 8: "block4_conv3",
-                                16: "block5_conv3", 32: "block5_pool"}, "caffe"),
-    "vgg19": Backbone("VGG19", {1: "block1_conv2", 2: "block2_conv2",
-                                4: "block3_conv4", 8: "block4_conv4",
-                                16: "block5_conv4", 32: "block5_pool"}, "caffe"),
+    "vgg16": Backbone(
+        "VGG16",
+        {
+            1: "block1_conv2",
+            2: "block2_conv2",
+            4: "block3_conv3",
+            8: "block4_conv3",
+            16: "block5_conv3",
+            32: "block5_pool",
+        },
+        "caffe",
+    ),
+    "vgg19": Backbone(
+        "VGG19",
+        {
+            1: "block1_conv2",
+            2: "block2_conv2",
+            4: "block3_conv4",
+            8: "block4_conv4",
+            16: "block5_conv4",
+            32: "block5_pool",
+        },
+        "caffe",
+    ),
     "resnet50": Backbone("ResNet50", _resnet((3, 4, 6, 3)), "caffe"),
     "resnet101": Backbone("ResNet101", _resnet((3, 4, 23, 3)), "caffe"),
     "resnet152": Backbone("ResNet152", _resnet((3, 8, 36, 3)), "caffe"),
@@ -119,7 +159,8 @@ BACKBONES = {
     ),
     **{
         f"efficientnetv2b{k}": Backbone(
-            f"EfficientNetV2B{k}", _efficientnet_v2("block1b_add", "block2c_add"),
+            f"EfficientNetV2B{k}",
+            _efficientnet_v2("block1b_add", "block2c_add"),
             "torch",
         )
         for k in (1, 2, 3)
@@ -147,8 +188,13 @@ BACKBONES = {
     ),
     "mobilenetv2": Backbone(
         "MobileNetV2",
-        {2: "block_1_expand_relu", 4: "block_3_expand_relu",
-         8: "block_6_expand_relu", 16: "block_13_expand_relu", 32: "out_relu"},
+        {
+            2: "block_1_expand_relu",
+            4: "block_3_expand_relu",
+            8: "block_6_expand_relu",
+            16: "block_13_expand_relu",
+            32: "out_relu",
+        },
         "tf",
     ),
 }
@@ -168,8 +214,10 @@ def check_encoder_weights(encoder_weights):
     """Returns `encoder_weights` (None, "imagenet" or an existing file path)."""
     if encoder_weights in (None, "imagenet"):
         return encoder_weights
-    path = os.fspath(encoder_weights) if isinstance(encoder_weights, os.PathLike) else (
-        encoder_weights
+    path = (
+        os.fspath(encoder_weights)
+        if isinstance(encoder_weights, os.PathLike)
+        else (encoder_weights)
     )
     if not isinstance(path, str) or not os.path.isfile(path):
         raise InputError(
@@ -278,8 +326,12 @@ def _load_pretrained(trunk, entry, name, encoder_weights, kwargs):
     for mine, source in zip(ours, theirs):
         values = []
         for target, value in zip(mine.weights, source.get_weights()):
-            value = _adapt(value, tuple(target.shape), first_conv and len(
-                value.shape) == 4, entry.preprocessing == "caffe")
+            value = _adapt(
+                value,
+                tuple(target.shape),
+                first_conv and len(value.shape) == 4,
+                entry.preprocessing == "caffe",
+            )
             values.append(value)
         if isinstance(mine, keras.layers.Conv2D) and first_conv:
             first_conv = False

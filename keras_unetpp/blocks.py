@@ -98,9 +98,7 @@ def conv_unit(
             activation, name=description.activation_name(i, j, k)
         )(x)
         if dropout:
-            x = keras.layers.Dropout(dropout, name=description.dropout_name(i, j, k))(
-                x
-            )
+            x = keras.layers.Dropout(dropout, name=description.dropout_name(i, j, k))(x)
     return x
 
 

@@ -76,7 +76,9 @@ def _positive_float(text):
 
 def _weight(text):
     return _number(
-        text, float, lambda v: math.isfinite(v) and v >= 0,
+        text,
+        float,
+        lambda v: math.isfinite(v) and v >= 0,
         "a finite non-negative number",
     )
 
@@ -94,16 +96,33 @@ def _add_synthetic(commands):
         "train/val split and a README.txt saying that the data are synthetic.",
     )
     p.add_argument("output", help="folder to write (images/, masks/, manifest.csv)")
-    p.add_argument("--num-images", type=_positive_int, default=64,
-                   help="number of image/mask pairs (default: 64)")
-    p.add_argument("--image-size", type=_positive_int, nargs=2, default=(64, 64),
-                   metavar=("HEIGHT", "WIDTH"), help="(default: 64 64)")
-    p.add_argument("--val-fraction", type=_fraction, default=0.25,
-                   help="share marked 'val' in the manifest (default: 0.25)")
+    p.add_argument(
+        "--num-images",
+        type=_positive_int,
+        default=64,
+        help="number of image/mask pairs (default: 64)",
+    )
+    p.add_argument(
+        "--image-size",
+        type=_positive_int,
+        nargs=2,
+        default=(64, 64),
+        metavar=("HEIGHT", "WIDTH"),
+        help="(default: 64 64)",
+    )
+    p.add_argument(
+        "--val-fraction",
+        type=_fraction,
+        default=0.25,
+        help="share marked 'val' in the manifest (default: 0.25)",
+    )
     p.add_argument("--seed", type=int, default=0, help="(default: 0)")
-    p.add_argument("--overwrite", action="store_true",
-                   help="replace OUTPUT if it is a synthetic data set made by "
-                   "this command (a non-empty folder is refused otherwise)")
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace OUTPUT if it is a synthetic data set made by "
+        "this command (a non-empty folder is refused otherwise)",
+    )
 
 
 def _add_train(commands):
@@ -116,107 +135,218 @@ def _add_train(commands):
         "(logs/) and history.csv, and saves a resumable state: run the same "
         "command again after an interruption to continue where it stopped.",
     )
-    p.add_argument("--output", required=True, metavar="RUN_DIR",
-                   help="run folder for checkpoints, logs and later steps")
+    p.add_argument(
+        "--output",
+        required=True,
+        metavar="RUN_DIR",
+        help="run folder for checkpoints, logs and later steps",
+    )
     src = p.add_argument_group("data source (give exactly one)")
     _add_folder_source(src, "train")
     src.add_argument("--tfds", metavar="NAME", help="a TFDS data set name")
-    src.add_argument("--tfds-train-split", default="train",
-                     help="TFDS split to train on (default: train)")
-    src.add_argument("--tfds-val-split", default="validation",
-                     help="TFDS split to validate on (default: validation)")
-    src.add_argument("--tfds-image-key", default="image",
-                     help="TFDS image feature (default: image)")
-    src.add_argument("--tfds-mask-key", default="segmentation_mask",
-                     help="TFDS mask feature (default: segmentation_mask)")
+    src.add_argument(
+        "--tfds-train-split",
+        default="train",
+        help="TFDS split to train on (default: train)",
+    )
+    src.add_argument(
+        "--tfds-val-split",
+        default="validation",
+        help="TFDS split to validate on (default: validation)",
+    )
+    src.add_argument(
+        "--tfds-image-key", default="image", help="TFDS image feature (default: image)"
+    )
+    src.add_argument(
+        "--tfds-mask-key",
+        default="segmentation_mask",
+        help="TFDS mask feature (default: segmentation_mask)",
+    )
     src.add_argument("--tfds-data-dir", metavar="DIR", help="TFDS data directory")
-    src.add_argument("--mask-map", type=_json_dict, metavar="JSON",
-                     help='TFDS mask values to classes, e.g. \'{"1": 1, "2": 0}\'')
+    src.add_argument(
+        "--mask-map",
+        type=_json_dict,
+        metavar="JSON",
+        help='TFDS mask values to classes, e.g. \'{"1": 1, "2": 0}\'',
+    )
     sp = p.add_argument_group(
         "split (a manifest's split is always used; a random split only when "
         "none is given)"
     )
     _add_split_flags(sp)
-    sp.add_argument("--val-data", metavar="DIR",
-                    help="validate on this folder (images/ + masks/) instead of "
-                    "a split of the training data")
-    sp.add_argument("--val-images", metavar="DIR",
-                    help="validation images folder (with --val-masks)")
-    sp.add_argument("--val-masks", metavar="DIR",
-                    help="validation masks folder, same file stems")
-    sp.add_argument("--no-val", action="store_true",
-                    help="train without validation; best.keras is then the epoch "
-                    "with the lowest training loss")
-    sp.add_argument("--val-fraction", type=_fraction,
-                    help="validation share of a random split, which is made only "
-                    "when nothing else gives the split (default: 0.2)")
+    sp.add_argument(
+        "--val-data",
+        metavar="DIR",
+        help="validate on this folder (images/ + masks/) instead of "
+        "a split of the training data",
+    )
+    sp.add_argument(
+        "--val-images",
+        metavar="DIR",
+        help="validation images folder (with --val-masks)",
+    )
+    sp.add_argument(
+        "--val-masks", metavar="DIR", help="validation masks folder, same file stems"
+    )
+    sp.add_argument(
+        "--no-val",
+        action="store_true",
+        help="train without validation; best.keras is then the epoch "
+        "with the lowest training loss",
+    )
+    sp.add_argument(
+        "--val-fraction",
+        type=_fraction,
+        help="validation share of a random split, which is made only "
+        "when nothing else gives the split (default: 0.2)",
+    )
     m = p.add_argument_group("model")
-    m.add_argument("--architecture", choices=("unetpp", "unet"), default="unetpp",
-                   help="UNet++ or the plain U-Net baseline of the same widths "
-                   "(default: unetpp)")
+    m.add_argument(
+        "--architecture",
+        choices=("unetpp", "unet"),
+        default="unetpp",
+        help="UNet++ or the plain U-Net baseline of the same widths (default: unetpp)",
+    )
     m.add_argument("--depth", type=_positive_int, default=4, help="(default: 4)")
-    m.add_argument("--filters", type=_positive_int, nargs="+", metavar="N",
-                   help="width of level 0 (doubled per level), or depth+1 widths "
-                   "(default: the paper's 32 64 128 256 512)")
-    m.add_argument("--deep-supervision", action=argparse.BooleanOptionalAction,
-                   default=None,
-                   help="one head per level, needed to prune (default: on for "
-                   "unetpp, off for unet)")
-    m.add_argument("--normalization", choices=("batch", "group", "none"),
-                   default="batch", help="(default: batch)")
-    m.add_argument("--num-classes", type=_positive_int, default=1,
-                   help="1 = binary (default), more = class-index masks")
+    m.add_argument(
+        "--filters",
+        type=_positive_int,
+        nargs="+",
+        metavar="N",
+        help="width of level 0 (doubled per level), or depth+1 widths "
+        "(default: the paper's 32 64 128 256 512)",
+    )
+    m.add_argument(
+        "--deep-supervision",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="one head per level, needed to prune (default: on for "
+        "unetpp, off for unet)",
+    )
+    m.add_argument(
+        "--normalization",
+        choices=("batch", "group", "none"),
+        default="batch",
+        help="(default: batch)",
+    )
+    m.add_argument(
+        "--num-classes",
+        type=_positive_int,
+        default=1,
+        help="1 = binary (default), more = class-index masks",
+    )
     d = p.add_argument_group("input")
-    d.add_argument("--image-size", type=_positive_int, nargs=2, default=(96, 96),
-                   metavar=("HEIGHT", "WIDTH"),
-                   help="training size, multiples of 2**depth (default: 96 96)")
-    d.add_argument("--channels", type=int, choices=(1, 3), default=1,
-                   help="1 = gray (default), 3 = RGB")
-    d.add_argument("--resize-mode", choices=("resize", "crop"), default="resize",
-                   help="scale images to --image-size, or crop/pad them "
-                   "(default: resize)")
-    d.add_argument("--augment", action=argparse.BooleanOptionalAction, default=True,
-                   help="random flips, quarter turns, scale, intensity "
-                   "(default: on)")
+    d.add_argument(
+        "--image-size",
+        type=_positive_int,
+        nargs=2,
+        default=(96, 96),
+        metavar=("HEIGHT", "WIDTH"),
+        help="training size, multiples of 2**depth (default: 96 96)",
+    )
+    d.add_argument(
+        "--channels",
+        type=int,
+        choices=(1, 3),
+        default=1,
+        help="1 = gray (default), 3 = RGB",
+    )
+    d.add_argument(
+        "--resize-mode",
+        choices=("resize", "crop"),
+        default="resize",
+        help="scale images to --image-size, or crop/pad them (default: resize)",
+    )
+    d.add_argument(
+        "--augment",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="random flips, quarter turns, scale, intensity (default: on)",
+    )
     t = p.add_argument_group("training")
     t.add_argument("--batch-size", type=_positive_int, default=8, help="(default: 8)")
     t.add_argument("--epochs", type=_positive_int, default=10, help="(default: 10)")
-    t.add_argument("--steps-per-epoch", type=_positive_int,
-                   help="batches per epoch (default: one pass over the data)")
-    t.add_argument("--learning-rate", type=_positive_float, default=1e-3,
-                   help="Adam learning rate (default: 0.001)")
-    t.add_argument("--lr-schedule", choices=("constant", "cosine"),
-                   default="constant",
-                   help="cosine: decay to 5%% of the rate over all epochs, or "
-                   "over the epochs that fit in --time-budget; a resumed run "
-                   "continues its decay (default: constant)")
-    t.add_argument("--loss-weights", type=_weight, nargs="+", metavar="W",
-                   help="loss weight of each head from L1 up (default: all 1)")
-    t.add_argument("--monitor", choices=("iou", "dice"), default="iou",
-                   help="validation score that picks best.keras (default: iou)")
-    t.add_argument("--precision", default="float32",
-                   choices=("auto", "float32", "mixed_float16", "mixed_bfloat16"),
-                   help="Keras dtype policy; auto picks mixed_float16 on a GPU, "
-                   "mixed_bfloat16 on a TPU or a CPU with native bfloat16, "
-                   "float32 elsewhere (default: float32)")
-    t.add_argument("--recompute", action="store_true",
-                   help="recompute each node's activations in the backward "
-                   "pass: less memory per step (larger batches or images), "
-                   "more compute (default: off)")
-    t.add_argument("--strategy", default="default",
-                   choices=("default", "mirrored", "multi_worker", "tpu"),
-                   help="tf.distribute strategy (default: default)")
-    t.add_argument("--save-every", type=_positive_int, metavar="BATCHES",
-                   help="also save the resumable state every this many batches "
-                   "(default: at epoch ends)")
-    t.add_argument("--time-budget", type=_positive_float, metavar="MINUTES",
-                   help="start no epoch that would end after this many minutes; "
-                   "the same command continues later (default: no limit)")
+    t.add_argument(
+        "--steps-per-epoch",
+        type=_positive_int,
+        help="batches per epoch (default: one pass over the data)",
+    )
+    t.add_argument(
+        "--learning-rate",
+        type=_positive_float,
+        default=1e-3,
+        help="Adam learning rate (default: 0.001)",
+    )
+    t.add_argument(
+        "--lr-schedule",
+        choices=("constant", "cosine"),
+        default="constant",
+        help="cosine: decay to 5%% of the rate over all epochs, or "
+        "over the epochs that fit in --time-budget; a resumed run "
+        "continues its decay (default: constant)",
+    )
+    t.add_argument(
+        "--loss-weights",
+        type=_weight,
+        nargs="+",
+        metavar="W",
+        help="loss weight of each head from L1 up (default: all 1)",
+    )
+    t.add_argument(
+        "--monitor",
+        choices=("iou", "dice"),
+        default="iou",
+        help="validation score that picks best.keras (default: iou)",
+    )
+    t.add_argument(
+        "--precision",
+        default="float32",
+        choices=("auto", "float32", "mixed_float16", "mixed_bfloat16"),
+        help="Keras dtype policy; auto picks mixed_float16 on a GPU, "
+        "mixed_bfloat16 on a TPU or a CPU with native bfloat16, "
+        "float32 elsewhere (default: float32)",
+    )
+    t.add_argument(
+        "--recompute",
+        action="store_true",
+        help="recompute each node's activations in the backward "
+        "pass: less memory per step (larger batches or images), "
+        "more compute (default: off)",
+    )
+    t.add_argument(
+        "--strategy",
+        default="default",
+        choices=("default", "mirrored", "multi_worker", "tpu"),
+        help="tf.distribute strategy (default: default)",
+    )
+    t.add_argument(
+        "--save-every",
+        type=_positive_int,
+        metavar="BATCHES",
+        help="also save the resumable state every this many batches "
+        "(default: at epoch ends)",
+    )
+    t.add_argument(
+        "--time-budget",
+        type=_positive_float,
+        metavar="MINUTES",
+        help="start no epoch that would end after this many minutes; "
+        "the same command continues later (default: no limit)",
+    )
     t.add_argument("--seed", type=int, default=0, help="(default: 0)")
-    t.add_argument("--tensorboard", action=argparse.BooleanOptionalAction,
-                   default=True, help="write TensorBoard logs (default: on)")
-    t.add_argument("--verbose", type=int, choices=(0, 1, 2), default=1,
-                   help="0 silent, 1 progress bars (default), 2 one line per epoch")
+    t.add_argument(
+        "--tensorboard",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="write TensorBoard logs (default: on)",
+    )
+    t.add_argument(
+        "--verbose",
+        type=int,
+        choices=(0, 1, 2),
+        default=1,
+        help="0 silent, 1 progress bars (default), 2 one line per epoch",
+    )
 
 
 def _add_folder_source(group, command):
@@ -225,32 +355,50 @@ def _add_folder_source(group, command):
         if command == "train"
         else "its split column gives --split"
     )
-    group.add_argument("--data", metavar="DIR",
-                       help="folder with images/ and masks/ (and an optional "
-                       f"manifest.csv: {manifest})")
+    group.add_argument(
+        "--data",
+        metavar="DIR",
+        help="folder with images/ and masks/ (and an optional "
+        f"manifest.csv: {manifest})",
+    )
     group.add_argument("--images", metavar="DIR", help="images folder (with --masks)")
     group.add_argument("--masks", metavar="DIR", help="masks folder, same file stems")
-    group.add_argument("--manifest", metavar="CSV",
-                       help="manifest CSV (stem column and a split column) for "
-                       "--images/--masks, or instead of DIR/manifest.csv")
-    group.add_argument("--dsb2018", metavar="DIR",
-                       help="Data Science Bowl 2018 stage1_train folder "
-                       "(<id>/images, <id>/masks)")
+    group.add_argument(
+        "--manifest",
+        metavar="CSV",
+        help="manifest CSV (stem column and a split column) for "
+        "--images/--masks, or instead of DIR/manifest.csv",
+    )
+    group.add_argument(
+        "--dsb2018",
+        metavar="DIR",
+        help="Data Science Bowl 2018 stage1_train folder (<id>/images, <id>/masks)",
+    )
 
 
 def _add_split_flags(group):
-    group.add_argument("--split-column", metavar="NAME",
-                       help="the manifest column that holds the split "
-                       "(default: suggested_split)")
-    group.add_argument("--split-map", nargs="+", metavar="VALUE=SPLIT",
-                       help="map the split column's values to train, val, test or "
-                       "ignore, e.g. --split-map training=train test=test "
-                       "(default: the values must be train/val/test)")
+    group.add_argument(
+        "--split-column",
+        metavar="NAME",
+        help="the manifest column that holds the split (default: suggested_split)",
+    )
+    group.add_argument(
+        "--split-map",
+        nargs="+",
+        metavar="VALUE=SPLIT",
+        help="map the split column's values to train, val, test or "
+        "ignore, e.g. --split-map training=train test=test "
+        "(default: the values must be train/val/test)",
+    )
 
 
 def _add_model_choice(p):
-    p.add_argument("--model", default="best", metavar="best|last|PATH",
-                   help="which model of the run (default: best)")
+    p.add_argument(
+        "--model",
+        default="best",
+        metavar="best|last|PATH",
+        help="which model of the run (default: best)",
+    )
 
 
 def _add_evaluate(commands):
@@ -267,25 +415,45 @@ def _add_evaluate(commands):
     )
     p.add_argument("run", metavar="RUN_DIR", help="a folder made by train")
     _add_model_choice(p)
-    p.add_argument("--split", choices=("train", "val", "test", "all"),
-                   help="which images: a split of the run's data (default: val) "
-                   "or of --data (default: all)")
+    p.add_argument(
+        "--split",
+        choices=("train", "val", "test", "all"),
+        help="which images: a split of the run's data (default: val) "
+        "or of --data (default: all)",
+    )
     src = p.add_argument_group("other labelled data (default: the run's own)")
     _add_folder_source(src, "evaluate")
     _add_split_flags(src)
-    p.add_argument("--at-training-size", action="store_true",
-                   help="score as training validates instead: at the training "
-                   "size (masks resized nearest-neighbour; crop mode: the centre "
-                   "crop)")
-    p.add_argument("--batch-size", type=_positive_int,
-                   help="with --at-training-size (default: the run's)")
+    p.add_argument(
+        "--at-training-size",
+        action="store_true",
+        help="score as training validates instead: at the training "
+        "size (masks resized nearest-neighbour; crop mode: the centre "
+        "crop)",
+    )
+    p.add_argument(
+        "--batch-size",
+        type=_positive_int,
+        help="with --at-training-size (default: the run's)",
+    )
     p.add_argument("--threshold", type=_fraction, default=0.5, help="(default: 0.5)")
-    p.add_argument("--latency-batch-size", type=_positive_int, default=1,
-                   help="images per timed call (default: 1)")
-    p.add_argument("--latency-runs", type=_positive_int, default=10,
-                   help="timed calls per level (default: 10)")
-    p.add_argument("--output", metavar="DIR",
-                   help="where to write the files (default: RUN_DIR/evaluation)")
+    p.add_argument(
+        "--latency-batch-size",
+        type=_positive_int,
+        default=1,
+        help="images per timed call (default: 1)",
+    )
+    p.add_argument(
+        "--latency-runs",
+        type=_positive_int,
+        default=10,
+        help="timed calls per level (default: 10)",
+    )
+    p.add_argument(
+        "--output",
+        metavar="DIR",
+        help="where to write the files (default: RUN_DIR/evaluation)",
+    )
 
 
 def _add_predict(commands):
@@ -302,28 +470,46 @@ def _add_predict(commands):
         "resized back; a crop-mode run predicts at native scale.",
     )
     p.add_argument("run", metavar="RUN_DIR", help="a folder made by train")
-    p.add_argument("input", metavar="IMAGES_DIR", nargs="?",
-                   help="folder of images (or give --split)")
-    p.add_argument("--split", choices=("val", "train"),
-                   help="predict this split of the run's own data instead of "
-                   "a folder")
-    p.add_argument("--output", metavar="DIR",
-                   help="results folder (default: RUN_DIR/predictions)")
+    p.add_argument(
+        "input",
+        metavar="IMAGES_DIR",
+        nargs="?",
+        help="folder of images (or give --split)",
+    )
+    p.add_argument(
+        "--split",
+        choices=("val", "train"),
+        help="predict this split of the run's own data instead of a folder",
+    )
+    p.add_argument(
+        "--output", metavar="DIR", help="results folder (default: RUN_DIR/predictions)"
+    )
     _add_model_choice(p)
     which = p.add_mutually_exclusive_group()
-    which.add_argument("--level", type=_positive_int,
-                       help="use the model pruned to this level (default: "
-                       "accurate mode, the mean of all heads)")
-    which.add_argument("--accurate", action="store_true",
-                       help="the accurate mode, the mean of all heads (the "
-                       "default)")
+    which.add_argument(
+        "--level",
+        type=_positive_int,
+        help="use the model pruned to this level (default: "
+        "accurate mode, the mean of all heads)",
+    )
+    which.add_argument(
+        "--accurate",
+        action="store_true",
+        help="the accurate mode, the mean of all heads (the default)",
+    )
     p.add_argument("--threshold", type=_fraction, default=0.5, help="(default: 0.5)")
-    p.add_argument("--overlays", action="store_true",
-                   help="also write the images with the masks drawn on them")
-    p.add_argument("--probabilities", choices=("png16", "npy"),
-                   help="also write the probabilities: 16-bit PNGs scaled to "
-                   "0..65535, or float32 .npy ((h, w) for one class, "
-                   "(h, w, classes) for several)")
+    p.add_argument(
+        "--overlays",
+        action="store_true",
+        help="also write the images with the masks drawn on them",
+    )
+    p.add_argument(
+        "--probabilities",
+        choices=("png16", "npy"),
+        help="also write the probabilities: 16-bit PNGs scaled to "
+        "0..65535, or float32 .npy ((h, w) for one class, "
+        "(h, w, classes) for several)",
+    )
 
 
 def _add_export(commands):
@@ -338,25 +524,40 @@ def _add_export(commands):
         "policy, so its masks are predict's.",
     )
     p.add_argument("run", metavar="RUN_DIR", help="a folder made by train")
-    p.add_argument("--export-dir", metavar="DIR",
-                   help="(default: RUN_DIR/export)")
-    p.add_argument("--levels", type=_positive_int, nargs="+", metavar="L",
-                   help="levels to export (default: every head)")
+    p.add_argument("--export-dir", metavar="DIR", help="(default: RUN_DIR/export)")
+    p.add_argument(
+        "--levels",
+        type=_positive_int,
+        nargs="+",
+        metavar="L",
+        help="levels to export (default: every head)",
+    )
     _add_model_choice(p)
     p.add_argument("--version", type=int, help="version folder (default: next)")
     p.add_argument("--model-name", help="served name prefix (default: model name)")
-    p.add_argument("--input-dtype", choices=("float32", "uint8", "uint16"),
-                   default="float32", help="(default: float32)")
+    p.add_argument(
+        "--input-dtype",
+        choices=("float32", "uint8", "uint16"),
+        default="float32",
+        help="(default: float32)",
+    )
     p.add_argument("--threshold", type=_fraction, default=0.5, help="(default: 0.5)")
-    p.add_argument("--overwrite", action="store_true",
-                   help="replace an existing version folder")
-    p.add_argument("--accurate", action=argparse.BooleanOptionalAction,
-                   default=None,
-                   help="also export the accurate mode as <name>_accurate "
-                   "(default: on for deep-supervision models)")
-    p.add_argument("--record-paths", action="store_true",
-                   help="record the absolute paths of the run's data in the "
-                   "metadata (default: only their last two components)")
+    p.add_argument(
+        "--overwrite", action="store_true", help="replace an existing version folder"
+    )
+    p.add_argument(
+        "--accurate",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="also export the accurate mode as <name>_accurate "
+        "(default: on for deep-supervision models)",
+    )
+    p.add_argument(
+        "--record-paths",
+        action="store_true",
+        help="record the absolute paths of the run's data in the "
+        "metadata (default: only their last two components)",
+    )
 
 
 def make_parser():
@@ -370,8 +571,9 @@ def make_parser():
     )
     from keras_unetpp.version import __version__
 
-    parser.add_argument("--version", action="version",
-                        version=f"%(prog)s {__version__}")
+    parser.add_argument(
+        "--version", action="version", version=f"%(prog)s {__version__}"
+    )
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
     commands.required = True
     _add_synthetic(commands)
@@ -399,8 +601,10 @@ def _run_synthetic(args):
         seed=args.seed,
         overwrite=args.overwrite,
     )
-    print(f"Wrote {args.num_images} SYNTHETIC image/mask pairs to {root} "
-          "(images/, masks/, manifest.csv, README.txt).")
+    print(
+        f"Wrote {args.num_images} SYNTHETIC image/mask pairs to {root} "
+        "(images/, masks/, manifest.csv, README.txt)."
+    )
 
 
 def _run_train(args):
@@ -467,8 +671,10 @@ def _run_train(args):
     epochs = len(result["history"])
     epochs = f"{epochs} epoch{'' if epochs == 1 else 's'}"
     if result["stopped_by_time_budget"]:
-        print(f"Stopped by --time-budget after {epochs}; run the same "
-              "command to continue.")
+        print(
+            f"Stopped by --time-budget after {epochs}; run the same "
+            "command to continue."
+        )
     monitor = result["monitor"]
     if monitor == "loss":
         monitor = "training loss (lowest; no validation)"
@@ -516,11 +722,15 @@ def _run_evaluate(args):
         output_dir=args.output,
         at_training_size=args.at_training_size,
     )
-    print(f"Scored {args.model} on {result['what']}: {result['images']} images, "
-          f"{result['resolution']}. FLOPs and ms/image at the training size.")
+    print(
+        f"Scored {args.model} on {result['what']}: {result['images']} images, "
+        f"{result['resolution']}. FLOPs and ms/image at the training size."
+    )
     print(result["table"])
-    print(f"Wrote {result['csv']}, {result['json']}, {result['plot']} and "
-          f"{result['scored']}.")
+    print(
+        f"Wrote {result['csv']}, {result['json']}, {result['plot']} and "
+        f"{result['scored']}."
+    )
 
 
 def _run_predict(args):
@@ -528,8 +738,7 @@ def _run_predict(args):
 
     if (args.input is None) == (args.split is None):
         raise UsageError(
-            "give IMAGES_DIR or --split, not "
-            f"{'both' if args.input else 'neither'}"
+            f"give IMAGES_DIR or --split, not {'both' if args.input else 'neither'}"
         )
     result = runs.predict_run(
         args.run,
@@ -620,8 +829,15 @@ def main(argv=None):
     command = args.command
     try:
         _COMMANDS[command](args)
-    except (UsageError, InputError, FileNotFoundError, FileExistsError,
-            NotADirectoryError, IsADirectoryError, PermissionError) as e:
+    except (
+        UsageError,
+        InputError,
+        FileNotFoundError,
+        FileExistsError,
+        NotADirectoryError,
+        IsADirectoryError,
+        PermissionError,
+    ) as e:
         # What the user got wrong: one line. Anything else is a bug and
         # keeps its traceback (exit status 1).
         message = " ".join(str(e).split()) or type(e).__name__

@@ -241,8 +241,10 @@ def describe(model):
     layers = {layer.name: layer for layer in model.layers}
     nodes = {parse_node(name) for name in layers} - {None}
     encoder = sorted(i for i, j in nodes if j == 0)
-    if not encoder or (0, 0) not in nodes or not (
-        conv_name(0, 0, 1) in layers or tap_name(0) in layers
+    if (
+        not encoder
+        or (0, 0) not in nodes
+        or not (conv_name(0, 0, 1) in layers or tap_name(0) in layers)
     ):
         raise InputError(
             "This model has no UNet++ encoder layers (x_<i>_0_conv1); it was "

@@ -614,11 +614,15 @@ def _multi_worker_compat(model):
         "multi_worker_build",
     )
     keras_patches.patch(
-        model, "train_step", lambda _, data: as_vectors(train_step(data)),
+        model,
+        "train_step",
+        lambda _, data: as_vectors(train_step(data)),
         "multi_worker_train",
     )
     keras_patches.patch(
-        model, "test_step", lambda _, data: as_vectors(test_step(data)),
+        model,
+        "test_step",
+        lambda _, data: as_vectors(test_step(data)),
         "multi_worker",
     )
 

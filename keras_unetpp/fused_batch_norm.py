@@ -26,7 +26,6 @@ the last, rank other than 4, epsilon below TensorFlow's minimum.
 on TensorFlow; call it yourself on a model loaded from a `.keras` file.
 """
 
-
 import keras
 import tensorflow as tf
 
@@ -118,9 +117,7 @@ def _fused_call(layer, inputs, training=None, mask=None):
         )
         variance = variance * ((count - 1.0) / tf.maximum(count, 1.0))
         momentum = layer.momentum
-        layer.moving_mean.assign(
-            layer.moving_mean * momentum + mean * (1.0 - momentum)
-        )
+        layer.moving_mean.assign(layer.moving_mean * momentum + mean * (1.0 - momentum))
         layer.moving_variance.assign(
             layer.moving_variance * momentum + variance * (1.0 - momentum)
         )

@@ -64,9 +64,7 @@ def _check_arguments(
             f"`filters` must be an int or a sequence of {depth + 1} positive "
             f"ints (one per level 0..depth). Received: filters={filters!r}"
         ) from None
-    if len(filters) != depth + 1 or not all(
-        is_int(f) and f > 0 for f in filters
-    ):
+    if len(filters) != depth + 1 or not all(is_int(f) and f > 0 for f in filters):
         raise InputError(
             f"`filters` must have {depth + 1} positive ints for depth={depth} "
             f"(one per level 0..{depth}). Received: filters={filters!r}"
@@ -80,11 +78,7 @@ def _check_arguments(
             "(depth, height, width, channels) for volumes. "
             f"Received: input_shape={input_shape!r}"
         ) from None
-    if (
-        len(input_shape) not in (3, 4)
-        or input_shape[-1] is None
-        or input_shape[-1] < 1
-    ):
+    if len(input_shape) not in (3, 4) or input_shape[-1] is None or input_shape[-1] < 1:
         raise InputError(
             "`input_shape` must be (height, width, channels) for images or "
             "(depth, height, width, channels) for volumes, with a known "

@@ -57,8 +57,7 @@ PREDICTION_DIR = "predictions"
 # recomputation (the same training with less memory, e.g. after running out).
 _RESUMABLE_CHANGES = ("epochs", "save_every", "recompute")
 # Recorded facts, not settings.
-_DERIVED = ("train_images", "val_images", "precision_policy", "split",
-            "split_counts")
+_DERIVED = ("train_images", "val_images", "precision_policy", "split", "split_counts")
 
 
 def read_run_config(run_dir):
@@ -236,7 +235,8 @@ def train_run(
             "architecture": architecture,
             "depth": int(depth),
             "filters": (
-                filters if filters is None or isinstance(filters, int)
+                filters
+                if filters is None or isinstance(filters, int)
                 else list(filters)
             ),
             "deep_supervision": bool(deep_supervision),

@@ -29,16 +29,22 @@ def main(argv=None):
         model = load_run_model(run)
         depth = model_depth(model)
         dataset, _ = source_dataset(
-            settings["source"], args.split,
+            settings["source"],
+            args.split,
             image_size=tuple(settings["image_size"]),
-            channels=settings["channels"], batch_size=settings["batch_size"],
-            resize_mode=settings["resize_mode"], depth=depth,
+            channels=settings["channels"],
+            batch_size=settings["batch_size"],
+            resize_mode=settings["resize_mode"],
+            depth=depth,
         )
-        batch_iou, inference_iou = evaluation.batch_norm_gap(prune(model, depth),
-                                                           dataset)
-        print(f"{run}: L{depth} IoU on {args.split} with batch statistics "
-              f"{batch_iou:.4f}, in inference mode {inference_iou:.4f} "
-              f"(gap {batch_iou - inference_iou:+.4f})")
+        batch_iou, inference_iou = evaluation.batch_norm_gap(
+            prune(model, depth), dataset
+        )
+        print(
+            f"{run}: L{depth} IoU on {args.split} with batch statistics "
+            f"{batch_iou:.4f}, in inference mode {inference_iou:.4f} "
+            f"(gap {batch_iou - inference_iou:+.4f})"
+        )
     return 0
 
 

@@ -39,14 +39,18 @@ def main(argv=None):
     for run in args.runs:
         table = pathlib.Path(run) / EVALUATION_DIR / "levels.json"
         if not table.is_file():
-            parser.exit(2, f"compare_runs: error: no {table}; run "
-                        f"`keras-unetpp evaluate {run}` first\n")
+            parser.exit(
+                2,
+                f"compare_runs: error: no {table}; run "
+                f"`keras-unetpp evaluate {run}` first\n",
+            )
         rows += evaluation.read_table(table)
         configs.append(read_run_config(run))
     out = pathlib.Path(args.output)
     evaluation.write_table(rows, out, stem="comparison")
-    evaluation.plot_tradeoff(rows, out / "comparison.png",
-                             title="UNet++ (deep supervision) vs U-Net")
+    evaluation.plot_tradeoff(
+        rows, out / "comparison.png", title="UNet++ (deep supervision) vs U-Net"
+    )
     (out / "comparison.md").write_text(markdown(rows, configs))
     print(evaluation.format_table(rows))
     print(f"Wrote {out}/comparison.csv, .json, .png and .md")

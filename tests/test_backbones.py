@@ -180,7 +180,10 @@ def test_reloads_in_safe_mode_without_the_package(name, tmp_path):
         "print(float(np.abs(y - np.load('y.npy')).max()))"
     )
     result = subprocess.run(
-        [sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True,
+        [sys.executable, "-c", code],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
         timeout=300,
     )
     assert result.returncode == 0, result.stderr[-3000:]

@@ -22,10 +22,26 @@ def quick_run(tmp_path_factory):
     # Without oneDNN (TF_ENABLE_ONEDNN_OPTS=0; CPUs without AVX-512), bfloat16
     # runs some 20x slower: measured 1.5 minutes of CPU, 5 on a busy machine.
     completed = subprocess.run(
-        [sys.executable, str(SCRIPT), "--quick", "--depths", "1", "--modes", "ds",
-         "--levers", "keras_bn", "recompute", "--lever-precisions", "mixed_bfloat16",
-         "--json", str(json_path)],
-        capture_output=True, text=True, timeout=600, check=False,
+        [
+            sys.executable,
+            str(SCRIPT),
+            "--quick",
+            "--depths",
+            "1",
+            "--modes",
+            "ds",
+            "--levers",
+            "keras_bn",
+            "recompute",
+            "--lever-precisions",
+            "mixed_bfloat16",
+            "--json",
+            str(json_path),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
     )
     assert completed.returncode == 0, completed.stderr[-2000:]
     records = [json.loads(line) for line in json_path.read_text().splitlines()]
@@ -36,8 +52,14 @@ def test_prints_the_tables(quick_run):
     stdout, _ = quick_run
     assert stdout.startswith("Machine: ")
     assert "| model" in stdout
-    for header in ("img/s", "GFLOP/s", "% peak", "TF allocator peak MB",
-                   "peak RSS MB", "ratio (paired, same rounds)"):
+    for header in (
+        "img/s",
+        "GFLOP/s",
+        "% peak",
+        "TF allocator peak MB",
+        "peak RSS MB",
+        "ratio (paired, same rounds)",
+    ):
         assert header in stdout
 
 
@@ -48,8 +70,11 @@ def test_speed_records(quick_run):
     # accurate, L1 (the depth-1 model has one head only).
     modes = sorted((r["precision"], r["mode"]) for r in speed)
     assert modes == [
-        ("float32", "L1"), ("float32", "accurate"), ("float32", "train"),
-        ("mixed_bfloat16", "L1"), ("mixed_bfloat16", "accurate"),
+        ("float32", "L1"),
+        ("float32", "accurate"),
+        ("float32", "train"),
+        ("mixed_bfloat16", "L1"),
+        ("mixed_bfloat16", "accurate"),
         ("mixed_bfloat16", "train"),
     ]
     for r in speed:
@@ -72,9 +97,12 @@ def test_lever_records(quick_run):
         r for r in records if r["record"] == "speed" and not r["deep_supervision"]
     ]
     assert sorted((r["lever"] or "plain", r["phase"]) for r in levers) == [
-        ("keras_bn", "infer"), ("keras_bn", "train"),
-        ("plain", "infer"), ("plain", "train"),
-        ("recompute", "infer"), ("recompute", "train"),
+        ("keras_bn", "infer"),
+        ("keras_bn", "train"),
+        ("plain", "infer"),
+        ("plain", "train"),
+        ("recompute", "infer"),
+        ("recompute", "train"),
     ]
     assert {r["precision"] for r in levers} == {"mixed_bfloat16"}
     # The same network either way: same parameters and FLOPs.
@@ -93,7 +121,9 @@ def test_memory_and_ratio_records(quick_run):
     _, records = quick_run
     memory = [r for r in records if r["record"] == "memory"]
     assert [(r["precision"], r["lever"]) for r in memory] == [
-        ("float32", None), ("float32", "keras_bn"), ("float32", "recompute"),
+        ("float32", None),
+        ("float32", "keras_bn"),
+        ("float32", "recompute"),
     ]
     for r in memory:
         assert r["allocator_peak_mb"] > 0
@@ -107,9 +137,16 @@ def test_memory_and_ratio_records(quick_run):
 
 def test_gpu_check_says_when_there_is_no_gpu():
     completed = subprocess.run(
-        [sys.executable, str(REPO / "benchmarks" / "gpu_check.py"), "--require-gpu",
-         "--skip-speed"],
-        capture_output=True, text=True, timeout=120, check=False,
+        [
+            sys.executable,
+            str(REPO / "benchmarks" / "gpu_check.py"),
+            "--require-gpu",
+            "--skip-speed",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
     )
     if completed.returncode != 3:
         # A machine with a GPU: the check ran there and said how it went.

@@ -13,8 +13,19 @@ import pytest
 
 from keras_unetpp import cli, training
 
-TINY = ["--image-size", "32", "32", "--depth", "2", "--filters", "4",
-        "--batch-size", "4", "--verbose", "0"]
+TINY = [
+    "--image-size",
+    "32",
+    "32",
+    "--depth",
+    "2",
+    "--filters",
+    "4",
+    "--batch-size",
+    "4",
+    "--verbose",
+    "0",
+]
 
 
 def _run(argv):
@@ -41,8 +52,21 @@ def synthetic_dir(tmp_path_factory):
 
 
 def test_synthetic_writes_a_labelled_reproducible_data_set(tmp_path, capsys):
-    _run(["synthetic", str(tmp_path / "a"), "--num-images", "8",
-          "--image-size", "32", "48", "--val-fraction", "0.25", "--seed", "3"])
+    _run(
+        [
+            "synthetic",
+            str(tmp_path / "a"),
+            "--num-images",
+            "8",
+            "--image-size",
+            "32",
+            "48",
+            "--val-fraction",
+            "0.25",
+            "--seed",
+            "3",
+        ]
+    )
     assert "SYNTHETIC" in capsys.readouterr().out
     root = tmp_path / "a"
     assert "SYNTHETIC DATA" in (root / "README.txt").read_text()
@@ -50,18 +74,34 @@ def test_synthetic_writes_a_labelled_reproducible_data_set(tmp_path, capsys):
         rows = list(csv.DictReader(f))
     assert [r["suggested_split"] for r in rows].count("val") == 2
     for row in rows:
-        image = cv2.imread(str(root / "images" / f"{row['stem']}.png"),
-                           cv2.IMREAD_UNCHANGED)
-        mask = cv2.imread(str(root / "masks" / f"{row['stem']}.png"),
-                          cv2.IMREAD_UNCHANGED)
+        image = cv2.imread(
+            str(root / "images" / f"{row['stem']}.png"), cv2.IMREAD_UNCHANGED
+        )
+        mask = cv2.imread(
+            str(root / "masks" / f"{row['stem']}.png"), cv2.IMREAD_UNCHANGED
+        )
         assert image.shape == mask.shape == (32, 48)
         assert set(np.unique(mask)) <= {0, 255}
         assert float(row["foreground_fraction"]) == pytest.approx(
-            np.mean(mask > 0), abs=1e-4)
+            np.mean(mask > 0), abs=1e-4
+        )
         # Foreground is brighter than background on average: learnable.
         assert image[mask > 0].mean() > image[mask == 0].mean() + 20
-    _run(["synthetic", str(tmp_path / "b"), "--num-images", "8",
-          "--image-size", "32", "48", "--val-fraction", "0.25", "--seed", "3"])
+    _run(
+        [
+            "synthetic",
+            str(tmp_path / "b"),
+            "--num-images",
+            "8",
+            "--image-size",
+            "32",
+            "48",
+            "--val-fraction",
+            "0.25",
+            "--seed",
+            "3",
+        ]
+    )
     for name in ("images", "masks"):
         for path in sorted((root / name).iterdir()):
             assert path.read_bytes() == (tmp_path / "b" / name / path.name).read_bytes()
@@ -70,8 +110,21 @@ def test_synthetic_writes_a_labelled_reproducible_data_set(tmp_path, capsys):
 @pytest.mark.slow
 def test_train_evaluate_export_predict_end_to_end(synthetic_dir, tmp_path, capsys):
     run = tmp_path / "run"
-    _run(["train", "--data", str(synthetic_dir), "--output", str(run),
-          "--epochs", "2", "--loss-weights", "0.5", "1", *TINY])
+    _run(
+        [
+            "train",
+            "--data",
+            str(synthetic_dir),
+            "--output",
+            str(run),
+            "--epochs",
+            "2",
+            "--loss-weights",
+            "0.5",
+            "1",
+            *TINY,
+        ]
+    )
     out = capsys.readouterr().out
     assert "best val_output_l2_iou" in out
     config = json.loads((run / "run.json").read_text())
@@ -101,22 +154,46 @@ def test_train_evaluate_export_predict_end_to_end(synthetic_dir, tmp_path, capsy
     images.mkdir()
     rng = np.random.default_rng(0)
     cv2.imwrite(str(images / "rgb.png"), rng.integers(0, 255, (45, 61, 3), np.uint8))
-    cv2.imwrite(str(images / "gray16.png"),
-                rng.integers(0, 65535, (70, 33), np.uint16))
-    _run(["predict", str(run), str(images), "--output", str(tmp_path / "pred"),
-          "--overlays", "--level", "1"])
+    cv2.imwrite(str(images / "gray16.png"), rng.integers(0, 65535, (70, 33), np.uint16))
+    _run(
+        [
+            "predict",
+            str(run),
+            str(images),
+            "--output",
+            str(tmp_path / "pred"),
+            "--overlays",
+            "--level",
+            "1",
+        ]
+    )
     for name, shape in (("rgb", (45, 61)), ("gray16", (70, 33))):
-        mask = cv2.imread(str(tmp_path / "pred" / "masks" / f"{name}.png"),
-                          cv2.IMREAD_UNCHANGED)
+        mask = cv2.imread(
+            str(tmp_path / "pred" / "masks" / f"{name}.png"), cv2.IMREAD_UNCHANGED
+        )
         assert mask.shape == shape and mask.dtype == np.uint8
         assert set(np.unique(mask)) <= {0, 255}
         over = cv2.imread(str(tmp_path / "pred" / "overlays" / f"{name}.png"))
         assert over.shape == (*shape, 3)
 
     # The same command on a finished run with other settings is refused.
-    line = _error(capsys, ["train", "--data", str(synthetic_dir), "--output",
-                           str(run), "--epochs", "2", *TINY[:-2], "--depth", "1",
-                           "--verbose", "0"])
+    line = _error(
+        capsys,
+        [
+            "train",
+            "--data",
+            str(synthetic_dir),
+            "--output",
+            str(run),
+            "--epochs",
+            "2",
+            *TINY[:-2],
+            "--depth",
+            "1",
+            "--verbose",
+            "0",
+        ],
+    )
     assert "holds a run made with other settings" in line
     assert "model.depth: 2 -> 1" in line
 
@@ -137,13 +214,31 @@ def _wait_for(predicate, timeout, process):
 @pytest.mark.slow
 def test_train_resumes_after_a_kill_mid_epoch(synthetic_dir, tmp_path):
     run = tmp_path / "run"
-    argv = ["train", "--data", str(synthetic_dir), "--output", str(run),
-            "--architecture", "unet", "--epochs", "2", "--steps-per-epoch", "100",
-            "--save-every", "2", "--no-tensorboard", *TINY]
+    argv = [
+        "train",
+        "--data",
+        str(synthetic_dir),
+        "--output",
+        str(run),
+        "--architecture",
+        "unet",
+        "--epochs",
+        "2",
+        "--steps-per-epoch",
+        "100",
+        "--save-every",
+        "2",
+        "--no-tensorboard",
+        *TINY,
+    ]
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
     log = open(tmp_path / "first.log", "w")
-    process = subprocess.Popen([sys.executable, "-m", "keras_unetpp", *argv],
-                               stdout=log, stderr=subprocess.STDOUT, env=env)
+    process = subprocess.Popen(
+        [sys.executable, "-m", "keras_unetpp", *argv],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        env=env,
+    )
     try:
         saved = _wait_for(lambda: training.read_state(run) is not None, 240, process)
     finally:
@@ -178,38 +273,70 @@ def test_help_lists_every_command(capsys):
     "argv, expected",
     [
         (["train", "--data", "x"], "required: --output"),
-        (["train", "--output", "o", "--data", "/nonexistent/data"],
-         "Received: data_dir='/nonexistent/data'"),
+        (
+            ["train", "--output", "o", "--data", "/nonexistent/data"],
+            "Received: data_dir='/nonexistent/data'",
+        ),
         (["train", "--output", "o"], "exactly one data source"),
         (["train", "--output", "o", "--images", "."], "needs a masks folder"),
-        (["train", "--output", "o", "--data", ".", "--image-size", "30", "30"],
-         "a multiple of 2**depth = 16"),
-        (["train", "--output", "o", "--data", ".", "--epochs", "0"],
-         "expected a positive integer: '0'"),
-        (["train", "--output", "o", "--data", ".", "--mask-map", "{1: 1}"],
-         "not valid JSON"),
-        (["train", "--output", "o", "--data", ".", "--architecture", "unet",
-          "--deep-supervision"], "deep supervision is a UNet++"),
-        (["train", "--output", "o", "--data", ".", "--channels", "2"],
-         "invalid choice: 2"),
+        (
+            ["train", "--output", "o", "--data", ".", "--image-size", "30", "30"],
+            "a multiple of 2**depth = 16",
+        ),
+        (
+            ["train", "--output", "o", "--data", ".", "--epochs", "0"],
+            "expected a positive integer: '0'",
+        ),
+        (
+            ["train", "--output", "o", "--data", ".", "--mask-map", "{1: 1}"],
+            "not valid JSON",
+        ),
+        (
+            [
+                "train",
+                "--output",
+                "o",
+                "--data",
+                ".",
+                "--architecture",
+                "unet",
+                "--deep-supervision",
+            ],
+            "deep supervision is a UNet++",
+        ),
+        (
+            ["train", "--output", "o", "--data", ".", "--channels", "2"],
+            "invalid choice: 2",
+        ),
         (["evaluate", "/nonexistent/run"], "is not a training run"),
         (["export", "."], "is not a training run"),
         (["frobnicate"], "invalid choice: 'frobnicate'"),
-        (["train", "--output", "o", "--data", ".", "--learning-rate", "inf"],
-         "expected a finite positive number: 'inf'"),
-        (["train", "--output", "o", "--data", ".", "--learning-rate", "nan"],
-         "expected a finite positive number: 'nan'"),
-        (["train", "--output", "o", "--data", ".", "--time-budget", "inf"],
-         "expected a finite positive number: 'inf'"),
-        (["train", "--output", "o", "--data", ".", "--loss-weights", "nan", "1"],
-         "expected a finite non-negative number: 'nan'"),
-        (["train", "--output", "o", "--data", ".", "--loss-weights", "1", "inf"],
-         "expected a finite non-negative number: 'inf'"),
+        (
+            ["train", "--output", "o", "--data", ".", "--learning-rate", "inf"],
+            "expected a finite positive number: 'inf'",
+        ),
+        (
+            ["train", "--output", "o", "--data", ".", "--learning-rate", "nan"],
+            "expected a finite positive number: 'nan'",
+        ),
+        (
+            ["train", "--output", "o", "--data", ".", "--time-budget", "inf"],
+            "expected a finite positive number: 'inf'",
+        ),
+        (
+            ["train", "--output", "o", "--data", ".", "--loss-weights", "nan", "1"],
+            "expected a finite non-negative number: 'nan'",
+        ),
+        (
+            ["train", "--output", "o", "--data", ".", "--loss-weights", "1", "inf"],
+            "expected a finite non-negative number: 'inf'",
+        ),
         (["synthetic", "o", "--val-fraction", "nan"], "expected a number in (0, 1)"),
     ],
 )
-def test_bad_arguments_exit_2_with_one_line(argv, expected, capsys, tmp_path,
-                                            monkeypatch):
+def test_bad_arguments_exit_2_with_one_line(
+    argv, expected, capsys, tmp_path, monkeypatch
+):
     monkeypatch.chdir(tmp_path)
     (tmp_path / "images").mkdir()
     (tmp_path / "masks").mkdir()
@@ -221,8 +348,7 @@ def test_bad_arguments_exit_2_with_one_line(argv, expected, capsys, tmp_path,
 def test_predict_reports_missing_model_and_empty_folders(capsys, tmp_path):
     run = tmp_path / "run"
     run.mkdir()
-    (run / "run.json").write_text(json.dumps({"data": {}, "model": {},
-                                              "training": {}}))
+    (run / "run.json").write_text(json.dumps({"data": {}, "model": {}, "training": {}}))
     line = _error(capsys, ["predict", str(run), str(tmp_path)])
     assert "No saved model" in line
     line = _error(capsys, ["evaluate", str(run), "--model", "nope.keras"])
@@ -232,10 +358,23 @@ def test_predict_reports_missing_model_and_empty_folders(capsys, tmp_path):
 @pytest.mark.slow
 def test_train_under_mirrored_strategy(synthetic_dir, tmp_path):
     run = tmp_path / "mirrored"
-    _run(["train", "--data", str(synthetic_dir), "--output", str(run),
-          "--epochs", "1", "--strategy", "mirrored", *TINY])
+    _run(
+        [
+            "train",
+            "--data",
+            str(synthetic_dir),
+            "--output",
+            str(run),
+            "--epochs",
+            "1",
+            "--strategy",
+            "mirrored",
+            *TINY,
+        ]
+    )
     assert json.loads((run / "run.json").read_text())["training"]["strategy"] == (
-        "mirrored")
+        "mirrored"
+    )
     model = keras.saving.load_model(run / "last.keras", compile=False)
     assert model.get_layer("x_0_1_bn1").synchronized is False  # one replica here
     assert not (run / ".workers").exists()  # the only process is the chief
@@ -252,8 +391,7 @@ def test_train_with_recomputed_nodes(synthetic_dir, tmp_path):
     history = (run / "history.csv").read_text().splitlines()
     assert len(history) == 1 + 2  # header, epoch 1, epoch 2
     # The saved model is a plain UNet++ that loads without keras_unetpp.
-    model = keras.saving.load_model(run / "last.keras", compile=False,
-                                    safe_mode=True)
+    model = keras.saving.load_model(run / "last.keras", compile=False, safe_mode=True)
     assert "call" not in vars(model)
 
 
@@ -289,8 +427,7 @@ def test_synthetic_refuses_a_folder_with_other_data(tmp_path, capsys):
     (real / "manifest.csv").write_text("stem,suggested_split\nnucleus_1,train\n")
     line = _error(capsys, ["synthetic", str(real), "--num-images", "4"])
     assert f"{str(real)!r} is not empty (it holds images, manifest.csv)" in line
-    line = _error(capsys, ["synthetic", str(real), "--num-images", "4",
-                           "--overwrite"])
+    line = _error(capsys, ["synthetic", str(real), "--num-images", "4", "--overwrite"])
     assert "is not a synthetic data set" in line and "manifest.csv" in line
     assert (real / "manifest.csv").read_text().startswith("stem,suggested_split\n")
     assert sorted(p.name for p in real.iterdir()) == ["images", "manifest.csv"]
@@ -301,8 +438,18 @@ def test_synthetic_refuses_a_folder_with_other_data(tmp_path, capsys):
     _run(["synthetic", str(fake), "--num-images", "6", "--image-size", "16", "16"])
     line = _error(capsys, ["synthetic", str(fake), "--num-images", "4"])
     assert "--overwrite" in line
-    _run(["synthetic", str(fake), "--num-images", "4", "--image-size", "16", "16",
-          "--overwrite"])
+    _run(
+        [
+            "synthetic",
+            str(fake),
+            "--num-images",
+            "4",
+            "--image-size",
+            "16",
+            "16",
+            "--overwrite",
+        ]
+    )
     assert len(list((fake / "images").iterdir())) == 4
     assert len((fake / "manifest.csv").read_text().splitlines()) == 1 + 4
     # ... but not once something else has been put into it.
@@ -311,23 +458,42 @@ def test_synthetic_refuses_a_folder_with_other_data(tmp_path, capsys):
     assert "is not a synthetic data set" in line
     # An empty folder is fine.
     (tmp_path / "empty").mkdir()
-    _run(["synthetic", str(tmp_path / "empty"), "--num-images", "2",
-          "--image-size", "16", "16"])
+    _run(
+        [
+            "synthetic",
+            str(tmp_path / "empty"),
+            "--num-images",
+            "2",
+            "--image-size",
+            "16",
+            "16",
+        ]
+    )
     assert sorted(p.name for p in tmp_path.iterdir()) == ["empty", "fake", "real"]
 
 
-def test_a_diverged_run_exits_3_with_one_line(synthetic_dir, tmp_path, capsys,
-                                              monkeypatch):
+def test_a_diverged_run_exits_3_with_one_line(
+    synthetic_dir, tmp_path, capsys, monkeypatch
+):
     from keras_unetpp import runs
 
     def diverge(*args, **kwargs):
-        raise training.TrainingDiverged("Training diverged: the training loss "
-                                        "is nan in epoch 2, batch 1.\nTry ...")
+        raise training.TrainingDiverged(
+            "Training diverged: the training loss is nan in epoch 2, batch 1.\nTry ..."
+        )
 
     monkeypatch.setattr(runs, "train_run", diverge)
     with pytest.raises(SystemExit) as exit_info:
-        cli.main(["train", "--data", str(synthetic_dir), "--output",
-                  str(tmp_path / "run"), *TINY])
+        cli.main(
+            [
+                "train",
+                "--data",
+                str(synthetic_dir),
+                "--output",
+                str(tmp_path / "run"),
+                *TINY,
+            ]
+        )
     assert exit_info.value.code == 3
     err = capsys.readouterr().err.strip()
     assert err.splitlines() == [
@@ -337,8 +503,16 @@ def test_a_diverged_run_exits_3_with_one_line(synthetic_dir, tmp_path, capsys,
     # Other runtime errors are bugs: they keep their traceback.
     monkeypatch.setattr(runs, "train_run", lambda *a, **k: 1 / 0)
     with pytest.raises(ZeroDivisionError):
-        cli.main(["train", "--data", str(synthetic_dir), "--output",
-                  str(tmp_path / "run"), *TINY])
+        cli.main(
+            [
+                "train",
+                "--data",
+                str(synthetic_dir),
+                "--output",
+                str(tmp_path / "run"),
+                *TINY,
+            ]
+        )
 
 
 def test_train_run_refuses_non_finite_numbers_before_writing_run_json(
@@ -348,11 +522,22 @@ def test_train_run_refuses_non_finite_numbers_before_writing_run_json(
     from keras_unetpp.errors import InputError
 
     source = sources.data_source(data_dir=str(synthetic_dir))
-    for kwargs in ({"learning_rate": float("inf")}, {"learning_rate": float("nan")},
-                   {"time_budget": float("inf")},
-                   {"loss_weights": [float("nan"), 1.0]}):
+    for kwargs in (
+        {"learning_rate": float("inf")},
+        {"learning_rate": float("nan")},
+        {"time_budget": float("inf")},
+        {"loss_weights": [float("nan"), 1.0]},
+    ):
         with pytest.raises(InputError, match="finite"):
-            runs.train_run(tmp_path / "run", source, image_size=(32, 32), depth=2,
-                           filters=4, epochs=1, tensorboard=False, verbose=0,
-                           **kwargs)
+            runs.train_run(
+                tmp_path / "run",
+                source,
+                image_size=(32, 32),
+                depth=2,
+                filters=4,
+                epochs=1,
+                tensorboard=False,
+                verbose=0,
+                **kwargs,
+            )
         assert not (tmp_path / "run" / "run.json").exists()

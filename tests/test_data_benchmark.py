@@ -20,12 +20,30 @@ def _load():
 @pytest.mark.slow
 def test_benchmark_writes_consistent_results(shared_data, tmp_path):
     benchmark = _load()
-    benchmark.main([
-        "--data", str(shared_data / "dsb2018_nuclei"), "--out", str(tmp_path),
-        "--image-size", "64", "--batch-size", "2", "--limit", "6", "--repeats", "1",
-        "--cached-epochs", "2", "--train-steps", "1", "--warmup", "1",
-        "--depth", "1",  # Depth 4 takes ~20 s to trace; the code path is the same.
-    ])
+    benchmark.main(
+        [
+            "--data",
+            str(shared_data / "dsb2018_nuclei"),
+            "--out",
+            str(tmp_path),
+            "--image-size",
+            "64",
+            "--batch-size",
+            "2",
+            "--limit",
+            "6",
+            "--repeats",
+            "1",
+            "--cached-epochs",
+            "2",
+            "--train-steps",
+            "1",
+            "--warmup",
+            "1",
+            "--depth",
+            "1",  # Depth 4 takes ~20 s to trace; the code path is the same.
+        ]
+    )
     results = json.loads((tmp_path / "results.json").read_text())
     assert results["images"] == 6 and results["image_size"] == [64, 64]
     assert results["depth"] == 1

@@ -64,8 +64,9 @@ def test_folder_pairs_mask_suffix(tmp_path):
         (["a.png", "a.jpg"], ["a.png"], "same stem 'a': 'a.jpg' and 'a.png'"),
     ],
 )
-def test_folder_pairs_unmatched_files_are_named(tmp_path, image_names, mask_names,
-                                                message):
+def test_folder_pairs_unmatched_files_are_named(
+    tmp_path, image_names, mask_names, message
+):
     images, masks = _folders(tmp_path, image_names, mask_names)
     with pytest.raises(ValueError, match=message):
         data.folder_pairs(images, masks)

@@ -67,9 +67,7 @@ def _images(shape=(4, 12, 10, 6), seed=0):
     return tf.constant(rng.normal(2.0, 3.0, shape).astype("float32"))
 
 
-@pytest.mark.parametrize(
-    "policy, rtol", [("float32", 2e-5), ("mixed_bfloat16", 2e-2)]
-)
+@pytest.mark.parametrize("policy, rtol", [("float32", 2e-5), ("mixed_bfloat16", 2e-2)])
 def test_training_step_matches_keras(policy, rtol):
     plain, fused = _twins(policy)
     images = _images()
@@ -92,17 +90,13 @@ def test_training_step_matches_keras(policy, rtol):
     )
 
 
-@pytest.mark.parametrize(
-    "policy, rtol", [("float32", 2e-5), ("mixed_bfloat16", 2e-2)]
-)
+@pytest.mark.parametrize("policy, rtol", [("float32", 2e-5), ("mixed_bfloat16", 2e-2)])
 def test_inference_matches_keras(policy, rtol):
     plain, fused = _twins(policy)
     images = _images(seed=1)
     expected = plain(images, training=False).numpy()
     received = fused(images, training=False).numpy()
-    np.testing.assert_allclose(
-        received, expected, atol=rtol * np.abs(expected).max()
-    )
+    np.testing.assert_allclose(received, expected, atol=rtol * np.abs(expected).max())
     # Inference leaves the moving statistics alone.
     before = [v.numpy() for v in fused.non_trainable_variables]
     fused(images, training=False)
@@ -189,9 +183,7 @@ def test_fit_matches_keras_batch_norm():
     images = rng.random((8, 16, 16, 1), dtype=np.float32)
     masks = (images > 0.5).astype("float32")
     for model in (fused, plain):
-        model.compile(
-            optimizer=keras.optimizers.Adam(1e-3), loss="binary_crossentropy"
-        )
+        model.compile(optimizer=keras.optimizers.Adam(1e-3), loss="binary_crossentropy")
         model.fit(images, masks, batch_size=4, epochs=1, shuffle=False, verbose=0)
     for got, want in zip(fused.weights, plain.weights):
         np.testing.assert_allclose(

@@ -13,9 +13,7 @@ def test_every_private_keras_name_exists_in_this_keras():
 
 
 def test_a_removed_private_name_is_named(monkeypatch):
-    owner = next(
-        cls for cls in type.mro(keras.Model) if "_flatten_layers" in vars(cls)
-    )
+    owner = next(cls for cls in type.mro(keras.Model) if "_flatten_layers" in vars(cls))
     monkeypatch.delattr(owner, "_flatten_layers")
     with pytest.raises(RuntimeError, match=r"_flatten_layers \(fuse_batch_norm"):
         keras_patches.check_private_names()

@@ -16,12 +16,17 @@ def test_quickstart_notebook_runs_top_to_bottom(tmp_path, monkeypatch):
     monkeypatch.setenv("TF_CPP_MIN_LOG_LEVEL", "2")
     monkeypatch.delenv("KERAS_UNETPP_DATA", raising=False)
     notebook = nbformat.read(NOTEBOOK, as_version=4)
-    client = NotebookClient(notebook, timeout=300, kernel_name="python3",
-                            resources={"metadata": {"path": str(tmp_path)}})
+    client = NotebookClient(
+        notebook,
+        timeout=300,
+        kernel_name="python3",
+        resources={"metadata": {"path": str(tmp_path)}},
+    )
     client.execute()
     text = "\n".join(
         output.get("text", "")
-        for cell in notebook.cells if cell.cell_type == "code"
+        for cell in notebook.cells
+        if cell.cell_type == "code"
         for output in cell.get("outputs", [])
     )
     # The pruning table has every level and the accurate mode.
@@ -35,7 +40,11 @@ def test_quickstart_notebook_runs_top_to_bottom(tmp_path, monkeypatch):
     # The serving signature answered for an odd-sized image (37 x 35).
     assert "(1, 37, 35, 1)" in text
     # Figures were drawn (training curves, predictions, trade-off plot).
-    images = [output for cell in notebook.cells if cell.cell_type == "code"
-              for output in cell.get("outputs", [])
-              if "image/png" in output.get("data", {})]
+    images = [
+        output
+        for cell in notebook.cells
+        if cell.cell_type == "code"
+        for output in cell.get("outputs", [])
+        if "image/png" in output.get("data", {})
+    ]
     assert len(images) >= 3

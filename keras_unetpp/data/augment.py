@@ -9,8 +9,10 @@ from keras_unetpp.errors import InputError
 
 
 def _check_fraction(value, arg):
-    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not (
-        0.0 <= value < 1.0
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, numbers.Real)
+        or not (0.0 <= value < 1.0)
     ):
         raise InputError(
             f"`{arg}` must be a float in [0, 1). Received: {arg}={value!r}"

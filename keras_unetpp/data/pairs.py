@@ -143,7 +143,9 @@ def folder_pairs(images_dir, masks_dir, stems=None, mask_suffix=""):
         raise InputError(
             "Images and masks are matched by file stem"
             + (f" (masks named '<stem>{mask_suffix}')" if mask_suffix else "")
-            + "; " + "; ".join(problems) + "."
+            + "; "
+            + "; ".join(problems)
+            + "."
         )
     if stems is None:
         chosen = sorted(images)
@@ -246,7 +248,10 @@ def dsb2018_pairs(root):
 
 
 def manifest_stems(
-    manifest_csv, split, column="suggested_split", stem_column="stem",
+    manifest_csv,
+    split,
+    column="suggested_split",
+    stem_column="stem",
     split_map=None,
 ):
     """Reads the stems of one split from a manifest CSV file.
@@ -350,9 +355,11 @@ def split_pairs(pairs, val_fraction=0.2, seed=0):
     ```
     """
     pairs = list(pairs)
-    if isinstance(val_fraction, bool) or not isinstance(
-        val_fraction, (int, float)
-    ) or not 0.0 < val_fraction < 1.0:
+    if (
+        isinstance(val_fraction, bool)
+        or not isinstance(val_fraction, (int, float))
+        or not 0.0 < val_fraction < 1.0
+    ):
         raise InputError(
             "`val_fraction` must be a float between 0 and 1 (exclusive). "
             f"Received: val_fraction={val_fraction!r}"

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Sets up a virtual environment (if needed) and runs the whole test suite:
-# ruff, every test under the TensorFlow backend (the memory-measuring ones a
+# ruff (lint and format), every test under the TensorFlow backend (the memory-measuring ones a
 # second time with oneDNN off), then the backend-agnostic core
 # tests (model, pruning, losses, metrics, serialization) under JAX and PyTorch.
 set -euo pipefail
@@ -12,14 +12,15 @@ fi
 pip install --quiet --upgrade pip
 pip install --quiet -e ".[test]"
 export TF_CPP_MIN_LOG_LEVEL=2
-ruff check keras_unetpp tests export benchmarks
+ruff check keras_unetpp tests export benchmarks scripts
+ruff format --check keras_unetpp tests export benchmarks scripts
 python -m pytest -q "$@"
 # The memory-measuring tests once more without oneDNN: the path of CPUs without
 # AVX-512, where TensorFlow's CPU allocator keeps no statistics by itself.
 echo "== memory tests with TF_ENABLE_ONEDNN_OPTS=0"
 TF_ENABLE_ONEDNN_OPTS=0 python -m pytest -q -p no:cacheprovider \
   tests/test_recompute.py::test_training_step_needs_less_memory tests/test_benchmarks.py
-CORE_TESTS="tests/test_model.py tests/test_pruning.py tests/test_losses.py tests/test_metrics.py tests/test_serialization.py tests/test_api.py"
+CORE_TESTS="tests/test_model.py tests/test_model3d.py tests/test_description.py tests/test_pruning.py tests/test_losses.py tests/test_metrics.py tests/test_serialization.py tests/test_api.py"
 for backend in jax torch; do
   echo "== core tests under KERAS_BACKEND=$backend"
   # JAX on CPU: cheaper XLA compilation of the many tiny test programs.

@@ -1,10 +1,15 @@
-"""Imported first by `keras_unetpp/__init__.py`: a quiet start of the CLI.
+"""Imported first by `keras_unetpp/__init__.py`: the CLI's TensorFlow start.
 
-In the `keras-unetpp` command only, TensorFlow is imported here, before Keras
-imports it, with its harmless start-up lines filtered from stderr; see
-`keras_unetpp/quiet_start.py`. Elsewhere this does nothing.
+In the `keras-unetpp` command only, before Keras imports TensorFlow: oneDNN
+is asked for where TensorFlow leaves it off (`keras_unetpp/onednn.py`;
+never against the user's own `TF_ENABLE_ONEDNN_OPTS`), then TensorFlow is
+imported with its harmless start-up lines filtered from stderr
+(`keras_unetpp/quiet_start.py`). Elsewhere this does nothing.
 """
 
-from keras_unetpp.quiet_start import quiet_cli_start
+from keras_unetpp.onednn import enable_onednn
+from keras_unetpp.quiet_start import launched_as_cli, quiet_start
 
-quiet_cli_start()
+if launched_as_cli():
+    enable_onednn()
+    quiet_start()

@@ -88,8 +88,9 @@ def predict_tiled(
         tile_size: int, or one int per spatial axis; each a multiple of the
             model's stride.
         overlap: float in [0, 1), the fraction of a tile that neighbouring
-            tiles share (at least; the last tile is flush with the image
-            end). Defaults to `0.5`.
+            tiles share: at least `floor(overlap * tile)` pixels, more where
+            the tiles are spread to end flush with the image. Defaults to
+            `0.5`.
         blending: `"gaussian"` or `"constant"`. Defaults to `"gaussian"`.
         batch_size: int, tiles per model call. Defaults to `8`.
         tta: `None`, `"flips"` or `"flips+rot90"`. Defaults to `None`.
@@ -104,9 +105,11 @@ def predict_tiled(
         sigma_scale: float > 0, the Gaussian's standard deviation as a
             fraction of the tile size. Defaults to `0.125`.
         stride: int, the spatial sizes the model accepts are multiples of
-            it. `None` means `describe(model).stride` (`2**depth`) for a
-            keras_unetpp model; required for other models (1 for a fully
-            convolutional model without pooling). Defaults to `None`.
+            it. `None` means `2**depth` of the sub-network that runs for a
+            keras_unetpp model (`describe(prune(model, L)).stride` for a
+            head `"output_l<L>"`, `describe(model).stride` otherwise);
+            required for other models (1 for a fully convolutional model
+            without pooling). Defaults to `None`.
 
     Returns:
         A float32 NumPy array `(batch, *spatial, classes)` of probabilities,
@@ -275,13 +278,6 @@ def _prediction_model(model, output, stride):
                 f"map). Received: a model with {len(model.outputs)} outputs"
             )
         return model, check_int(stride, "stride"), None
-    if stride is None:
-        stride = info.stride
-    elif not is_int(stride) or stride < 1 or stride % info.stride:
-        raise InputError(
-            f"`stride` must be a multiple of the model's stride 2**depth = "
-            f"{info.stride}. Received: stride={stride!r}"
-        )
     heads = tuple(output_name(level) for level in info.heads)
     choices = (None, ACCURATE, *heads)
     if output not in choices:
@@ -297,6 +293,16 @@ def _prediction_model(model, output, stride):
         net = model
     else:
         net = prune(model, parse_head(output))
+    # The stride of the sub-network that runs: a shallow head needs less.
+    net_stride = describe(net).stride
+    if stride is None:
+        stride = net_stride
+    elif not is_int(stride) or stride < 1 or stride % net_stride:
+        raise InputError(
+            f"`stride` must be a multiple of the stride of the model's "
+            f"{output!r} output, 2**depth = {net_stride}. "
+            f"Received: stride={stride!r}"
+        )
     if info.head_activation is None:
         activation = "sigmoid" if info.num_classes == 1 else "softmax"
     else:

@@ -47,11 +47,13 @@ def predict_tiled(
     """Predicts images (or volumes) of any size tile by tile, blending tiles.
 
     Each image is padded (reflect, or edge where the image is too small to
-    reflect) at the end of each spatial axis to at least the tile size, and
-    covered by a grid of tiles that overlap by about `overlap` of the tile,
-    the first tile at the start and the last flush with the end of the
-    image (see `keras_unetpp.tiling.tile_positions`). The tiles of all
-    images are predicted in batches of `batch_size`, turned into
+    reflect) at the end of each spatial axis to a multiple of the model's
+    stride and at least the tile size, and covered by a grid of tiles that
+    overlap by at least `overlap` of the tile, the first tile at the start
+    and the last flush with the end of the padded image. The tiles start at
+    multiples of the stride, so that every tile sees the pooling grid of
+    the whole image (see `keras_unetpp.tiling.tile_positions`). The tiles
+    of all images are predicted in batches of `batch_size`, turned into
     probabilities (sigmoid or softmax of logits heads), and averaged per
     pixel with the weights of `blending`, normalized by the sum of the
     weights that cover each pixel. Peak memory is the output plus one batch
@@ -88,9 +90,9 @@ def predict_tiled(
         tile_size: int, or one int per spatial axis; each a multiple of the
             model's stride.
         overlap: float in [0, 1), the fraction of a tile that neighbouring
-            tiles share: at least `floor(overlap * tile)` pixels, more where
-            the tiles are spread to end flush with the image. Defaults to
-            `0.5`.
+            tiles share at least (more where the steps are rounded down to
+            the stride or the tiles spread to end flush with the image).
+            Defaults to `0.5`.
         blending: `"gaussian"` or `"constant"`. Defaults to `"gaussian"`.
         batch_size: int, tiles per model call. Defaults to `8`.
         tta: `None`, `"flips"` or `"flips+rot90"`. Defaults to `None`.
@@ -144,8 +146,8 @@ def predict_tiled(
     tile = _tile_shape(tile_size, rank, stride, net, tta)
 
     spatial = images.shape[1:-1]
-    padded = _pad_to_tile(images, tile)
-    grid = [_positions(n, t, overlap) for n, t in zip(padded.shape[1:-1], tile)]
+    padded = _pad(images, [padded_size(n, t, stride) for n, t in zip(spatial, tile)])
+    grid = [tile_positions(n, t, overlap, stride) for n, t in zip(spatial, tile)]
     weights = tile_weights(tile, blending, sigma_scale)
     weight_sum = np.zeros(padded.shape[1:-1], dtype=np.float32)
     for corner in itertools.product(*grid):
@@ -211,33 +213,73 @@ def tile_weights(tile, blending="gaussian", sigma_scale=0.125):
     return np.maximum(weights, MIN_WEIGHT).astype(np.float32)
 
 
-def tile_positions(size, tile, overlap=0.5):
-    """Where the tiles start along one axis of `size` pixels (`size >= tile`).
+def padded_size(size, tile, stride=1):
+    """The length an axis of `size` pixels is padded to: a multiple of
+    `stride`, and at least `tile`.
 
-    The tiles are as few as give neighbours at least `overlap * tile`
-    shared pixels, spread evenly from 0 to `size - tile`. The grid is
-    mirror-symmetric (flipping the axis maps tiles onto tiles), except for
-    the middle tile of an odd count when `size - tile` is odd, which is half
-    a pixel off.
+    Example:
+
+    ```python
+    from keras_unetpp.tiling import padded_size
+    padded_size(4001, 256, 16)  # 4016
+    padded_size(3, 256, 16)     # 256
+    ```
+    """
+    return max(int(tile), -(-int(size) // int(stride)) * int(stride))
+
+
+def tile_positions(size, tile, overlap=0.5, stride=1):
+    """Where the tiles start along one axis of `size` pixels.
+
+    The axis is first padded to `padded_size(size, tile, stride)`. The
+    tiles start at multiples of `stride`, so that each tile sees the same
+    pooling grid as the whole (padded) image does: a network with `depth`
+    poolings is shift-variant for shifts that are not multiples of
+    `2**depth`. They are as few as keep the steps at most
+    `tile * (1 - overlap)` (rounded down to a multiple of the stride, at
+    least one stride), spread evenly from 0 to `padded - tile`: neighbours
+    share at least `overlap * tile` pixels (or `tile - stride`, if fewer).
+    In units of
+    the stride, the grid is mirror-symmetric (flipping the padded axis maps
+    tiles onto tiles), except for the middle tile of an odd count when the
+    span is odd, which is half a unit off.
+
+    Args:
+        size: int, the axis' length in pixels.
+        tile: int, the tile's length, a multiple of `stride`.
+        overlap: float in [0, 1). Defaults to `0.5`.
+        stride: int, the model's stride. Defaults to `1`.
+
+    Returns:
+        A list of ints, the first 0, the last `padded - tile`.
 
     Example:
 
     ```python
     from keras_unetpp.tiling import tile_positions
-    tile_positions(10, 4, 0.5)  # [0, 2, 4, 6]
-    tile_positions(3, 4)        # [0] (the image is padded to the tile)
+    tile_positions(10, 4, 0.5)      # [0, 2, 4, 6]
+    tile_positions(3, 4)            # [0] (the axis is padded to the tile)
+    tile_positions(37, 8, 0.5, 4)   # [0, 4, 8, ..., 32] (padded to 40)
     ```
     """
-    return _positions(max(int(size), int(tile)), int(tile), float(overlap))
+    tile, stride = int(tile), int(stride)
+    if stride < 1 or tile < stride or tile % stride:
+        raise InputError(
+            f"`tile` must be a positive multiple of `stride`. Received: "
+            f"tile={tile}, stride={stride}"
+        )
+    padded = padded_size(size, tile, stride)
+    units = _positions(padded // stride, tile // stride, float(overlap))
+    return [unit * stride for unit in units]
 
 
 def _positions(size, tile, overlap):
     if size <= tile:
         return [0]
-    step = max(1.0, tile * (1.0 - overlap))
-    count = int(np.ceil((size - tile) / step - 1e-9)) + 1
+    step = max(1, int(np.floor(tile * (1.0 - overlap) + 1e-9)))
     last = size - tile
-    # Evenly spread, rounded to the nearest pixel.
+    count = -(-last // step) + 1
+    # Evenly spread, rounded to the nearest unit.
     even = [
         (2 * index * last + count - 1) // (2 * (count - 1)) for index in range(count)
     ]
@@ -366,11 +408,11 @@ def _tile_shape(tile_size, rank, stride, model, tta):
     return tile
 
 
-def _pad_to_tile(images, tile):
-    """Pads the end of each spatial axis up to the tile (reflect, else edge)."""
-    for axis, t in enumerate(tile, start=1):
+def _pad(images, sizes):
+    """Pads the end of each spatial axis to `sizes` (reflect, else edge)."""
+    for axis, target in enumerate(sizes, start=1):
         size = images.shape[axis]
-        pad = t - size
+        pad = target - size
         if pad > 0:
             widths = [(0, 0)] * images.ndim
             widths[axis] = (0, pad)

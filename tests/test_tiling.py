@@ -19,7 +19,7 @@ import pytest
 
 import keras_unetpp
 from keras_unetpp.description import logits_name
-from keras_unetpp.tiling import tile_positions, tile_weights
+from keras_unetpp.tiling import padded_size, tile_positions, tile_weights
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
@@ -113,42 +113,66 @@ def _reference(model, image, tile, starts, weights, pad_mode=None):
 
 
 @pytest.mark.parametrize(
-    "size, tile, overlap, expected",
+    "size, tile, overlap, stride, expected",
     [
-        (10, 4, 0.5, [0, 2, 4, 6]),  # step 2, exactly
-        (8, 8, 0.5, [0]),
-        (3, 8, 0.5, [0]),  # smaller than a tile: one (padded) tile
-        (16, 8, 0.0, [0, 8]),
+        (10, 4, 0.5, 1, [0, 2, 4, 6]),  # step 2, exactly
+        (8, 8, 0.5, 1, [0]),
+        (3, 8, 0.5, 1, [0]),  # smaller than a tile: one (padded) tile
+        (16, 8, 0.0, 1, [0, 8]),
         # 9 pixels to cover in steps of at most 8: 3 tiles, 4.5 apart,
         # rounded to 5 and mirrored: 9 - 5 = 4, 9 - 0 = 9.
-        (17, 8, 0.0, [0, 5, 9]),
-        (13, 8, 0.5, [0, 3, 5]),  # 5 / 2 = 2.5, rounded up
-        (21, 8, 0.5, [0, 3, 7, 10, 13]),  # 13 / 4 = 3.25, 6.5 -> 3, 7, mirrored
+        (17, 8, 0.0, 1, [0, 5, 9]),
+        (13, 8, 0.5, 1, [0, 3, 5]),  # 5 / 2 = 2.5, rounded up
+        (21, 8, 0.5, 1, [0, 3, 7, 10, 13]),  # 13 / 4 = 3.25, 6.5 -> 3, 7, mirrored
+        (10, 4, 0.4, 1, [0, 2, 4, 6]),  # steps of at most 4 * 0.6 = 2.4 -> 2
+        # Stride 4: padded to 40, steps of one stride.
+        (37, 8, 0.5, 4, [0, 4, 8, 12, 16, 20, 24, 28, 32]),
+        # Stride 2: padded to 14; in units of 2, 3 to cover in steps of 2.
+        (13, 8, 0.5, 2, [0, 4, 6]),
+        (3, 256, 0.5, 16, [0]),
     ],
 )
-def test_tile_starts_by_hand(size, tile, overlap, expected):
-    assert tile_positions(size, tile, overlap) == expected
+def test_tile_starts_by_hand(size, tile, overlap, stride, expected):
+    assert tile_positions(size, tile, overlap, stride) == expected
+
+
+def test_padded_size():
+    assert padded_size(4001, 256, 16) == 4016
+    assert padded_size(4000, 256, 16) == 4000
+    assert padded_size(3, 256, 16) == 256
+    assert padded_size(13, 8, 1) == 13
+    starts = tile_positions(4001, 256, 0.5, 16)
+    assert len(starts) == 31 and starts[-1] == 4016 - 256
+    assert set(np.diff(starts)) == {112, 128}
 
 
 @pytest.mark.parametrize("tile", [8, 16, 256])
+@pytest.mark.parametrize("stride", [1, 8])
 @pytest.mark.parametrize("overlap", [0.0, 0.25, 0.5, 0.75, 0.9])
-def test_tile_grid_covers_overlaps_and_is_mirror_symmetric(tile, overlap):
+def test_tile_grid_covers_overlaps_and_is_mirror_symmetric(tile, stride, overlap):
     for size in [tile, tile + 1, tile + 7, 3 * tile + 5, 565, 584, 4001]:
-        starts = tile_positions(size, tile, overlap)
-        assert starts[0] == 0 and starts[-1] == size - tile
+        padded = padded_size(size, tile, stride)
+        assert padded % stride == 0 and padded >= max(size, tile)
+        assert padded - size < stride or size < tile
+        starts = tile_positions(size, tile, overlap, stride)
+        assert starts[0] == 0 and starts[-1] == padded - tile
+        assert all(start % stride == 0 for start in starts)
         gaps = np.diff(starts)
         assert (gaps > 0).all()
-        # Neighbours share at least floor(overlap * tile) pixels.
-        assert (tile - gaps >= int(overlap * tile)).all(), (size, starts)
-        # As few tiles as that overlap allows: one fewer would leave a gap
-        # wider than the step (1e-6: 16 * (1 - 0.9) is 1.5999999999999996).
-        step = max(1.0, tile * (1 - overlap))
+        # Neighbours share at least overlap * tile pixels, or as many as
+        # steps of one stride leave (none, for a tile one stride long).
+        shared = min(overlap * tile, tile - stride)
+        assert (tile - gaps >= shared - 1e-9).all(), (size, starts)
+        # As few tiles as that allows: the largest step that keeps it is
+        # tile * (1 - overlap) rounded down to the stride (at least 1
+        # stride), and one tile fewer would need longer steps.
+        step = stride * max(1, int(tile / stride * (1 - overlap) + 1e-9))
         count = len(starts)
-        assert (count - 2) * step < size - tile <= (count - 1) * step + 1e-6
-        mirrored = sorted(size - tile - s for s in starts)
-        if (size - tile) % 2 == 0 or len(starts) % 2 == 0:
+        assert (count - 2) * step < padded - tile <= (count - 1) * step
+        mirrored = sorted(padded - tile - s for s in starts)
+        if ((padded - tile) // stride) % 2 == 0 or count % 2 == 0:
             assert mirrored == starts
-        else:  # The middle tile of an odd count is half a pixel off.
+        else:  # The middle tile of an odd count is half a stride off.
             assert sum(a != b for a, b in zip(mirrored, starts)) == 1
 
 
@@ -215,6 +239,19 @@ def test_non_square_tiles(asymmetric):
     np.testing.assert_allclose(result[0], expected, atol=2e-6)
 
 
+def test_batch_size_only_groups_the_tiles(asymmetric):
+    images = _images((3, 20, 28, 1))
+    one = keras_unetpp.predict_tiled(asymmetric, images, 8, batch_size=1, stride=1)
+    for batch_size in (7, 64):
+        np.testing.assert_allclose(
+            keras_unetpp.predict_tiled(
+                asymmetric, images, 8, batch_size=batch_size, stride=1
+            ),
+            one,
+            atol=1e-6,
+        )
+
+
 # --- Sizes, seams and constants ----------------------------------------------
 
 
@@ -226,6 +263,33 @@ def test_pointwise_model_tiled_equals_untiled(pointwise, size):
     )
     assert result.shape == (1, *size, 3)
     np.testing.assert_allclose(result, _call(pointwise, images), atol=1e-6)
+
+
+def test_empty_batch(pointwise):
+    result = keras_unetpp.predict_tiled(
+        pointwise, np.zeros((0, 5, 9, 2), np.float32), 8, stride=1
+    )
+    assert result.shape == (0, 5, 9, 3) and result.dtype == np.float32
+
+
+def test_tiles_on_the_stride_grid_equal_the_padded_prediction():
+    """A model with a stride-4 pooling is shift-variant: its output at a
+    pixel is the max of the aligned 4x4 block around it. Tiles that start at
+    multiples of the stride see the blocks of the whole image, so tiling
+    changes nothing, also for sizes that are not multiples of 4 (padded like
+    `pad_to_multiple`); tiles on a stride-1 grid cut the blocks."""
+    inputs = keras.Input((None, None, 1))
+    x = keras.layers.MaxPooling2D(4)(inputs)
+    outputs = keras.layers.UpSampling2D(4)(x)
+    blocks = keras.Model(inputs, outputs)
+    images = _images((2, 37, 50, 1))
+    padded, (height, width) = keras_unetpp.pad_to_multiple(images, 4)
+    expected = _call(blocks, padded)[:, :height, :width]
+    aligned = keras_unetpp.predict_tiled(blocks, images, 16, stride=4)
+    np.testing.assert_allclose(aligned, expected, atol=1e-6)
+    # Stride 1 puts tiles at 0, 7, 14, 21 on the 37 rows: blocks are cut.
+    misaligned = keras_unetpp.predict_tiled(blocks, images, 16, stride=1)
+    assert np.abs(misaligned - expected).max() > 0.1
 
 
 def test_no_seams_with_a_smooth_model_on_a_ramp():

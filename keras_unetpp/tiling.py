@@ -10,7 +10,8 @@ The weighted average is normalized per pixel: with tile weights `w_t` and
 tile predictions `p_t`, a pixel's output is `sum_t w_t p_t / sum_t w_t` over
 the tiles that cover it. A model that predicts a constant therefore returns
 that constant everywhere, and a pointwise model returns exactly its
-untiled prediction.
+untiled prediction. Tiles start at multiples of the model's stride, so that
+each sees the pooling grid of the whole image.
 """
 
 import itertools

@@ -35,6 +35,7 @@ from keras_unetpp.metrics import DiceScore, IoUScore
 from keras_unetpp.model import build, build_unet
 from keras_unetpp.padding import pad_to_multiple, predict_padded
 from keras_unetpp.pruning import inference_model, prune
+from keras_unetpp.tiling import predict_tiled
 from keras_unetpp.version import __version__
 
 # Public names that live in TensorFlow-specific modules: name -> module.
@@ -126,6 +127,7 @@ __all__ = [
     "precision_scope",
     "predict_folder",
     "predict_padded",
+    "predict_tiled",
     "prepare_for_strategy",
     "prepare_tfds_folder",
     "prune",

@@ -83,6 +83,10 @@ def _weight(text):
     )
 
 
+def _overlap(text):
+    return _number(text, float, lambda v: 0.0 <= v < 1.0, "a number in [0, 1)")
+
+
 def _fraction(text):
     return _number(text, float, lambda v: 0.0 < v < 1.0, "a number in (0, 1)")
 
@@ -510,6 +514,28 @@ def _add_predict(commands):
         "0..65535, or float32 .npy ((h, w) for one class, "
         "(h, w, classes) for several)",
     )
+    p.add_argument(
+        "--tile-size",
+        type=_positive_int,
+        nargs="+",
+        metavar="N",
+        help="predict tile by tile (sliding window, gaussian blending) with "
+        "tiles of N (or H W) pixels, a multiple of 2**depth: memory bounded "
+        "by the tile batch, for large images; crop-mode runs only (default: "
+        "whole image, as the SavedModels)",
+    )
+    p.add_argument(
+        "--overlap",
+        type=_overlap,
+        default=0.5,
+        help="share of a tile its neighbours overlap, in [0, 1) (default: 0.5)",
+    )
+    p.add_argument(
+        "--tta",
+        choices=("flips", "flips+rot90"),
+        help="test-time augmentation with --tile-size: average the "
+        "predictions of flipped (and quarter-turned) images",
+    )
 
 
 def _add_export(commands):
@@ -740,9 +766,20 @@ def _run_predict(args):
         raise UsageError(
             f"give IMAGES_DIR or --split, not {'both' if args.input else 'neither'}"
         )
+    if args.tta and not args.tile_size:
+        raise UsageError("--tta works with --tile-size")
+    tiling = None
+    if args.tile_size:
+        if len(args.tile_size) > 2:
+            raise UsageError("--tile-size takes N or H W")
+        tile = args.tile_size[0] if len(args.tile_size) == 1 else tuple(args.tile_size)
+        tiling = {"tile_size": tile, "overlap": args.overlap}
+        if args.tta:
+            tiling["tta"] = args.tta
     result = runs.predict_run(
         args.run,
         args.input,
+        tiling=tiling,
         output_dir=args.output,
         model=args.model,
         level=args.level,
@@ -761,10 +798,13 @@ def _run_predict(args):
         parts.append(
             f"{len(result['probabilities'])} probability files to probabilities/"
         )
-    print(
-        f"Wrote {', '.join(parts)} ({result['model']}; "
-        f"{result['size_policy'].short_description()})."
-    )
+    how = result["size_policy"].short_description()
+    if tiling:
+        size = tiling["tile_size"]
+        tile = "x".join(map(str, size)) if isinstance(size, tuple) else f"{size}"
+        how += f"; tiled {tile}, overlap {tiling['overlap']:g}"
+        how += f", TTA {tiling['tta']}" if "tta" in tiling else ""
+    print(f"Wrote {', '.join(parts)} ({result['model']}; {how}).")
 
 
 def _run_export(args):

@@ -23,6 +23,7 @@ from keras_unetpp.data.decode import prepare_image, read_image
 from keras_unetpp.description import describe
 from keras_unetpp.errors import InputError
 from keras_unetpp.size_policy import SizePolicy
+from keras_unetpp.tiling import predict_tiled
 
 # Colour of the foreground in overlays (RGB), and its opacity.
 OVERLAY_COLOR = np.array([255, 40, 40], np.float32)
@@ -85,6 +86,51 @@ def predict_probabilities(model, image, image_size=None):
         output_activation=info.head_activation,
     )
     return probabilities.numpy()[0].astype(np.float32, copy=False)
+
+
+# Activation memory of whole-image inference per pixel and per unit of the
+# level-0 width: a depth-4 UNet++ of widths 8-128 grew by 7.35 GB on one
+# 4000x4000 image (benchmarks/tiling_benchmark.py), i.e. 57 bytes per pixel
+# per level-0 channel; rounded up.
+_BYTES_PER_PIXEL_AND_WIDTH = 60
+
+
+def check_fits_in_memory(info, spatial_size, path=None, available=None):
+    """Raises unless whole-image inference of this size likely fits in memory.
+
+    The estimate is `60 * filters[0]` bytes per pixel (measured, see
+    `_BYTES_PER_PIXEL_AND_WIDTH`); it must be under half the memory
+    available now. Tiled prediction (`keras_unetpp.predict_tiled`,
+    `keras-unetpp predict --tile-size`) bounds memory by the tile batch.
+
+    Args:
+        info: the model's `ModelDescription`.
+        spatial_size: the image's `(height, width)` (or volume's sizes).
+        path: the image file, for the message. Defaults to `None`.
+        available: bytes of memory available; `None` reads the system's.
+            Defaults to `None`.
+
+    Returns:
+        int, the estimated bytes.
+    """
+    pixels = int(np.prod(spatial_size))
+    needed = pixels * _BYTES_PER_PIXEL_AND_WIDTH * info.filters[0]
+    if available is None:
+        try:
+            available = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_AVPHYS_PAGES")
+        except (ValueError, OSError, AttributeError):
+            return needed
+    if needed > available / 2:
+        size = "x".join(str(s) for s in spatial_size)
+        where = f"{path}: " if path is not None else ""
+        raise InputError(
+            f"{where}a {size} image needs about {needed / 2**30:.1f} GiB for "
+            f"whole-image inference ({available / 2**30:.1f} GiB available). "
+            "Predict it tile by tile: `keras-unetpp predict ... --tile-size "
+            "256` or `keras_unetpp.predict_tiled(model, images, 256)`. "
+            f"Received: image of {size} pixels"
+        )
+    return needed
 
 
 def to_mask(probabilities, threshold=0.5):
@@ -233,6 +279,7 @@ def predict_images(
     overlays=False,
     probabilities=None,
     normalization="dtype",
+    tiling=None,
 ):
     """Predicts a mask PNG (and optionally more) for each of a list of images.
 
@@ -256,10 +303,20 @@ def predict_images(
         probabilities: `None`, `"png16"` or `"npy"`. Defaults to `None`.
         normalization: `"dtype"` or `"minmax"`, as the training pipeline
             used. Defaults to `"dtype"`.
+        tiling: `None` (the whole image at once, as the SavedModels run
+            it), or a dict of `keras_unetpp.predict_tiled` arguments
+            (`tile_size`, `overlap`, `tta`, ...): sliding-window prediction
+            for images too large for one pass, native size policy only.
+            Defaults to `None`.
 
     Returns:
         dict with lists of `pathlib.Path`: `"masks"`, `"overlays"` and
         `"probabilities"`, the files written.
+
+    Raises:
+        InputError: among others, an image too large for whole-image
+            inference in the memory available (see `check_fits_in_memory`),
+            with the advice to tile.
     """
     _check_threshold(threshold)
     _check_single_output(model, "predict_images")
@@ -281,11 +338,22 @@ def predict_images(
         folders["probabilities"] = _output_folder(
             output_dir / "probabilities", output_dir
         )
-    channels = describe(model).channels
+    info = describe(model)
+    if tiling is not None and policy.mode != "native":
+        raise InputError(
+            "Tiled prediction runs at the images' own scale; this run resizes "
+            f"every image to {policy.short_description()}, which needs no "
+            "tiles. Received: tiling with a resize-mode run"
+        )
     written = {"masks": [], "overlays": [], "probabilities": []}
     for stem, path in inputs:
-        image = prepare_image(read_image(path), channels, normalization, str(path))
-        probs = predict_probabilities(model, image, policy)
+        image = prepare_image(read_image(path), info.channels, normalization, str(path))
+        if tiling is not None:
+            probs = predict_tiled(model, image[None], **tiling)[0]
+        else:
+            if policy.mode == "native":
+                check_fits_in_memory(info, image.shape[:-1], path)
+            probs = predict_probabilities(model, image, policy)
         mask = to_mask(probs, threshold)
         written["masks"].append(write_png(folders["masks"] / f"{stem}.png", mask))
         if overlays:

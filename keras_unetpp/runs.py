@@ -590,6 +590,7 @@ def predict_run(
     split=None,
     accurate=False,
     probabilities=None,
+    tiling=None,
 ):
     """Writes mask PNGs (and overlays, probabilities) with a run's model.
 
@@ -620,6 +621,10 @@ def predict_run(
         probabilities: `None`, `"png16"` (16-bit PNGs, 0..65535) or
             `"npy"` (float32): also write the probabilities to
             `<output_dir>/probabilities/`. Defaults to `None`.
+        tiling: `None`, or `keras_unetpp.predict_tiled` arguments
+            (`tile_size`, `overlap`, `tta`) for sliding-window prediction
+            of crop-mode runs (see `prediction.predict_images`). Defaults to
+            `None`.
 
     Returns:
         dict: `"masks"`, `"overlays"`, `"probabilities"` (lists of the
@@ -640,6 +645,7 @@ def predict_run(
         threshold=threshold,
         overlays=overlays,
         probabilities=probabilities,
+        tiling=tiling,
     )
     return {**written, "output_dir": output_dir, "model": used, "size_policy": policy}
 

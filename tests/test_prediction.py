@@ -292,3 +292,83 @@ def test_predict_split_of_a_tfds_run_is_a_one_line_error(run, tmp_path, capsys):
     with pytest.raises(SystemExit):
         cli.main(["predict", str(other), "--split", "val"])
     assert "Only folder and DSB 2018 sources" in capsys.readouterr().err
+
+
+@pytest.fixture(scope="module")
+def crop_run(tmp_path_factory):
+    root = tmp_path_factory.mktemp("crop_run")
+    data = write_synthetic_dataset(root / "data", num_images=4, image_size=(70, 90))
+    return make_run(
+        root / "run",
+        tiny_model(depth=2, seed=6),
+        sources.data_source(data_dir=data),
+        "crop",
+        (32, 32),
+    )
+
+
+def test_tiled_prediction_of_a_crop_mode_run(crop_run, tmp_path, capsys):
+    line = _cli_line(
+        capsys,
+        [
+            "predict",
+            str(crop_run),
+            "--split",
+            "val",
+            "--output",
+            str(tmp_path / "tiled"),
+            "--probabilities",
+            "npy",
+            "--tile-size",
+            "32",
+            "--tta",
+            "flips",
+        ],
+    )
+    assert "tiled 32, overlap 0.5, TTA flips" in line
+    model = ku.inference_model(runs.load_run_model(crop_run), "accurate")
+    source = runs.read_run_config(crop_run)["data"]["source"]
+    for pair in sources.source_pairs(source, "val"):
+        image = cv2.imread(str(pair.image), cv2.IMREAD_GRAYSCALE)
+        image = image[None, ..., None].astype("float32") / 255.0
+        expected = ku.predict_tiled(model, image, 32, overlap=0.5, tta="flips")[0]
+        got = np.load(tmp_path / "tiled" / "probabilities" / f"{pair.stem}.npy")
+        np.testing.assert_allclose(got, expected[..., 0], atol=1e-6)
+        assert got.shape == (70, 90)
+
+
+def test_the_memory_estimate_of_whole_image_inference(crop_run):
+    info = ku.describe(runs.load_run_model(crop_run))
+    # 60 bytes per pixel per level-0 channel: 4000x4000 at width 32 is 30.7e9.
+    assert (
+        prediction.check_fits_in_memory(info, (40, 40), available=10**9)
+        == 40 * 40 * 60 * info.filters[0]
+    )
+    with pytest.raises(InputError, match=r"4000x4000 image needs about .* --tile-size"):
+        prediction.check_fits_in_memory(info, (4000, 4000), available=2 * 2**30)
+
+
+def test_predict_refuses_a_huge_image_and_tiles_it(crop_run, tmp_path, monkeypatch):
+    real = prediction.check_fits_in_memory
+
+    def little_memory(info, size, path=None, available=None):
+        return real(info, size, path, available=1000)
+
+    monkeypatch.setattr(prediction, "check_fits_in_memory", little_memory)
+    with pytest.raises(InputError, match="Predict it tile by tile"):
+        runs.predict_run(crop_run, split="val", output_dir=tmp_path / "whole")
+    # ... and tiles bound the memory: the same images predict tile by tile.
+    result = runs.predict_run(
+        crop_run,
+        split="val",
+        output_dir=tmp_path / "tiles",
+        tiling={"tile_size": 32},
+    )
+    assert result["masks"]
+
+
+def test_tiling_a_resize_mode_run_is_refused(run, tmp_path):
+    with pytest.raises(InputError, match="needs no tiles"):
+        runs.predict_run(
+            run, split="val", output_dir=tmp_path / "t", tiling={"tile_size": 32}
+        )

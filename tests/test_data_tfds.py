@@ -11,6 +11,7 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 
 from keras_unetpp import data
+from keras_unetpp.errors import DataError
 
 
 def _val_pairs(shared_data, count=4):
@@ -168,8 +169,17 @@ def test_tfds_errors_name_the_feature_and_the_example(trimaps):
     with pytest.raises(
         tf.errors.InvalidArgumentError,
         match=r"segmentation_folder/tri/train example .* has values 3 that are not",
-    ):
+    ) as caught:
         list(ds)
+    # The Python conversion did not raise; TF stopped the pipeline with the
+    # error it returned, which reads back as the DataError naming the example.
+    assert "Traceback" not in caught.value.message
+    error = data.as_data_error(caught.value)
+    assert isinstance(error, DataError)
+    assert error.path.startswith("segmentation_folder/tri/train example ")
+    with pytest.raises(DataError, match="has values 3 that are not in mask_map"):
+        with data.data_errors():
+            list(ds)
 
 
 def test_unprepared_folder_data_set_says_how_to_prepare_it(tmp_path):

@@ -1,13 +1,18 @@
 """Reading image and mask files into checked NumPy arrays.
 
 Everything here is plain Python/NumPy/OpenCV so that every problem can be
-reported with the name of the file it comes from. The tf.data pipeline calls
-`load_pair` through `tf.numpy_function`.
+reported with the name of the file it comes from: a `DataError` whose
+`.path` is the file. `make_dataset` runs `load_pair` on every pair before it
+builds its pipeline (see `pipeline.load_pairs`).
 
 Rules:
 
+- Files: not empty, decodable, not truncated (a JPEG must end with its
+  end-of-image marker: libjpeg would fill missing rows with gray).
 - Images: PNG, JPEG or TIFF; 8-bit, 16-bit (or float TIFF); 1 (gray),
-  2 (gray + alpha), 3 (RGB) or 4 (RGBA) channels. Alpha is dropped.
+  2 (gray + alpha), 3 (RGB) or 4 (RGBA) channels. Alpha is dropped. Float
+  images must have finite pixels (no NaN or Inf) under every
+  normalization.
   `normalization="dtype"` divides by 255 or 65535 (float images must already
   lie in [0, 1]); `"minmax"` maps each image's own range to [0, 1]. RGB is
   turned into gray with the ITU-R 601 weights (0.299, 0.587, 0.114), gray

@@ -160,9 +160,25 @@ def _last_line(text):
 def test_train_on_a_bad_file_gives_one_line_and_status_2(bad_dir, tmp_path):
     root, bad_path, expected = bad_dir
     command = [
-        sys.executable, "-m", "keras_unetpp", "train", "--data", str(root),
-        "--image-size", "32", "32", "--depth", "2", "--filters", "4",
-        "--epochs", "1", "--batch-size", "4", "--verbose", "0",
+        sys.executable,
+        "-m",
+        "keras_unetpp",
+        "train",
+        "--data",
+        str(root),
+        "--image-size",
+        "32",
+        "32",
+        "--depth",
+        "2",
+        "--filters",
+        "4",
+        "--epochs",
+        "1",
+        "--batch-size",
+        "4",
+        "--verbose",
+        "0",
     ]
     # The runs go side by side: the failures were timing-dependent.
     results = _run_side_by_side(
@@ -198,16 +214,15 @@ CHILD = textwrap.dedent(
 )
 
 
-def test_library_raises_data_error_with_the_path_and_exits_cleanly(
-    good_dir, tmp_path
-):
+def test_library_raises_data_error_with_the_path_and_exits_cleanly(good_dir, tmp_path):
     # One child for all cases: one TensorFlow start-up instead of six.
-    cases = {
-        case: _bad_copy(good_dir, tmp_path / case, case) for case in sorted(CASES)
-    }
+    cases = {case: _bad_copy(good_dir, tmp_path / case, case) for case in sorted(CASES)}
     result = subprocess.run(
         [sys.executable, "-c", CHILD, *(str(root) for root, _, _ in cases.values())],
-        capture_output=True, text=True, timeout=TIMEOUT, env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT,
+        env=_env(),
     )
     assert result.returncode == 0, result.stderr[-2000:]
     assert "terminate called" not in result.stderr

@@ -12,8 +12,12 @@ from keras_unetpp.errors import DataError
 
 def _options(**kwargs):
     values = dict(
-        channels=1, num_classes=1, normalization="dtype", mask_threshold=None,
-        invert_mask=False, mask_map=None,
+        channels=1,
+        num_classes=1,
+        normalization="dtype",
+        mask_threshold=None,
+        invert_mask=False,
+        mask_map=None,
     )
     values.update(kwargs)
     return decode.DecodeOptions(**values)
@@ -126,7 +130,9 @@ def test_nan_and_inf_pixels_are_refused_under_every_normalization(normalization)
 
 def test_read_image_unsupported_tiffs(tmp_path):
     tifffile.imwrite(
-        tmp_path / "five.tif", np.zeros((8, 8, 5), np.uint8), photometric="minisblack",
+        tmp_path / "five.tif",
+        np.zeros((8, 8, 5), np.uint8),
+        photometric="minisblack",
         planarconfig="contig",
     )
     with pytest.raises(ValueError, match="five.tif' has 5 channels"):

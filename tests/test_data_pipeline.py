@@ -26,7 +26,8 @@ def _dsb_val(shared_data, width, count):
     root = shared_data / "dsb2018_nuclei"
     rows = _manifest(root)
     stems = [
-        s for s in data.manifest_stems(root / "manifest.csv", "val")
+        s
+        for s in data.manifest_stems(root / "manifest.csv", "val")
         if rows[s]["width"] == str(width)
     ][:count]
     return data.folder_pairs(root / "images", root / "masks", stems=stems), rows
@@ -149,15 +150,21 @@ def test_flips_and_turns_move_image_and_mask_together(
         **{**NO_AUGMENTATION, "flip": flip, "rotate90": rotate90}
     )
     ds = data.make_dataset(
-        pairs, image_size=size, training=True, augmentation=augmentation,
-        shuffle_buffer=0, deterministic=True, batch_size=16,
+        pairs,
+        image_size=size,
+        training=True,
+        augmentation=augmentation,
+        shuffle_buffer=0,
+        deterministic=True,
+        batch_size=16,
     )
     images, masks = _batches(ds)
     seen = set()
     for image, mask, source, source_mask in zip(images, masks, sources, source_masks):
         pixels = np.round(image[..., 0] * 255).astype(np.uint8)
         matches = [
-            k for k, o in enumerate(_orientations(source))
+            k
+            for k, o in enumerate(_orientations(source))
             if o.shape == pixels.shape and np.array_equal(o, pixels)
         ]
         assert len(matches) == 1
@@ -197,8 +204,12 @@ def test_brightness_and_contrast_touch_the_image_only(tmp_path):
     )
     images, masks = _batches(
         data.make_dataset(
-            pairs, image_size=(32, 32), training=True, augmentation=augmentation,
-            shuffle_buffer=0, deterministic=True,
+            pairs,
+            image_size=(32, 32),
+            training=True,
+            augmentation=augmentation,
+            shuffle_buffer=0,
+            deterministic=True,
         )
     )
     slopes = []
@@ -218,8 +229,14 @@ def test_same_seed_same_epochs_new_epochs_differ(tmp_path):
 
     def epochs(seed):
         ds = data.make_dataset(
-            pairs, image_size=(32, 32), training=True, batch_size=4, seed=seed,
-            augmentation=data.Augmentation(), deterministic=True, shuffle_buffer=16,
+            pairs,
+            image_size=(32, 32),
+            training=True,
+            batch_size=4,
+            seed=seed,
+            augmentation=data.Augmentation(),
+            deterministic=True,
+            shuffle_buffer=16,
         )
         return [_batches(ds) for _ in range(2)]
 
@@ -237,8 +254,13 @@ def test_default_seed_is_reproducible_and_file_cache_works(tmp_path):
 
     def first_epoch(cache):
         ds = data.make_dataset(
-            pairs, image_size=(32, 32), training=True, batch_size=4,
-            augmentation=data.Augmentation(), deterministic=True, cache=cache,
+            pairs,
+            image_size=(32, 32),
+            training=True,
+            batch_size=4,
+            augmentation=data.Augmentation(),
+            deterministic=True,
+            cache=cache,
         )
         return _batches(ds)
 
@@ -255,8 +277,12 @@ def test_targets_by_output_name_and_class_masks(tmp_path):
     pairs = _write_pairs(tmp_path, labels * 60, labels)
     names = ["output_l1", "output_l2"]
     ds = data.make_dataset(
-        pairs, image_size=(32, 32), num_classes=4, output_names=names,
-        batch_size=2, drop_remainder=True,
+        pairs,
+        image_size=(32, 32),
+        num_classes=4,
+        output_names=names,
+        batch_size=2,
+        drop_remainder=True,
     )
     assert ds.element_spec[1]["output_l2"].shape.as_list() == [2, 32, 32, 1]
     assert ds.element_spec[1]["output_l1"].dtype == tf.int32
@@ -288,8 +314,13 @@ def test_fits_a_deep_supervision_model(tmp_path):
         depth=2, input_shape=(32, 32, 1), filters=4, deep_supervision=True
     )
     ds = data.make_dataset(
-        pairs, image_size=(32, 32), depth=2, training=True, batch_size=2,
-        augmentation=data.Augmentation(), output_names=model.output_names,
+        pairs,
+        image_size=(32, 32),
+        depth=2,
+        training=True,
+        batch_size=2,
+        augmentation=data.Augmentation(),
+        output_names=model.output_names,
     )
     model.compile(
         optimizer="adam",

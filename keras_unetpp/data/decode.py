@@ -49,8 +49,14 @@ _JPEG_TAIL = 1024
 # Options shared by every sample of a pipeline.
 DecodeOptions = collections.namedtuple(
     "DecodeOptions",
-    ["channels", "num_classes", "normalization", "mask_threshold", "invert_mask",
-     "mask_map"],
+    [
+        "channels",
+        "num_classes",
+        "normalization",
+        "mask_threshold",
+        "invert_mask",
+        "mask_map",
+    ],
 )
 
 
@@ -204,8 +210,11 @@ def check_finite(array, role, name):
     per_pixel = (lambda a: a.any(axis=-1)) if array.ndim == 3 else (lambda a: a)
     nan = int(np.count_nonzero(per_pixel(np.isnan(array))))
     inf = int(np.count_nonzero(per_pixel(np.isinf(array))))
-    found = [f"{n} {kind} pixel{'s' if n != 1 else ''}"
-             for n, kind in ((nan, "NaN"), (inf, "infinite")) if n]
+    found = [
+        f"{n} {kind} pixel{'s' if n != 1 else ''}"
+        for n, kind in ((nan, "NaN"), (inf, "infinite"))
+        if n
+    ]
     raise DataError(
         f"The {role} {name!r} has {' and '.join(found)} (of "
         f"{array.shape[0] * array.shape[1]}); expected finite values. Fix "

@@ -66,9 +66,20 @@ _MARK = "keras_unetpp.DataError:"
 # The checked processing arguments shared by `make_dataset` and `tfds_dataset`.
 Settings = collections.namedtuple(
     "Settings",
-    ["image_size", "batch_size", "training", "augmentation", "output_names",
-     "resize_mode", "cache", "shuffle_buffer", "seed", "drop_remainder",
-     "deterministic", "decode"],
+    [
+        "image_size",
+        "batch_size",
+        "training",
+        "augmentation",
+        "output_names",
+        "resize_mode",
+        "cache",
+        "shuffle_buffer",
+        "seed",
+        "drop_remainder",
+        "deterministic",
+        "decode",
+    ],
 )
 
 
@@ -100,7 +111,9 @@ def processing_settings(
         image_size = ()
     stride = 2**depth
     if len(image_size) != 2 or not all(
-        isinstance(s, numbers.Integral) and not isinstance(s, bool) and s > 0
+        isinstance(s, numbers.Integral)
+        and not isinstance(s, bool)
+        and s > 0
         and s % stride == 0
         for s in image_size
     ):
@@ -132,8 +145,10 @@ def processing_settings(
         if isinstance(output_names, str):
             output_names = [output_names]
         output_names = list(output_names)
-        if not output_names or not all(isinstance(n, str) for n in output_names) or (
-            len(set(output_names)) != len(output_names)
+        if (
+            not output_names
+            or not all(isinstance(n, str) for n in output_names)
+            or (len(set(output_names)) != len(output_names))
         ):
             raise InputError(
                 "`output_names` must be None or a non-empty list of distinct "
@@ -180,10 +195,16 @@ def processing_settings(
         )
     if mask_map is not None:
         top = 1 if num_classes == 1 else num_classes - 1
-        if not isinstance(mask_map, dict) or not mask_map or not all(
-            isinstance(k, numbers.Integral) and isinstance(v, numbers.Integral)
-            and not isinstance(v, bool) and 0 <= v <= top
-            for k, v in mask_map.items()
+        if (
+            not isinstance(mask_map, dict)
+            or not mask_map
+            or not all(
+                isinstance(k, numbers.Integral)
+                and isinstance(v, numbers.Integral)
+                and not isinstance(v, bool)
+                and 0 <= v <= top
+                for k, v in mask_map.items()
+            )
         ):
             raise InputError(
                 "`mask_map` must be a non-empty dict from mask values (ints) to "
@@ -200,8 +221,18 @@ def processing_settings(
         channels, num_classes, normalization, mask_threshold, invert_mask, mask_map
     )
     return Settings(
-        image_size, batch_size, training, augmentation, output_names, resize_mode,
-        cache, shuffle_buffer, seed, drop_remainder, deterministic, options,
+        image_size,
+        batch_size,
+        training,
+        augmentation,
+        output_names,
+        resize_mode,
+        cache,
+        shuffle_buffer,
+        seed,
+        drop_remainder,
+        deterministic,
+        options,
     )
 
 
@@ -416,8 +447,11 @@ def checked_map(function, channels, mask_dtype, name):
 
     def decode_map(*args):
         image, mask, error = tf.numpy_function(
-            call, list(args), (tf.float32, tf.as_dtype(mask_dtype), tf.string),
-            stateful=False, name=name,
+            call,
+            list(args),
+            (tf.float32, tf.as_dtype(mask_dtype), tf.string),
+            stateful=False,
+            name=name,
         )
         ok = tf.debugging.Assert(
             tf.equal(tf.strings.length(error), 0), [error], summarize=1
@@ -694,7 +728,9 @@ def make_dataset(
     else:
         decode_map = checked_map(
             functools.partial(_load_index, pairs, options),
-            options.channels, mask_dtype, "load_pair",
+            options.channels,
+            mask_dtype,
+            "load_pair",
         )
 
     ds = tf.data.Dataset.range(len(pairs))

@@ -88,7 +88,9 @@ class SegmentationFolder(tfds.core.GeneratorBasedBuilder):
         config = self.builder_config
         for pair in pairs:
             image = _stored_image(
-                decode.read_image(pair.image), config.channels, config.bit_depth,
+                decode.read_image(pair.image),
+                config.channels,
+                config.bit_depth,
                 pair.image,
             )
             mask = None
@@ -105,11 +107,14 @@ class SegmentationFolder(tfds.core.GeneratorBasedBuilder):
                     )
                 plane = _stored_mask(plane, config.mask_bit_depth, path)
                 mask = plane if mask is None else np.maximum(mask, plane)
-            yield pair.stem, {
-                "image": image,
-                "segmentation_mask": mask[..., None],
-                "file_name": pair.image.replace("\\", "/").rsplit("/", 1)[-1],
-            }
+            yield (
+                pair.stem,
+                {
+                    "image": image,
+                    "segmentation_mask": mask[..., None],
+                    "file_name": pair.image.replace("\\", "/").rsplit("/", 1)[-1],
+                },
+            )
 
 
 def _stored_image(array, channels, bit_depth, path):

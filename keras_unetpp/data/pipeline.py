@@ -31,15 +31,18 @@ assertion stops the pipeline with it, and `data_errors()` or
 `DataError` naming the file.
 """
 
+import atexit
 import binascii
 import collections
 import concurrent.futures
 import contextlib
 import functools
+import gc
 import json
 import numbers
 import os
 import threading
+import traceback
 
 import numpy as np
 import tensorflow as tf
@@ -360,9 +363,28 @@ def as_data_error(error):
     return DataError(payload["message"], payload["path"])
 
 
+def release_iterators(error):
+    """Frees the tf.data iterators an exception's traceback keeps alive.
+
+    The frames of a failed `fit` (or loop) hold the iterator; left to the
+    cyclic garbage collector it is destroyed in whatever thread runs it,
+    possibly a TensorFlow thread inside a Python decode (which then waits
+    for itself), or at interpreter exit while decodes are in flight. This
+    clears those frames and collects them now, in the calling thread.
+
+    Args:
+        error: the exception whose traceback to release.
+    """
+    traceback.clear_frames(error.__traceback__)
+    gc.collect()
+
+
 @contextlib.contextmanager
 def data_errors():
     """Re-raises a bad data file met inside a pipeline as its `DataError`.
+
+    The failed pipeline's iterators are released first (see
+    `release_iterators`), so that the process can go on or exit cleanly.
 
     Example:
 
@@ -377,7 +399,16 @@ def data_errors():
         error = as_data_error(e)
         if error is None:
             raise
+        release_iterators(e)
         raise error from None
+
+
+@functools.cache
+def _collect_at_exit():
+    # Before the interpreter finalizes, free (in the main thread, where it
+    # is safe) any iterator that only a dropped exception still holds, so
+    # that no TensorFlow thread runs a decode during finalization.
+    atexit.register(gc.collect)
 
 
 def guarded(function, channels, mask_dtype):
@@ -398,6 +429,7 @@ def guarded(function, channels, mask_dtype):
     Returns:
         A callable returning `(image, mask, error)`.
     """
+    _collect_at_exit()
     failed = []
     lock = threading.Lock()
 

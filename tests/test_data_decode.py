@@ -7,12 +7,17 @@ import tifffile
 from PIL import Image
 
 from keras_unetpp.data import SamplePair, decode
+from keras_unetpp.errors import DataError
 
 
 def _options(**kwargs):
     values = dict(
-        channels=1, num_classes=1, normalization="dtype", mask_threshold=None,
-        invert_mask=False, mask_map=None,
+        channels=1,
+        num_classes=1,
+        normalization="dtype",
+        mask_threshold=None,
+        invert_mask=False,
+        mask_map=None,
     )
     values.update(kwargs)
     return decode.DecodeOptions(**values)
@@ -85,11 +90,49 @@ def test_read_image_bad_files_are_named(tmp_path):
         decode.read_image(tmp_path / "text.png")
     with pytest.raises(ValueError, match="Cannot read the file .*missing.png"):
         decode.read_image(tmp_path / "missing.png")
+    with pytest.raises(DataError) as caught:
+        decode.read_image(tmp_path / "cut.png")
+    assert caught.value.path == str(tmp_path / "cut.png")
+
+
+def test_truncated_jpeg_is_refused(tmp_path):
+    smooth = np.tile(np.linspace(0, 255, 64, dtype=np.uint8), (64, 1))
+    good = cv2.imencode(".jpg", smooth)[1].tobytes()
+    (tmp_path / "whole.jpg").write_bytes(good + b"\x00" * 16)  # Padding is fine.
+    assert decode.read_image(tmp_path / "whole.jpg").shape == (64, 64)
+    cut = good[: len(good) * 2 // 3]
+    (tmp_path / "cut.jpg").write_bytes(cut)
+    # OpenCV 5 refuses it; OpenCV 4 decodes it with gray rows, which the
+    # end-of-image check refuses.
+    with pytest.raises(DataError, match="cut.jpg' is truncated|decode .*cut.jpg") as e:
+        decode.read_image(tmp_path / "cut.jpg")
+    assert e.value.path == str(tmp_path / "cut.jpg")
+    assert decode._is_truncated_jpeg(np.frombuffer(cut, np.uint8))
+    assert not decode._is_truncated_jpeg(np.frombuffer(good, np.uint8))
+
+
+@pytest.mark.parametrize("normalization", decode.NORMALIZATIONS)
+def test_nan_and_inf_pixels_are_refused_under_every_normalization(normalization):
+    image = np.full((4, 5, 3), 0.5, np.float32)
+    image[1, 2] = np.nan  # One pixel, all channels.
+    image[3, 0, 1] = np.nan
+    with pytest.raises(DataError, match=r"'n.tif' has 2 NaN pixels \(of 20\)") as e:
+        decode.prepare_image(image, 1, normalization, "n.tif")
+    assert "minmax" not in str(e.value) and e.value.path == "n.tif"
+    image[0, 0, 0] = np.inf
+    with pytest.raises(DataError, match="2 NaN pixels and 1 infinite pixel "):
+        decode.prepare_image(image, 3, normalization, "n.tif")
+    mask = np.zeros((4, 4), np.float32)
+    mask[0, 0] = np.nan
+    with pytest.raises(DataError, match="mask 'm.tif' has 1 NaN pixel "):
+        decode.prepare_mask(mask, _options(), "m.tif")
 
 
 def test_read_image_unsupported_tiffs(tmp_path):
     tifffile.imwrite(
-        tmp_path / "five.tif", np.zeros((8, 8, 5), np.uint8), photometric="minisblack",
+        tmp_path / "five.tif",
+        np.zeros((8, 8, 5), np.uint8),
+        photometric="minisblack",
         planarconfig="contig",
     )
     with pytest.raises(ValueError, match="five.tif' has 5 channels"):

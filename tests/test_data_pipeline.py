@@ -9,6 +9,8 @@ import tensorflow as tf
 
 import keras_unetpp
 from keras_unetpp import data
+from keras_unetpp.data import pipeline
+from keras_unetpp.errors import DataError
 
 NO_AUGMENTATION = dict(
     flip=False, rotate90=False, scale_range=None, brightness=0.0, contrast=0.0
@@ -24,7 +26,8 @@ def _dsb_val(shared_data, width, count):
     root = shared_data / "dsb2018_nuclei"
     rows = _manifest(root)
     stems = [
-        s for s in data.manifest_stems(root / "manifest.csv", "val")
+        s
+        for s in data.manifest_stems(root / "manifest.csv", "val")
         if rows[s]["width"] == str(width)
     ][:count]
     return data.folder_pairs(root / "images", root / "masks", stems=stems), rows
@@ -147,15 +150,21 @@ def test_flips_and_turns_move_image_and_mask_together(
         **{**NO_AUGMENTATION, "flip": flip, "rotate90": rotate90}
     )
     ds = data.make_dataset(
-        pairs, image_size=size, training=True, augmentation=augmentation,
-        shuffle_buffer=0, deterministic=True, batch_size=16,
+        pairs,
+        image_size=size,
+        training=True,
+        augmentation=augmentation,
+        shuffle_buffer=0,
+        deterministic=True,
+        batch_size=16,
     )
     images, masks = _batches(ds)
     seen = set()
     for image, mask, source, source_mask in zip(images, masks, sources, source_masks):
         pixels = np.round(image[..., 0] * 255).astype(np.uint8)
         matches = [
-            k for k, o in enumerate(_orientations(source))
+            k
+            for k, o in enumerate(_orientations(source))
             if o.shape == pixels.shape and np.array_equal(o, pixels)
         ]
         assert len(matches) == 1
@@ -195,8 +204,12 @@ def test_brightness_and_contrast_touch_the_image_only(tmp_path):
     )
     images, masks = _batches(
         data.make_dataset(
-            pairs, image_size=(32, 32), training=True, augmentation=augmentation,
-            shuffle_buffer=0, deterministic=True,
+            pairs,
+            image_size=(32, 32),
+            training=True,
+            augmentation=augmentation,
+            shuffle_buffer=0,
+            deterministic=True,
         )
     )
     slopes = []
@@ -216,8 +229,14 @@ def test_same_seed_same_epochs_new_epochs_differ(tmp_path):
 
     def epochs(seed):
         ds = data.make_dataset(
-            pairs, image_size=(32, 32), training=True, batch_size=4, seed=seed,
-            augmentation=data.Augmentation(), deterministic=True, shuffle_buffer=16,
+            pairs,
+            image_size=(32, 32),
+            training=True,
+            batch_size=4,
+            seed=seed,
+            augmentation=data.Augmentation(),
+            deterministic=True,
+            shuffle_buffer=16,
         )
         return [_batches(ds) for _ in range(2)]
 
@@ -235,8 +254,13 @@ def test_default_seed_is_reproducible_and_file_cache_works(tmp_path):
 
     def first_epoch(cache):
         ds = data.make_dataset(
-            pairs, image_size=(32, 32), training=True, batch_size=4,
-            augmentation=data.Augmentation(), deterministic=True, cache=cache,
+            pairs,
+            image_size=(32, 32),
+            training=True,
+            batch_size=4,
+            augmentation=data.Augmentation(),
+            deterministic=True,
+            cache=cache,
         )
         return _batches(ds)
 
@@ -253,8 +277,12 @@ def test_targets_by_output_name_and_class_masks(tmp_path):
     pairs = _write_pairs(tmp_path, labels * 60, labels)
     names = ["output_l1", "output_l2"]
     ds = data.make_dataset(
-        pairs, image_size=(32, 32), num_classes=4, output_names=names,
-        batch_size=2, drop_remainder=True,
+        pairs,
+        image_size=(32, 32),
+        num_classes=4,
+        output_names=names,
+        batch_size=2,
+        drop_remainder=True,
     )
     assert ds.element_spec[1]["output_l2"].shape.as_list() == [2, 32, 32, 1]
     assert ds.element_spec[1]["output_l1"].dtype == tf.int32
@@ -286,8 +314,13 @@ def test_fits_a_deep_supervision_model(tmp_path):
         depth=2, input_shape=(32, 32, 1), filters=4, deep_supervision=True
     )
     ds = data.make_dataset(
-        pairs, image_size=(32, 32), depth=2, training=True, batch_size=2,
-        augmentation=data.Augmentation(), output_names=model.output_names,
+        pairs,
+        image_size=(32, 32),
+        depth=2,
+        training=True,
+        batch_size=2,
+        augmentation=data.Augmentation(),
+        output_names=model.output_names,
     )
     model.compile(
         optimizer="adam",
@@ -306,25 +339,61 @@ def test_fits_a_deep_supervision_model(tmp_path):
         (np.tile(np.arange(4, dtype=np.uint8), (32, 8)), {}, "002.png' has values"),
     ],
 )
-def test_bad_files_stop_the_pipeline_with_their_name(tmp_path, mask, kwargs, message):
+def test_bad_files_are_named_before_the_pipeline_exists(
+    tmp_path, mask, kwargs, message
+):
     images, masks = _labelled(3)
     masks = list(masks // 255)
     masks[2] = mask
     pairs = _write_pairs(tmp_path, images, masks)
-    ds = data.make_dataset(pairs, image_size=(32, 32), **kwargs)
-    with pytest.raises(tf.errors.InvalidArgumentError, match=message):
-        _batches(ds)
+    with pytest.raises(DataError, match=message) as caught:
+        data.make_dataset(pairs, image_size=(32, 32), **kwargs)
+    assert caught.value.path == pairs[2].masks[0]
 
 
 def test_corrupt_image_is_named(tmp_path):
-    images, masks = _labelled(2)
+    images, masks = _labelled(4)
     pairs = _write_pairs(tmp_path, images, masks)
     (tmp_path / "images" / "001.png").write_bytes(b"\x89PNG\r\n\x1a\nbroken")
-    with pytest.raises(tf.errors.InvalidArgumentError, match="Cannot decode .*001.png"):
-        _batches(data.make_dataset(pairs, image_size=(32, 32)))
+    (tmp_path / "masks" / "003.png").write_bytes(b"")
+    with pytest.raises(DataError, match="Cannot decode .*001.png.*1 other sample") as e:
+        data.make_dataset(pairs, image_size=(32, 32))
+    assert e.value.path == pairs[1].image
     problems = data.check_pairs(pairs)
-    assert [stem for stem, _ in problems] == ["001"]
+    assert [stem for stem, _ in problems] == ["001", "003"]
     assert "001.png" in problems[0][1]
+    assert "003.png' is empty (0 bytes)" in problems[1][1]
+
+
+def test_streamed_pipeline_equals_the_in_memory_one(tmp_path, monkeypatch):
+    images, masks = _labelled(5, size=(40, 36))
+    pairs = _write_pairs(tmp_path, images, masks)
+    kwargs = dict(image_size=(32, 32), batch_size=2, resize_mode="crop")
+    in_memory = _batches(data.make_dataset(pairs, **kwargs))
+    monkeypatch.setattr(pipeline, "MEMORY_LIMIT", 0)
+    streamed = _batches(data.make_dataset(pairs, **kwargs))
+    for a, b in zip(in_memory, streamed):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_a_file_broken_after_the_check_is_a_data_error(tmp_path, monkeypatch):
+    images, masks = _labelled(6)
+    pairs = _write_pairs(tmp_path, images, masks)
+    monkeypatch.setattr(pipeline, "MEMORY_LIMIT", 0)  # Read the files again.
+    ds = data.make_dataset(pairs, image_size=(32, 32), batch_size=2, cache=False)
+    path = tmp_path / "images" / "004.png"
+    path.write_bytes(path.read_bytes()[:40])
+    with pytest.raises(tf.errors.InvalidArgumentError) as caught:
+        _batches(ds)
+    assert "Traceback" not in caught.value.message
+    error = data.as_data_error(caught.value)
+    assert isinstance(error, DataError) and error.path == str(path)
+    assert "Cannot decode" in str(error)
+    with pytest.raises(DataError, match="Cannot decode .*004.png") as caught:
+        with data.data_errors():
+            _batches(ds)
+    assert caught.value.path == str(path)
+    assert data.as_data_error(ValueError("other")) is None
 
 
 def test_argument_errors(tmp_path):

@@ -11,6 +11,7 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 
 from keras_unetpp import data
+from keras_unetpp.errors import DataError
 
 
 def _val_pairs(shared_data, count=4):
@@ -60,8 +61,11 @@ def test_prepared_folder_loads_offline_without_this_package(prepared):
     )
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "NO_GCE_CHECK": "true"}
     result = subprocess.run(
-        [sys.executable, "-c", code, str(data_dir)], capture_output=True, text=True,
-        env=env, timeout=120,
+        [sys.executable, "-c", code, str(data_dir)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
     )
     assert result.returncode == 0, result.stderr[-2000:]
     assert result.stdout.strip().splitlines()[-1] == "1"
@@ -77,7 +81,10 @@ def _sorted_batches(ds):
 def test_tfds_dataset_equals_the_folder_pipeline(prepared):
     pairs, data_dir = prepared
     from_tfds = data.tfds_dataset(
-        "segmentation_folder/mini", "train", data_dir=data_dir, batch_size=2,
+        "segmentation_folder/mini",
+        "train",
+        data_dir=data_dir,
+        batch_size=2,
         output_names=["output_l1"],
     ).map(lambda x, y: (x, y["output_l1"]))
     images, masks = _sorted_batches(from_tfds)
@@ -111,8 +118,13 @@ def test_dsb_layout_union_in_pipeline_and_tfds(shared_data, tmp_path):
     _, masks = _sorted_batches(data.make_dataset(pairs, image_size=size))
     np.testing.assert_array_equal(masks[0, ..., 0], merged > 0)
     data.prepare_tfds_folder("dsb", {"train": pairs}, tmp_path / "tfds", channels=3)
-    example = next(iter(tfds.load("segmentation_folder/dsb", split="train",
-                                  data_dir=tmp_path / "tfds")))
+    example = next(
+        iter(
+            tfds.load(
+                "segmentation_folder/dsb", split="train", data_dir=tmp_path / "tfds"
+            )
+        )
+    )
     np.testing.assert_array_equal(example["segmentation_mask"].numpy()[..., 0], merged)
     rgb = cv2.cvtColor(cv2.imread(pair.image), cv2.COLOR_BGR2RGB)
     np.testing.assert_array_equal(example["image"].numpy(), rgb)
@@ -147,8 +159,11 @@ def test_mask_map_turns_a_trimap_into_targets(trimaps):
     np.testing.assert_array_equal(binary[..., 0], truth[order])
     _, classes = _sorted_batches(
         data.tfds_dataset(
-            "segmentation_folder/tri", "train", mask_map={1: 0, 2: 1, 3: 2},
-            num_classes=3, **kwargs,
+            "segmentation_folder/tri",
+            "train",
+            mask_map={1: 0, 2: 1, 3: 2},
+            num_classes=3,
+            **kwargs,
         )
     )
     assert classes.dtype == np.int32
@@ -162,14 +177,26 @@ def test_tfds_errors_name_the_feature_and_the_example(trimaps):
             "segmentation_folder/tri", "train", mask_key="label", data_dir=data_dir
         )
     ds = data.tfds_dataset(
-        "segmentation_folder/tri", "train", data_dir=data_dir, image_size=(32, 32),
+        "segmentation_folder/tri",
+        "train",
+        data_dir=data_dir,
+        image_size=(32, 32),
         mask_map={1: 1, 2: 0},
     )
     with pytest.raises(
         tf.errors.InvalidArgumentError,
         match=r"segmentation_folder/tri/train example .* has values 3 that are not",
-    ):
+    ) as caught:
         list(ds)
+    # The Python conversion did not raise; TF stopped the pipeline with the
+    # error it returned, which reads back as the DataError naming the example.
+    assert "Traceback" not in caught.value.message
+    error = data.as_data_error(caught.value)
+    assert isinstance(error, DataError)
+    assert error.path.startswith("segmentation_folder/tri/train example ")
+    with pytest.raises(DataError, match="has values 3 that are not in mask_map"):
+        with data.data_errors():
+            list(ds)
 
 
 def test_unprepared_folder_data_set_says_how_to_prepare_it(tmp_path):

@@ -1,13 +1,18 @@
 """Reading image and mask files into checked NumPy arrays.
 
 Everything here is plain Python/NumPy/OpenCV so that every problem can be
-reported with the name of the file it comes from. The tf.data pipeline calls
-`load_pair` through `tf.numpy_function`.
+reported with the name of the file it comes from: a `DataError` whose
+`.path` is the file. `make_dataset` runs `load_pair` on every pair before it
+builds its pipeline (see `pipeline.load_pairs`).
 
 Rules:
 
+- Files: not empty, decodable, not truncated (a JPEG must end with its
+  end-of-image marker: libjpeg would fill missing rows with gray).
 - Images: PNG, JPEG or TIFF; 8-bit, 16-bit (or float TIFF); 1 (gray),
-  2 (gray + alpha), 3 (RGB) or 4 (RGBA) channels. Alpha is dropped.
+  2 (gray + alpha), 3 (RGB) or 4 (RGBA) channels. Alpha is dropped. Float
+  images must have finite pixels (no NaN or Inf) under every
+  normalization.
   `normalization="dtype"` divides by 255 or 65535 (float images must already
   lie in [0, 1]); `"minmax"` maps each image's own range to [0, 1]. RGB is
   turned into gray with the ITU-R 601 weights (0.299, 0.587, 0.114), gray
@@ -29,7 +34,7 @@ import struct
 import cv2
 import numpy as np
 
-from keras_unetpp.errors import InputError
+from keras_unetpp.errors import DataError
 
 NORMALIZATIONS = ("dtype", "minmax")
 
@@ -38,11 +43,20 @@ LUMA_WEIGHTS = np.array([0.299, 0.587, 0.114], np.float32)
 
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
+# How far from the end of a JPEG file its end-of-image marker may lie.
+_JPEG_TAIL = 1024
+
 # Options shared by every sample of a pipeline.
 DecodeOptions = collections.namedtuple(
     "DecodeOptions",
-    ["channels", "num_classes", "normalization", "mask_threshold", "invert_mask",
-     "mask_map"],
+    [
+        "channels",
+        "num_classes",
+        "normalization",
+        "mask_threshold",
+        "invert_mask",
+        "mask_map",
+    ],
 )
 
 
@@ -85,6 +99,14 @@ def _tiff_samples_per_pixel(data):
     return 1
 
 
+def _is_truncated_jpeg(data):
+    """Whether JPEG bytes lack the end-of-image marker near their end."""
+    if data[:3].tobytes() != b"\xff\xd8\xff":
+        return False
+    # A little trailing data after the marker (padding, vendor blocks) is fine.
+    return data[-_JPEG_TAIL:].tobytes().rstrip(b"\x00").rfind(b"\xff\xd9") < 0
+
+
 def read_image(path, palette_indices=False):
     """Decodes a PNG, JPEG or TIFF file into a NumPy array.
 
@@ -99,16 +121,21 @@ def read_image(path, palette_indices=False):
         uint8, uint16 or float32, colour channels in RGB(A) order.
 
     Raises:
-        ValueError: the file cannot be read or decoded, is a multi-page
-            TIFF, or has more than 4 channels; the message names the file.
+        DataError: the file cannot be read, is empty, cannot be decoded
+            (corrupt or truncated), is a multi-page TIFF, or has more than
+            4 channels; the message and `.path` name the file.
     """
     path = str(path)
     try:
         data = np.fromfile(path, np.uint8)
     except OSError as e:
-        raise InputError(f"Cannot read the file {path!r}: {e}") from None
+        raise DataError(f"Cannot read the file {path!r}: {e}", path) from None
     if data.size == 0:
-        raise InputError(f"The file {path!r} is empty (0 bytes).")
+        raise DataError(
+            f"The file {path!r} is empty (0 bytes); expected a PNG, JPEG or "
+            "TIFF image.",
+            path,
+        )
     if palette_indices and _is_palette_png(data):
         from PIL import Image  # Only palette PNGs need Pillow.
 
@@ -116,23 +143,36 @@ def read_image(path, palette_indices=False):
             with Image.open(path) as im:
                 return np.asarray(im.convert("P") if im.mode == "PA" else im)
         except OSError as e:
-            raise InputError(f"Cannot decode the palette PNG {path!r}: {e}") from None
+            raise DataError(
+                f"Cannot decode the palette PNG {path!r} (corrupt or truncated): {e}",
+                path,
+            ) from None
     array = cv2.imdecode(data, cv2.IMREAD_UNCHANGED)
     if array is None:
         samples = _tiff_samples_per_pixel(data)
         if samples is not None and samples > 4:
-            raise InputError(
+            raise DataError(
                 f"The TIFF file {path!r} has {samples} channels; supported are "
-                "1 (gray), 2 (gray + alpha), 3 (RGB) and 4 (RGBA)."
+                "1 (gray), 2 (gray + alpha), 3 (RGB) and 4 (RGBA).",
+                path,
             )
-        raise InputError(
+        raise DataError(
             f"Cannot decode {path!r}: it is not a valid PNG, JPEG or TIFF "
-            "image (corrupt, truncated or another format)."
+            "image (corrupt, truncated or another format).",
+            path,
+        )
+    if _is_truncated_jpeg(data):
+        # libjpeg fills the missing rows with gray and only warns.
+        raise DataError(
+            f"The JPEG file {path!r} is truncated (it has no end-of-image "
+            "marker); expected a complete JPEG image.",
+            path,
         )
     if path.lower().endswith((".tif", ".tiff")) and cv2.imcount(path) > 1:
-        raise InputError(
+        raise DataError(
             f"The TIFF file {path!r} has {cv2.imcount(path)} pages; save one "
-            "image (or one mask) per file."
+            "image (or one mask) per file.",
+            path,
         )
     if array.ndim == 3 and array.shape[-1] == 3:
         array = array[..., ::-1]
@@ -145,12 +185,42 @@ def drop_alpha(array, name):
     if array.ndim == 2:
         return array[..., None]
     if array.ndim != 3 or array.shape[-1] not in (1, 2, 3, 4):
-        raise InputError(
+        raise DataError(
             f"{name!r} has an unsupported shape {array.shape}: expected "
             "(height, width) or (height, width, channels) with 1 (gray), "
-            "2 (gray + alpha), 3 (RGB) or 4 (RGBA) channels."
+            "2 (gray + alpha), 3 (RGB) or 4 (RGBA) channels.",
+            name,
         )
     return array[..., :1] if array.shape[-1] == 2 else array[..., :3]
+
+
+def check_finite(array, role, name):
+    """Raises a `DataError` if a float array has NaN or infinite pixels.
+
+    Args:
+        array: the decoded image or mask, `(height, width[, channels])`.
+        role: str, `"image"` or `"mask"`, for the message.
+        name: str, the file (or example) name.
+    """
+    if not np.issubdtype(array.dtype, np.floating):
+        return
+    bad = ~np.isfinite(array)
+    if not bad.any():
+        return
+    per_pixel = (lambda a: a.any(axis=-1)) if array.ndim == 3 else (lambda a: a)
+    nan = int(np.count_nonzero(per_pixel(np.isnan(array))))
+    inf = int(np.count_nonzero(per_pixel(np.isinf(array))))
+    found = [
+        f"{n} {kind} pixel{'s' if n != 1 else ''}"
+        for n, kind in ((nan, "NaN"), (inf, "infinite"))
+        if n
+    ]
+    raise DataError(
+        f"The {role} {name!r} has {' and '.join(found)} (of "
+        f"{array.shape[0] * array.shape[1]}); expected finite values. Fix "
+        "or remove the file: no normalization makes such pixels usable.",
+        name,
+    )
 
 
 def prepare_image(array, channels, normalization, name):
@@ -173,20 +243,25 @@ def prepare_image(array, channels, normalization, name):
     elif array.dtype in (np.float32, np.float64):
         scale = None
     else:
-        raise InputError(
+        raise DataError(
             f"The image {name!r} has pixel type {array.dtype}; supported are "
-            "8-bit, 16-bit and float images."
+            "8-bit, 16-bit and float images.",
+            name,
         )
     image = array.astype(np.float32)
+    if scale is None:
+        # Before any scaling: no normalization can make NaN or Inf usable.
+        check_finite(image, "image", name)
     if normalization == "minmax":
         low, high = float(image.min()), float(image.max())
         image = (image - low) / (high - low) if high > low else image * 0.0
     elif scale is not None:
         image = image / np.float32(scale)
-    elif not np.isfinite(image).all() or image.min() < 0.0 or image.max() > 1.0:
-        raise InputError(
+    elif image.size and (image.min() < 0.0 or image.max() > 1.0):
+        raise DataError(
             f"The float image {name!r} has values outside [0, 1] (from "
-            f"{image.min()} to {image.max()}); use normalization='minmax'."
+            f"{image.min()} to {image.max()}); use normalization='minmax'.",
+            name,
         )
     if image.shape[-1] == channels:
         return np.ascontiguousarray(image)
@@ -203,10 +278,11 @@ def mask_plane(array, name):
             np.array_equal(array[..., 0], array[..., 1])
             and np.array_equal(array[..., 0], array[..., 2])
         ):
-            raise InputError(
+            raise DataError(
                 f"The mask {name!r} is a colour image whose channels differ; "
                 "a mask must be gray (or a palette PNG for classes). Convert "
-                "its colours to class indices first."
+                "its colours to class indices first.",
+                name,
             )
     return array[..., 0]
 
@@ -224,15 +300,17 @@ def prepare_mask(array, options, name):
         class indices otherwise.
     """
     plane = mask_plane(array, name)
+    check_finite(plane, "mask", name)
     num_classes = options.num_classes
     if options.mask_map is not None:
         keys = np.array(sorted(options.mask_map), dtype=np.float64)
         found = np.unique(plane)
         unknown = found[~np.isin(found, keys)]
         if unknown.size:
-            raise InputError(
+            raise DataError(
                 f"The mask {name!r} has values {_values(unknown)} that are not "
-                f"in mask_map (keys {sorted(options.mask_map)})."
+                f"in mask_map (keys {sorted(options.mask_map)}).",
+                name,
             )
         mapped = np.array([options.mask_map[k] for k in sorted(options.mask_map)])
         plane = mapped[np.searchsorted(keys, plane)]
@@ -243,28 +321,31 @@ def prepare_mask(array, options, name):
             # mask_map values were checked to be 0/1 when the pipeline was made.
             found = np.unique(plane)
             if np.count_nonzero(found) > 1:
-                raise InputError(
+                raise DataError(
                     f"The mask {name!r} has values {_values(plane)}, which do "
                     "not fit num_classes=1: a binary mask holds 0 (background) "
                     "and one foreground value (1, 255, ...). For class-index "
                     "masks set num_classes; for soft or JPEG masks set "
-                    "mask_threshold; to merge or drop values use mask_map."
+                    "mask_threshold; to merge or drop values use mask_map.",
+                    name,
                 )
             foreground = plane != 0
         return foreground.astype(np.uint8)
     if np.issubdtype(plane.dtype, np.floating) and not np.array_equal(
         plane, np.round(plane)
     ):
-        raise InputError(
+        raise DataError(
             f"The class mask {name!r} has non-integer values "
-            f"{_values(plane[plane != np.round(plane)])}."
+            f"{_values(plane[plane != np.round(plane)])}.",
+            name,
         )
     bad = (plane < 0) | (plane >= num_classes)
     if bad.any():
-        raise InputError(
+        raise DataError(
             f"The class mask {name!r} has values {_values(plane[bad])} outside "
             f"[0, {num_classes - 1}] for num_classes={num_classes}. If its "
-            "values are not class indices (e.g. 0/255), use mask_map."
+            "values are not class indices (e.g. 0/255), use mask_map.",
+            name,
         )
     return plane.astype(mask_dtype(num_classes))
 
@@ -287,10 +368,11 @@ def prepare_pair(image, masks, options, image_name, mask_names):
     labels = None
     for mask, mask_name in zip(masks, mask_names):
         if np.shape(mask)[:2] != (height, width):
-            raise InputError(
+            raise DataError(
                 f"The mask {mask_name!r} is {np.shape(mask)[1]}x"
                 f"{np.shape(mask)[0]} (width x height) but its image "
-                f"{image_name!r} is {width}x{height}."
+                f"{image_name!r} is {width}x{height}; expected the same size.",
+                mask_name,
             )
         current = prepare_mask(mask, options, mask_name)
         labels = current if labels is None else np.maximum(labels, current)
@@ -316,10 +398,11 @@ def load_pair(pair, options):
 
 
 def check_files_exist(pairs):
-    """Raises a `ValueError` naming the first listed file that is missing."""
+    """Raises a `DataError` naming the first listed file that is missing."""
     for pair in pairs:
         for path in (pair.image, *pair.masks):
             if not os.path.isfile(path):
-                raise InputError(
-                    f"The file {path!r} of sample {pair.stem!r} does not exist."
+                raise DataError(
+                    f"The file {path!r} of sample {pair.stem!r} does not exist.",
+                    path,
                 )

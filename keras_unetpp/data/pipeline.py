@@ -1,25 +1,88 @@
-"""`make_dataset`: image/mask files -> a batched, augmented `tf.data.Dataset`."""
+"""`make_dataset`: image/mask files -> a batched, augmented `tf.data.Dataset`.
 
+Bad data files and tf.data
+--------------------------
+
+Every file is decoded and checked *before* the pipeline exists
+(`load_pairs`, in threads): a bad file raises a `DataError` that names it,
+while no tf.data iterator and no TensorFlow thread is running yet.
+
+The pipeline itself then holds no Python code where it can: the checked
+arrays are packed into two tensors and sliced by TF ops
+(`MEMORY_LIMIT`). Python called from tf.data (`tf.numpy_function`) is what
+made a bad file hang or abort the process: the call runs on a TensorFlow
+thread and needs the GIL, so
+
+- when the iterator is destroyed by a thread that holds the GIL (the
+  cyclic garbage collector frees the iterator kept alive by the error's
+  traceback in whatever thread it runs, often a decoding thread itself),
+  its destructor waits for the in-flight decodes, which wait for the GIL:
+  a deadlock;
+- when the interpreter exits while decodes are still in flight or
+  scheduled, a TensorFlow thread that asks for the GIL is ended by Python
+  in the middle of C++ code: `terminate called without an active
+  exception`, exit status 134.
+
+Data larger than `MEMORY_LIMIT` (and TFDS data, see `tfds_source`) is
+still decoded by Python in the pipeline; there the Python function never
+raises (`guarded`): it returns empty arrays and the error as a string, a TF
+assertion stops the pipeline with it, and `data_errors()` or
+`as_data_error()` turn that `InvalidArgumentError` back into the
+`DataError` naming the file.
+"""
+
+import atexit
+import binascii
 import collections
+import concurrent.futures
+import contextlib
 import functools
+import gc
+import json
 import numbers
+import os
+import threading
+import traceback
 
+import numpy as np
 import tensorflow as tf
 
 from keras_unetpp.data import augment, decode, processing
 from keras_unetpp.data.augment import Augmentation
 from keras_unetpp.data.pairs import SamplePair
-from keras_unetpp.errors import InputError
+from keras_unetpp.errors import DataError, InputError
 from keras_unetpp.validation import check_bool, check_int
 
 AUTOTUNE = tf.data.AUTOTUNE
 
+# A pipeline up to this many bytes of decoded samples (float32 images and
+# masks at file size) keeps them in memory and slices them with TF ops only;
+# larger data is decoded again from the files, by Python, while it runs.
+MEMORY_LIMIT = 1 << 30
+
+# Threads that decode and check the files before a pipeline is made.
+CHECK_THREADS = min(8, os.cpu_count() or 1)
+
+# Marks an error message carried through tf.data as an encoded DataError.
+_MARK = "keras_unetpp.DataError:"
+
 # The checked processing arguments shared by `make_dataset` and `tfds_dataset`.
 Settings = collections.namedtuple(
     "Settings",
-    ["image_size", "batch_size", "training", "augmentation", "output_names",
-     "resize_mode", "cache", "shuffle_buffer", "seed", "drop_remainder",
-     "deterministic", "decode"],
+    [
+        "image_size",
+        "batch_size",
+        "training",
+        "augmentation",
+        "output_names",
+        "resize_mode",
+        "cache",
+        "shuffle_buffer",
+        "seed",
+        "drop_remainder",
+        "deterministic",
+        "decode",
+    ],
 )
 
 
@@ -51,7 +114,9 @@ def processing_settings(
         image_size = ()
     stride = 2**depth
     if len(image_size) != 2 or not all(
-        isinstance(s, numbers.Integral) and not isinstance(s, bool) and s > 0
+        isinstance(s, numbers.Integral)
+        and not isinstance(s, bool)
+        and s > 0
         and s % stride == 0
         for s in image_size
     ):
@@ -83,8 +148,10 @@ def processing_settings(
         if isinstance(output_names, str):
             output_names = [output_names]
         output_names = list(output_names)
-        if not output_names or not all(isinstance(n, str) for n in output_names) or (
-            len(set(output_names)) != len(output_names)
+        if (
+            not output_names
+            or not all(isinstance(n, str) for n in output_names)
+            or (len(set(output_names)) != len(output_names))
         ):
             raise InputError(
                 "`output_names` must be None or a non-empty list of distinct "
@@ -131,10 +198,16 @@ def processing_settings(
         )
     if mask_map is not None:
         top = 1 if num_classes == 1 else num_classes - 1
-        if not isinstance(mask_map, dict) or not mask_map or not all(
-            isinstance(k, numbers.Integral) and isinstance(v, numbers.Integral)
-            and not isinstance(v, bool) and 0 <= v <= top
-            for k, v in mask_map.items()
+        if (
+            not isinstance(mask_map, dict)
+            or not mask_map
+            or not all(
+                isinstance(k, numbers.Integral)
+                and isinstance(v, numbers.Integral)
+                and not isinstance(v, bool)
+                and 0 <= v <= top
+                for k, v in mask_map.items()
+            )
         ):
             raise InputError(
                 "`mask_map` must be a non-empty dict from mask values (ints) to "
@@ -151,8 +224,18 @@ def processing_settings(
         channels, num_classes, normalization, mask_threshold, invert_mask, mask_map
     )
     return Settings(
-        image_size, batch_size, training, augmentation, output_names, resize_mode,
-        cache, shuffle_buffer, seed, drop_remainder, deterministic, options,
+        image_size,
+        batch_size,
+        training,
+        augmentation,
+        output_names,
+        resize_mode,
+        cache,
+        shuffle_buffer,
+        seed,
+        drop_remainder,
+        deterministic,
+        options,
     )
 
 
@@ -178,8 +261,270 @@ def _check_pairs_argument(pairs, num_classes):
                 "are merged by union, which only makes sense for binary masks "
                 f"(num_classes=1). Received: num_classes={num_classes}"
             )
-    decode.check_files_exist(pairs)
     return pairs
+
+
+def _load_one(pair, options):
+    decode.check_files_exist([pair])
+    return decode.load_pair(pair, options)
+
+
+def load_pairs(pairs, options, keep=True, threads=None):
+    """Decodes and checks every pair now, in threads; the one full check.
+
+    Args:
+        pairs: list of `SamplePair`.
+        options: a `decode.DecodeOptions`.
+        keep: bool, return the decoded arrays (while they fit in
+            `MEMORY_LIMIT`). Defaults to `True`.
+        threads: int, decoding threads, or `None` for `CHECK_THREADS`.
+            Defaults to `None`.
+
+    Returns:
+        A tuple `(arrays, errors)`: `arrays` is the list of `(image, mask)`
+        as from `decode.load_pair`, in the order of `pairs`, or `None`
+        (not kept, too large, or some pair is bad); `errors` is a list of
+        `(index, DataError)`, in the order of `pairs`.
+    """
+    threads = CHECK_THREADS if threads is None else threads
+    load = functools.partial(_load_one, options=options)
+
+    def attempt(pair):
+        try:
+            return load(pair), None
+        except DataError as e:
+            return None, e
+
+    arrays = [] if keep else None
+    errors = []
+    size = 0
+    with concurrent.futures.ThreadPoolExecutor(max(1, threads)) as pool:
+        for index, (pair_arrays, error) in enumerate(pool.map(attempt, pairs)):
+            if error is not None:
+                errors.append((index, error))
+                arrays = None
+            elif arrays is not None:
+                size += sum(a.nbytes for a in pair_arrays)
+                if size > MEMORY_LIMIT:
+                    arrays = None
+                else:
+                    arrays.append(pair_arrays)
+    return arrays, errors
+
+
+def first_error(pairs, errors):
+    """The `DataError` to raise for the problems found by `load_pairs`."""
+    _, error = errors[0]
+    if len(errors) == 1:
+        return error
+    others = [repr(pairs[i].stem) for i, _ in errors[1:11]]
+    more = f", ... and {len(errors) - 11} more" if len(errors) > 11 else ""
+    return DataError(
+        f"{error} ({len(errors) - 1} other sample(s) are bad too: "
+        f"{', '.join(others)}{more}; keras_unetpp.data.check_pairs lists all "
+        "problems.)",
+        error.path,
+    )
+
+
+def _encode_error(error):
+    """A DataError as a string that survives a TF error message."""
+    payload = json.dumps({"message": str(error), "path": error.path})
+    hexed = binascii.hexlify(payload.encode("utf-8")).decode("ascii")
+    return f"{error} <{_MARK}{hexed}>".encode()
+
+
+def as_data_error(error):
+    """The `DataError` carried by a TensorFlow error from a pipeline, or None.
+
+    Args:
+        error: an exception, typically the `tf.errors.InvalidArgumentError`
+            raised by iterating a `make_dataset` or `tfds_dataset` pipeline
+            (or by `model.fit` on one).
+
+    Returns:
+        The `DataError` naming the bad file, or `None` if `error` does not
+        come from a bad data file.
+    """
+    if isinstance(error, DataError):
+        return error
+    text = getattr(error, "message", None) or str(error)
+    start = text.find(_MARK)
+    if start < 0:
+        return None
+    start += len(_MARK)
+    end = start
+    while end < len(text) and text[end] in "0123456789abcdef":
+        end += 1
+    try:
+        payload = json.loads(binascii.unhexlify(text[start:end]).decode("utf-8"))
+    except (ValueError, binascii.Error):
+        return None
+    return DataError(payload["message"], payload["path"])
+
+
+def release_iterators(error):
+    """Frees the tf.data iterators an exception's traceback keeps alive.
+
+    The frames of a failed `fit` (or loop) hold the iterator; left to the
+    cyclic garbage collector it is destroyed in whatever thread runs it,
+    possibly a TensorFlow thread inside a Python decode (which then waits
+    for itself), or at interpreter exit while decodes are in flight. This
+    clears those frames and collects them now, in the calling thread.
+
+    Args:
+        error: the exception whose traceback to release.
+    """
+    traceback.clear_frames(error.__traceback__)
+    gc.collect()
+
+
+@contextlib.contextmanager
+def data_errors():
+    """Re-raises a bad data file met inside a pipeline as its `DataError`.
+
+    The failed pipeline's iterators are released first (see
+    `release_iterators`), so that the process can go on or exit cleanly.
+
+    Example:
+
+    ```python
+    with data.data_errors():
+        model.fit(train_ds, epochs=10)
+    ```
+    """
+    try:
+        yield
+    except tf.errors.OpError as e:
+        error = as_data_error(e)
+        if error is None:
+            raise
+        release_iterators(e)
+        raise error from None
+
+
+@functools.cache
+def _collect_at_exit():
+    # Before the interpreter finalizes, free (in the main thread, where it
+    # is safe) any iterator that only a dropped exception still holds, so
+    # that no TensorFlow thread runs a decode during finalization.
+    atexit.register(gc.collect)
+
+
+def guarded(function, channels, mask_dtype):
+    """Wraps a `(image, mask)` decoder for `tf.numpy_function`: never raises.
+
+    A `DataError` becomes empty arrays and the encoded error (an empty
+    string when all is well); after the first one every later call returns
+    the same error at once, so that little Python still runs while the
+    pipeline stops, and whichever element the pipeline reports first names
+    the file. Other exceptions (bugs) are carried the same way, with their
+    type.
+
+    Args:
+        function: callable returning `(image, mask)` or raising.
+        channels: int, the image channels.
+        mask_dtype: the NumPy dtype of the mask.
+
+    Returns:
+        A callable returning `(image, mask, error)`.
+    """
+    _collect_at_exit()
+    failed = []
+    lock = threading.Lock()
+
+    def empty(error):
+        return (
+            np.zeros((0, 0, channels), np.float32),
+            np.zeros((0, 0, 1), mask_dtype),
+            error,
+        )
+
+    def fail(error):
+        with lock:
+            if not failed:
+                failed.append(error)
+            return empty(failed[0])
+
+    def call(*args):
+        if failed:
+            return empty(failed[0])
+        try:
+            image, mask = function(*args)
+            return image, mask, b""
+        except DataError as e:
+            return fail(_encode_error(e))
+        except Exception as e:  # noqa: BLE001 - a bug, reported by TF below.
+            return fail(f"{type(e).__name__}: {e}".encode("utf-8", "replace"))
+
+    return call
+
+
+def checked_map(function, channels, mask_dtype, name):
+    """A dataset map function calling a `guarded` Python decoder.
+
+    Args:
+        function: callable of tensors' NumPy values returning `(image,
+            mask)` or raising a `DataError`.
+        channels: int, the image channels.
+        mask_dtype: the NumPy dtype of the mask.
+        name: str, the name of the `numpy_function` op.
+
+    Returns:
+        A function of tensors returning `(image, mask)`; a bad sample stops
+        the pipeline with an `InvalidArgumentError` that `as_data_error`
+        reads.
+    """
+    call = guarded(function, channels, mask_dtype)
+
+    def decode_map(*args):
+        image, mask, error = tf.numpy_function(
+            call,
+            list(args),
+            (tf.float32, tf.as_dtype(mask_dtype), tf.string),
+            stateful=False,
+            name=name,
+        )
+        ok = tf.debugging.Assert(
+            tf.equal(tf.strings.length(error), 0), [error], summarize=1
+        )
+        with tf.control_dependencies([ok]):
+            image = tf.identity(image)
+            mask = tf.identity(mask)
+        image = tf.ensure_shape(image, (None, None, channels))
+        mask = tf.ensure_shape(mask, (None, None, 1))
+        return image, mask
+
+    return decode_map
+
+
+def _memory_map(arrays, channels, mask_dtype):
+    """A map from sample index to `(image, mask)` sliced from packed tensors."""
+    shapes = np.array([image.shape[:2] for image, _ in arrays], np.int64)
+    offsets = np.concatenate([[0], np.cumsum(shapes[:, 0] * shapes[:, 1])])
+    images = np.empty(offsets[-1] * channels, np.float32)
+    masks = np.empty(offsets[-1], mask_dtype)
+    for k, (image, mask) in enumerate(arrays):
+        images[offsets[k] * channels : offsets[k + 1] * channels] = image.ravel()
+        masks[offsets[k] : offsets[k + 1]] = mask.ravel()
+    images = tf.constant(images)
+    masks = tf.constant(masks)
+    shapes = tf.constant(shapes)
+    offsets = tf.constant(offsets)
+
+    def decode_map(index):
+        start, end = offsets[index], offsets[index + 1]
+        height, width = shapes[index][0], shapes[index][1]
+        image = tf.reshape(
+            images[start * channels : end * channels],
+            tf.stack([height, width, channels]),
+        )
+        mask = tf.reshape(masks[start:end], tf.stack([height, width, 1]))
+        image = tf.ensure_shape(image, (None, None, channels))
+        mask = tf.ensure_shape(mask, (None, None, 1))
+        return image, mask
+
+    return decode_map
 
 
 def _seeds(seed, stream):
@@ -272,7 +617,7 @@ def finish(ds, settings, shuffled=False):
 
 
 def _load_index(pairs, options, index):
-    return decode.load_pair(pairs[int(index)], options)
+    return _load_one(pairs[int(index)], options)
 
 
 def make_dataset(
@@ -298,14 +643,17 @@ def make_dataset(
 ):
     """Builds a `tf.data` pipeline of image/mask batches for `model.fit`.
 
-    Files are decoded in Python (OpenCV), so that any problem - unreadable
-    file, image and mask of different sizes, mask values that do not fit
-    `num_classes`, unsupported channels - stops the pipeline with an error
-    that names the file; nothing is skipped. Missing files are reported
-    here, when the pipeline is made. The stages are: decode (parallel),
-    resize (or centre crop/pad when not training), cache, shuffle, random
-    crop and augmentation (training only, seeded, stateless), batch,
-    prefetch (`AUTOTUNE`).
+    Every file is decoded (OpenCV, in threads) and checked here, before the
+    pipeline exists: a missing, empty, truncated or corrupt file, NaN or
+    infinite pixels, an image and mask of different sizes, mask values
+    that do not fit `num_classes`, unsupported channels - any problem
+    raises a `DataError` that names the file (and `.path`); nothing is
+    skipped. Data up to `MEMORY_LIMIT` bytes decoded is then kept in memory
+    and the pipeline runs TF ops only; larger data is decoded again while
+    the pipeline runs (see the module docstring). The stages are: decode
+    (parallel), resize (or centre crop/pad when not training), cache,
+    shuffle, random crop and augmentation (training only, seeded,
+    stateless), batch, prefetch (`AUTOTUNE`).
 
     Args:
         pairs: list of `SamplePair` (from `folder_pairs`, `dsb2018_pairs`,
@@ -362,6 +710,10 @@ def make_dataset(
         `(batch, height, width, 1)` otherwise, or a dict of them keyed by
         `output_names`.
 
+    Raises:
+        DataError: a file is bad; the message says what was expected.
+        InputError: a bad argument.
+
     Example:
 
     ```python
@@ -398,16 +750,20 @@ def make_dataset(
     )
     options = settings.decode
     pairs = _check_pairs_argument(pairs, options.num_classes)
-    mask_dtype = tf.as_dtype(decode.mask_dtype(options.num_classes))
-    load = functools.partial(_load_index, pairs, options)
-
-    def decode_map(index):
-        image, mask = tf.numpy_function(
-            load, [index], (tf.float32, mask_dtype), stateful=False, name="load_pair"
+    mask_dtype = decode.mask_dtype(options.num_classes)
+    arrays, errors = load_pairs(pairs, options)
+    if errors:
+        raise first_error(pairs, errors)
+    if arrays is not None:
+        decode_map = _memory_map(arrays, options.channels, mask_dtype)
+        del arrays
+    else:
+        decode_map = checked_map(
+            functools.partial(_load_index, pairs, options),
+            options.channels,
+            mask_dtype,
+            "load_pair",
         )
-        image = tf.ensure_shape(image, (None, None, options.channels))
-        mask = tf.ensure_shape(mask, (None, None, 1))
-        return image, mask
 
     ds = tf.data.Dataset.range(len(pairs))
     shuffled = False
@@ -424,10 +780,10 @@ def make_dataset(
 def check_pairs(pairs, **kwargs):
     """Decodes every pair now and lists the problems instead of raising.
 
-    `make_dataset` stops at the first bad file, while it reads it. This
-    function reads all of them up front (in Python, one after the other) and
-    returns every problem, so that bad samples can be fixed, or dropped
-    knowingly, before training.
+    `make_dataset` runs the same check (`load_pairs`) and raises a
+    `DataError` for the first bad file. This function returns every
+    problem, so that bad samples can be fixed, or dropped knowingly, before
+    training.
 
     Args:
         pairs: list of `SamplePair`.
@@ -450,12 +806,6 @@ def check_pairs(pairs, **kwargs):
     ```
     """
     options = processing_settings(**kwargs).decode
-    problems = []
-    for pair in pairs:
-        pair = SamplePair(*pair)
-        try:
-            decode.check_files_exist([pair])
-            decode.load_pair(pair, options)
-        except ValueError as e:
-            problems.append((pair.stem, str(e)))
-    return problems
+    pairs = [SamplePair(*pair) for pair in pairs]
+    _, errors = load_pairs(pairs, options, keep=False)
+    return [(pairs[index].stem, str(error)) for index, error in errors]

@@ -18,8 +18,8 @@ import tensorflow_datasets as tfds
 
 from keras_unetpp.data import decode
 from keras_unetpp.data.pairs import SamplePair
-from keras_unetpp.data.pipeline import finish, processing_settings
-from keras_unetpp.errors import InputError
+from keras_unetpp.data.pipeline import checked_map, finish, processing_settings
+from keras_unetpp.errors import DataError, InputError
 
 BUILDER_NAME = "segmentation_folder"
 
@@ -88,7 +88,9 @@ class SegmentationFolder(tfds.core.GeneratorBasedBuilder):
         config = self.builder_config
         for pair in pairs:
             image = _stored_image(
-                decode.read_image(pair.image), config.channels, config.bit_depth,
+                decode.read_image(pair.image),
+                config.channels,
+                config.bit_depth,
                 pair.image,
             )
             mask = None
@@ -96,31 +98,38 @@ class SegmentationFolder(tfds.core.GeneratorBasedBuilder):
                 raw = decode.read_image(path, palette_indices=True)
                 plane = decode.mask_plane(raw, path)
                 if plane.shape != image.shape[:2]:
-                    raise InputError(
+                    raise DataError(
                         f"The mask {path!r} is {plane.shape[1]}x{plane.shape[0]} "
                         f"(width x height) but its image {pair.image!r} is "
-                        f"{image.shape[1]}x{image.shape[0]}."
+                        f"{image.shape[1]}x{image.shape[0]}; expected the same "
+                        "size.",
+                        path,
                     )
                 plane = _stored_mask(plane, config.mask_bit_depth, path)
                 mask = plane if mask is None else np.maximum(mask, plane)
-            yield pair.stem, {
-                "image": image,
-                "segmentation_mask": mask[..., None],
-                "file_name": pair.image.replace("\\", "/").rsplit("/", 1)[-1],
-            }
+            yield (
+                pair.stem,
+                {
+                    "image": image,
+                    "segmentation_mask": mask[..., None],
+                    "file_name": pair.image.replace("\\", "/").rsplit("/", 1)[-1],
+                },
+            )
 
 
 def _stored_image(array, channels, bit_depth, path):
     array = decode.drop_alpha(array, path)
     if array.dtype == np.uint16 and bit_depth == 8:
-        raise InputError(
+        raise DataError(
             f"The image {path!r} is 16-bit; prepare the data set with "
-            "bit_depth=16 to keep its values. Received: bit_depth=8"
+            "bit_depth=16 to keep its values. Received: bit_depth=8",
+            path,
         )
     if array.dtype not in (np.uint8, np.uint16):
-        raise InputError(
+        raise DataError(
             f"The image {path!r} has pixel type {array.dtype}; a TFDS folder "
-            "data set stores 8- or 16-bit images."
+            "data set stores 8- or 16-bit images.",
+            path,
         )
     if array.dtype == np.uint8 and bit_depth == 16:
         array = array.astype(np.uint16) * np.uint16(257)
@@ -135,16 +144,18 @@ def _stored_image(array, channels, bit_depth, path):
 
 def _stored_mask(plane, mask_bit_depth, path):
     if not np.issubdtype(plane.dtype, np.integer):
-        raise InputError(
+        raise DataError(
             f"The mask {path!r} has pixel type {plane.dtype}; masks must be "
-            "8- or 16-bit integers."
+            "8- or 16-bit integers.",
+            path,
         )
     top = 255 if mask_bit_depth == 8 else 65535
     if plane.size and int(plane.max()) > top:
-        raise InputError(
+        raise DataError(
             f"The mask {path!r} has values up to {int(plane.max())}, more than "
             f"{mask_bit_depth}-bit masks hold; use mask_bit_depth=16. "
-            f"Received: mask_bit_depth={mask_bit_depth}"
+            f"Received: mask_bit_depth={mask_bit_depth}",
+            path,
         )
     return plane.astype(np.uint8 if mask_bit_depth == 8 else np.uint16)
 
@@ -271,8 +282,8 @@ def tfds_dataset(
 
     The data set is loaded with `tfds.load` (downloaded and prepared on first
     use when `download=True`), its `image_key` and `mask_key` features are
-    checked and converted by the same rules as files in `make_dataset` (the
-    error names the example's TFDS id), then resized or cropped, cached,
+    checked and converted by the same rules as files in `make_dataset`, then
+    resized or cropped, cached,
     shuffled, augmented, batched and prefetched in the same way.
 
     oxford_iiit_pet is an example: its `segmentation_mask` is a trimap,
@@ -301,6 +312,10 @@ def tfds_dataset(
 
     Returns:
         A `tf.data.Dataset` of `(image, target)` as from `make_dataset`.
+        TFDS examples are checked while the pipeline runs: a bad one stops
+        it with a `tf.errors.InvalidArgumentError` naming the example's
+        TFDS id, which `data.data_errors()` (or `data.as_data_error`)
+        turns into a `DataError` with that id as `.path`.
 
     Example:
 
@@ -340,20 +355,17 @@ def tfds_dataset(
                 f"The TFDS data set {name!r} has no feature {key!r}; its "
                 f"features are {features}. Received: {arg}={key!r}"
             )
-    mask_dtype = tf.as_dtype(decode.mask_dtype(options.num_classes))
-    prepare = functools.partial(_prepare_example, options, f"{name}/{split}")
+    prepare = checked_map(
+        functools.partial(_prepare_example, options, f"{name}/{split}"),
+        options.channels,
+        decode.mask_dtype(options.num_classes),
+        "prepare_example",
+    )
 
     def decode_map(example):
-        image, mask = tf.numpy_function(
-            prepare,
-            [example[image_key], example[mask_key], example["tfds_id"]],
-            (tf.float32, mask_dtype),
-            stateful=False,
-            name="prepare_example",
-        )
-        image = tf.ensure_shape(image, (None, None, options.channels))
-        mask = tf.ensure_shape(mask, (None, None, 1))
-        return image, mask
+        # The Python conversion never raises; a bad example stops the
+        # pipeline with an error that `data.as_data_error` reads.
+        return prepare(example[image_key], example[mask_key], example["tfds_id"])
 
     ds = ds.map(decode_map, num_parallel_calls=tf.data.AUTOTUNE)
     return finish(ds, settings)

@@ -241,6 +241,14 @@ def _add_train(commands):
     )
     d = p.add_argument_group("input")
     d.add_argument(
+        "--pixel-scaling",
+        choices=("dtype", "minmax"),
+        default="dtype",
+        help="how pixels become [0, 1]: dtype divides 8-bit by 255 and 16-bit "
+        "by 65535, minmax maps each image's range; recorded in the run for "
+        "evaluate, predict and export (default: dtype)",
+    )
+    d.add_argument(
         "--image-size",
         type=_positive_int,
         nargs=2,
@@ -671,6 +679,7 @@ def _run_train(args):
         filters=_filters(args.filters),
         deep_supervision=deep_supervision,
         normalization=args.normalization,
+        pixel_scaling=args.pixel_scaling,
         image_size=tuple(args.image_size),
         channels=args.channels,
         num_classes=args.num_classes,

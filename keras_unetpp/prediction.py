@@ -24,6 +24,7 @@ from keras_unetpp.description import describe
 from keras_unetpp.errors import InputError
 from keras_unetpp.size_policy import SizePolicy
 from keras_unetpp.tiling import predict_tiled
+from keras_unetpp.validation import check_threshold
 
 # Colour of the foreground in overlays (RGB), and its opacity.
 OVERLAY_COLOR = np.array([255, 40, 40], np.float32)
@@ -169,10 +170,7 @@ def overlay(image, mask):
 
 
 def _check_threshold(threshold):
-    if not 0.0 < float(threshold) < 1.0:
-        raise InputError(
-            f"`threshold` must be in (0, 1). Received: threshold={threshold!r}"
-        )
+    return check_threshold(threshold)
 
 
 def _check_single_output(model, caller):
@@ -278,7 +276,7 @@ def predict_images(
     threshold=0.5,
     overlays=False,
     probabilities=None,
-    normalization="dtype",
+    pixel_scaling="dtype",
     tiling=None,
 ):
     """Predicts a mask PNG (and optionally more) for each of a list of images.
@@ -301,7 +299,7 @@ def predict_images(
             Defaults to `0.5`.
         overlays: bool, also write overlays. Defaults to `False`.
         probabilities: `None`, `"png16"` or `"npy"`. Defaults to `None`.
-        normalization: `"dtype"` or `"minmax"`, as the training pipeline
+        pixel_scaling: `"dtype"` or `"minmax"`, as the training pipeline
             used. Defaults to `"dtype"`.
         tiling: `None` (the whole image at once, as the SavedModels run
             it), or a dict of `keras_unetpp.predict_tiled` arguments
@@ -347,7 +345,7 @@ def predict_images(
         )
     written = {"masks": [], "overlays": [], "probabilities": []}
     for stem, path in inputs:
-        image = prepare_image(read_image(path), info.channels, normalization, str(path))
+        image = prepare_image(read_image(path), info.channels, pixel_scaling, str(path))
         if tiling is not None:
             probs = predict_tiled(model, image[None], **tiling)[0]
         else:
@@ -375,7 +373,7 @@ def predict_folder(
     image_size=None,
     threshold=0.5,
     overlays=False,
-    normalization="dtype",
+    pixel_scaling="dtype",
     probabilities=None,
 ):
     """Predicts a mask PNG for every image of a folder.
@@ -397,7 +395,7 @@ def predict_folder(
         threshold: float, probability threshold of one-class models.
             Defaults to `0.5`.
         overlays: bool, also write overlays. Defaults to `False`.
-        normalization: `"dtype"` or `"minmax"`, as the training pipeline
+        pixel_scaling: `"dtype"` or `"minmax"`, as the training pipeline
             used. Defaults to `"dtype"`.
         probabilities: `None`, `"png16"` or `"npy"`: also write the
             probabilities to `output_dir/probabilities/`. Defaults to
@@ -425,5 +423,5 @@ def predict_folder(
         threshold=threshold,
         overlays=overlays,
         probabilities=probabilities,
-        normalization=normalization,
+        pixel_scaling=pixel_scaling,
     )["masks"]

@@ -41,7 +41,7 @@ from keras_unetpp.recompute import recompute_nodes
 from keras_unetpp.schedule import check_positive
 from keras_unetpp.size_policy import SizePolicy
 from keras_unetpp.sources import source_dataset, source_pairs
-from keras_unetpp.validation import check_int, check_stride
+from keras_unetpp.validation import check_int, check_pixel_scaling, check_stride
 from keras_unetpp.version import __version__
 
 RUN_CONFIG = "run.json"
@@ -127,6 +127,7 @@ def train_run(
     loss_weights=None,
     monitor="iou",
     augment=True,
+    pixel_scaling="dtype",
     precision="float32",
     recompute=False,
     strategy="default",
@@ -172,6 +173,10 @@ def train_run(
             `"iou"`.
         augment: bool, random flips, quarter turns, scale and intensity.
             Defaults to `True`.
+        pixel_scaling: `"dtype"` (integers divided by 255 or 65535) or
+            `"minmax"` (each image's range to [0, 1]); recorded in `run.json`,
+            so that evaluate, predict and the exported SavedModels scale
+            pixels the same way. Defaults to `"dtype"`.
         precision: `"auto"` or a Keras dtype policy name (see
             `keras_unetpp.resolve_precision`); the policy it resolves to is
             recorded in `run.json` as `precision_policy`. Defaults to
@@ -229,6 +234,7 @@ def train_run(
             "resize_mode": resize_mode,
             "batch_size": batch_size,
             "augment": bool(augment),
+            "pixel_scaling": check_pixel_scaling(pixel_scaling),
             "seed": int(seed),
         },
         "model": {
@@ -272,6 +278,7 @@ def train_run(
         resize_mode=resize_mode,
         seed=seed,
         depth=depth,
+        pixel_scaling=pixel_scaling,
     )
     distribution = get_strategy(strategy)
     check_global_batch(batch_size, distribution)
@@ -354,6 +361,11 @@ def _worker_dir(output_dir, distribution):
         return output_dir
     resolver = distribution.cluster_resolver
     return output_dir / ".workers" / f"{resolver.task_type}_{resolver.task_id}"
+
+
+def _pixel_scaling(settings):
+    """How the run scaled pixels (`run.json` data.pixel_scaling; older: dtype)."""
+    return settings.get("pixel_scaling", "dtype")
 
 
 def load_run_model(run_dir, model="best"):
@@ -467,6 +479,7 @@ def evaluate_run(
             batch_size=batch_size or settings["batch_size"],
             resize_mode=settings["resize_mode"],
             depth=depth,
+            pixel_scaling=_pixel_scaling(settings),
         )
         rows = evaluation.evaluate_levels(
             keras_model,
@@ -485,7 +498,11 @@ def evaluate_run(
         )
     else:
         samples, count = sources.source_samples(
-            source, split, settings["channels"], settings["num_classes"]
+            source,
+            split,
+            settings["channels"],
+            settings["num_classes"],
+            pixel_scaling=_pixel_scaling(settings),
         )
         rows = evaluation.evaluate_levels_native(
             keras_model,
@@ -646,6 +663,7 @@ def predict_run(
         overlays=overlays,
         probabilities=probabilities,
         tiling=tiling,
+        pixel_scaling=_pixel_scaling(settings),
     )
     return {**written, "output_dir": output_dir, "model": used, "size_policy": policy}
 
@@ -765,4 +783,5 @@ def export_run(
         training_info=info,
         size_policy=policy,
         accurate=accurate,
+        pixel_scaling=_pixel_scaling(config.get("data", {})),
     )

@@ -734,7 +734,7 @@ def _tfds_split(source, split):
     return name
 
 
-def source_samples(source, split, channels=1, num_classes=1):
+def source_samples(source, split, channels=1, num_classes=1, pixel_scaling="dtype"):
     """One split read image by image at each image's own size, as training reads it.
 
     Files are decoded by the training pipeline's own code
@@ -766,6 +766,7 @@ def source_samples(source, split, channels=1, num_classes=1):
         channels=channels,
         num_classes=num_classes,
         mask_map=_int_keys(source.get("mask_map")) if tfds_source else None,
+        pixel_scaling=pixel_scaling,
     ).decode
     if tfds_source:
         import tensorflow_datasets as tfds

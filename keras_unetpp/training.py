@@ -39,6 +39,7 @@ import keras
 import numpy as np
 
 from keras_unetpp import atomic
+from keras_unetpp.data.pipeline import data_errors
 from keras_unetpp.description import describe, output_name
 from keras_unetpp.errors import InputError
 from keras_unetpp.losses import BCEDiceLoss, CategoricalCEDiceLoss
@@ -855,31 +856,35 @@ def train(
             lr_plan=plan,
         )
         guard = DivergenceGuard(output_dir, steps, initial_batch)
-        model.fit(
-            repeated,
-            validation_data=val_data,
-            shuffle=False,
-            initial_epoch=initial_epoch,
-            epochs=last_epoch,
-            steps_per_epoch=fit_steps,
-            callbacks=[
-                # The guard first: it raises before anything saves NaNs.
-                guard,
-                *([lr_callback] if lr_callback is not None else []),
-                checkpoint,
-                history,
-                *(
-                    [keras.callbacks.TensorBoard(output_dir / LOG_DIR)]
-                    if tensorboard
-                    else []
-                ),
-                # The budget re-sizes the plan before the state records it.
-                *([budget] if budget is not None else []),
-                state_cb,
-                *(callbacks or []),
-            ],
-            verbose=verbose,
-        )
+        # A file that breaks after the up-front check (or a bad TFDS
+        # example) ends as the DataError naming it, with the failed
+        # pipeline released: no hang or abort at exit.
+        with data_errors():
+            model.fit(
+                repeated,
+                validation_data=val_data,
+                shuffle=False,
+                initial_epoch=initial_epoch,
+                epochs=last_epoch,
+                steps_per_epoch=fit_steps,
+                callbacks=[
+                    # The guard first: it raises before anything saves NaNs.
+                    guard,
+                    *([lr_callback] if lr_callback is not None else []),
+                    checkpoint,
+                    history,
+                    *(
+                        [keras.callbacks.TensorBoard(output_dir / LOG_DIR)]
+                        if tensorboard
+                        else []
+                    ),
+                    # The budget re-sizes the plan before the state records it.
+                    *([budget] if budget is not None else []),
+                    state_cb,
+                    *(callbacks or []),
+                ],
+                verbose=verbose,
+            )
 
     if start_epoch < epochs and start_batch:
         fit(start_epoch, start_epoch + 1, steps - start_batch, start_batch)

@@ -143,3 +143,25 @@ def check_stride(sizes, depth, arg, axes=("height", "width")):
                 f"for a variable size. Received: {arg}={tuple(sizes)!r}"
             )
     return tuple(sizes)
+
+
+# How pixels become the network's [0, 1] input; the one definition, used by
+# the data pipeline, predict and the serving graph: "dtype" divides integers
+# by 255 (8-bit) or 65535 (16-bit) and keeps floats in [0, 1] as they are;
+# "minmax" maps each image's own range to [0, 1].
+PIXEL_SCALINGS = ("dtype", "minmax")
+
+
+def check_pixel_scaling(pixel_scaling):
+    """Returns `pixel_scaling`, or raises unless it is one of `PIXEL_SCALINGS`."""
+    return check_choice(pixel_scaling, "pixel_scaling", PIXEL_SCALINGS)
+
+
+def mask_dtype(num_classes):
+    """The dtype name of masks of `num_classes` classes: the one definition.
+
+    `"uint8"` up to 256 classes, `"uint16"` above (a model has at most 65535
+    classes); the data pipeline stores label masks in it and the serving
+    graph returns its `mask` output in it.
+    """
+    return "uint8" if num_classes <= 256 else "uint16"

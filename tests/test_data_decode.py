@@ -14,7 +14,7 @@ def _options(**kwargs):
     values = dict(
         channels=1,
         num_classes=1,
-        normalization="dtype",
+        pixel_scaling="dtype",
         mask_threshold=None,
         invert_mask=False,
         mask_map=None,
@@ -111,17 +111,17 @@ def test_truncated_jpeg_is_refused(tmp_path):
     assert not decode._is_truncated_jpeg(np.frombuffer(good, np.uint8))
 
 
-@pytest.mark.parametrize("normalization", decode.NORMALIZATIONS)
-def test_nan_and_inf_pixels_are_refused_under_every_normalization(normalization):
+@pytest.mark.parametrize("pixel_scaling", decode.PIXEL_SCALINGS)
+def test_nan_and_inf_pixels_are_refused_under_every_pixel_scaling(pixel_scaling):
     image = np.full((4, 5, 3), 0.5, np.float32)
     image[1, 2] = np.nan  # One pixel, all channels.
     image[3, 0, 1] = np.nan
     with pytest.raises(DataError, match=r"'n.tif' has 2 NaN pixels \(of 20\)") as e:
-        decode.prepare_image(image, 1, normalization, "n.tif")
+        decode.prepare_image(image, 1, pixel_scaling, "n.tif")
     assert "minmax" not in str(e.value) and e.value.path == "n.tif"
     image[0, 0, 0] = np.inf
     with pytest.raises(DataError, match="2 NaN pixels and 1 infinite pixel "):
-        decode.prepare_image(image, 3, normalization, "n.tif")
+        decode.prepare_image(image, 3, pixel_scaling, "n.tif")
     mask = np.zeros((4, 4), np.float32)
     mask[0, 0] = np.nan
     with pytest.raises(DataError, match="mask 'm.tif' has 1 NaN pixel "):

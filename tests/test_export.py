@@ -70,11 +70,11 @@ def _reference(model, level, images):
     return np.asarray(outputs)[:, :height, :width]
 
 
-def _train_normalized(batch, normalization):
+def _train_normalized(batch, pixel_scaling):
     """A batch as keras_unetpp.data feeds it to the model in training."""
     return np.stack(
         [
-            prepare_image(image, image.shape[-1], normalization, "test image")
+            prepare_image(image, image.shape[-1], pixel_scaling, "test image")
             for image in batch
         ]
     )
@@ -186,7 +186,7 @@ def test_metadata(model, exported):
         assert info["size_policy"]["image_size"] is None
         assert "own scale" in info["preprocessing"]["size"]
         assert info["preprocessing"]["stride"] == 2**level
-        assert info["preprocessing"]["normalization"] == "dtype"
+        assert info["preprocessing"]["pixel_scaling"] == "dtype"
         assert info["outputs"]["mask"]["dtype"] == "uint8"
         assert info["threshold"] == 0.5 and info["compute_dtype"] == "float32"
         assert info["training"] == TRAINING_INFO
@@ -254,7 +254,7 @@ def variants(model, tmp_path_factory):
         root / "minmax",
         levels=[1],
         input_dtype="uint16",
-        normalization="minmax",
+        pixel_scaling="minmax",
         jit_compile=True,
     )
     bf16 = export_pruned(model, root / "bf16", levels=[3], compute_dtype="bfloat16")
@@ -372,7 +372,7 @@ def test_reload_in_fresh_process_matches_keras(model, exported, variants, tmp_pa
     # Integer pixels are normalized as the training pipeline does it.
     expected = _reference(model, 2, _train_normalized(pixels, "dtype"))
     assert np.abs(load("uint8_0_probabilities") - expected).max() <= 1e-5
-    assert load_metadata(variants["minmax"])["preprocessing"]["normalization"] == (
+    assert load_metadata(variants["minmax"])["preprocessing"]["pixel_scaling"] == (
         "minmax"
     )
     expected = _reference(model, 1, _train_normalized(raw, "minmax"))
@@ -647,8 +647,8 @@ def test_failure_while_moving_into_place_rolls_back(small_model, tmp_path, monke
         ({"model_name": "../up"}, r"Received: model_name='../up'"),
         ({"model_name": ".hidden"}, r"Received: model_name='.hidden'"),
         ({"input_dtype": "int8"}, r"Received: input_dtype='int8'"),
-        ({"normalization": "zscore"}, r"Received: normalization='zscore'"),
-        ({"threshold": 1.0}, r"strictly between 0 and 1.*Received: threshold=1.0"),
+        ({"pixel_scaling": "zscore"}, r"Received: pixel_scaling='zscore'"),
+        ({"threshold": 1.0}, r"a finite number in \(0, 1\).*Received: threshold=1.0"),
         ({"threshold": True}, r"Received: threshold=True"),
         ({"compute_dtype": "float64"}, r"Received: compute_dtype='float64'"),
         ({"training_info": "adam"}, r"must be a dict.*Received: training_info='adam'"),
@@ -1053,3 +1053,39 @@ def test_export_command_exports_the_accurate_mode_by_default(
     assert serving_config.versions(run / "export" / "unetpp_l1") == [1]
     info = load_metadata(run / "export" / "unetpp_l1" / "1")
     assert info["training"]["data"]["images"] == synthetic_source["images"]
+
+
+def test_export_run_scales_pixels_as_the_run_did(synthetic_source, tmp_path):
+    model = tiny_model(depth=2, seed=4)
+    run = make_run(tmp_path / "run", model, synthetic_source, "crop", (32, 32))
+    config = json.loads((run / "run.json").read_text())
+    config["data"]["pixel_scaling"] = "minmax"
+    (run / "run.json").write_text(json.dumps(config))
+    paths = runs.export_run(run, levels=[2], accurate=False)
+    assert load_metadata(paths[2])["preprocessing"]["pixel_scaling"] == "minmax"
+    # The SavedModel maps each image's range to [0, 1], as training did:
+    # a dim image and its stretched copy give the same probabilities.
+    served = tf.saved_model.load(str(paths[2])).signatures["serving_default"]
+    rng = np.random.default_rng(0)
+    bright = rng.random((1, 32, 40, 1)).astype("float32")
+    dim = 0.25 + 0.5 * bright
+    np.testing.assert_allclose(
+        served(image=tf.constant(dim))["probabilities"].numpy(),
+        served(image=tf.constant(bright))["probabilities"].numpy(),
+        atol=1e-5,
+    )
+
+
+def test_export_leaves_the_callers_model_untouched(tmp_path):
+    model = tiny_model(depth=2, seed=2)
+    path = tmp_path / "plain.keras"
+    model.save(path)
+    # A model loaded from a file runs Keras' own batch norm (not fused).
+    loaded = keras.saving.load_model(path, compile=False)
+    layer = loaded.get_layer("x_0_0_bn1")
+    before = (layer.call, [w.copy() for w in loaded.get_weights()])
+    ku.export_pruned(loaded, tmp_path / "exported", levels=[1])
+    assert layer.call == before[0]
+    assert not ku.fused_batch_norm.is_fused(layer)
+    for got, want in zip(loaded.get_weights(), before[1]):
+        np.testing.assert_array_equal(got, want)

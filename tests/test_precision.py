@@ -85,3 +85,31 @@ def test_mixed_models_compute_in_16_bits_and_output_float32(name):
     # mixed_float16 needs loss scaling, which compile() adds by itself.
     scaled = isinstance(model.optimizer, keras.optimizers.LossScaleOptimizer)
     assert scaled == (name == "mixed_float16")
+
+
+def test_train_run_resolves_auto_once_and_records_the_policy(tmp_path):
+    import json
+
+    from keras_unetpp import runs, sources
+    from keras_unetpp.synthetic import write_synthetic_dataset
+
+    data = write_synthetic_dataset(tmp_path / "data", num_images=8, image_size=(16, 16))
+    before = keras.config.dtype_policy().name
+    runs.train_run(
+        tmp_path / "run",
+        sources.data_source(data_dir=data),
+        depth=1,
+        filters=2,
+        image_size=(16, 16),
+        batch_size=4,
+        epochs=1,
+        steps_per_epoch=1,
+        precision="auto",
+        tensorboard=False,
+        verbose=0,
+    )
+    recorded = json.loads((tmp_path / "run" / "run.json").read_text())["training"]
+    assert recorded["precision"] == "auto"
+    assert recorded["precision_policy"] == precision.resolve_precision("auto")
+    # The one precision path restores the global policy afterwards.
+    assert keras.config.dtype_policy().name == before

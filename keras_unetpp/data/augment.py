@@ -1,23 +1,15 @@
 """Training-time augmentation applied identically to an image and its mask."""
 
 import math
-import numbers
 
 import tensorflow as tf
 
 from keras_unetpp.errors import InputError
+from keras_unetpp.validation import check_bool, check_number
 
 
 def _check_fraction(value, arg):
-    if (
-        isinstance(value, bool)
-        or not isinstance(value, numbers.Real)
-        or not (0.0 <= value < 1.0)
-    ):
-        raise InputError(
-            f"`{arg}` must be a float in [0, 1). Received: {arg}={value!r}"
-        )
-    return float(value)
+    return check_number(value, arg, 0.0, 1.0, high_open=True)
 
 
 class Augmentation:
@@ -71,9 +63,8 @@ class Augmentation:
         brightness=0.1,
         contrast=0.1,
     ):
-        for arg, value in (("flip", flip), ("rotate90", rotate90)):
-            if not isinstance(value, bool):
-                raise InputError(f"`{arg}` must be a bool. Received: {arg}={value!r}")
+        check_bool(flip, "flip")
+        check_bool(rotate90, "rotate90")
         if scale_range is not None:
             try:
                 low, high = (float(v) for v in scale_range)

@@ -11,9 +11,9 @@ Rules:
   end-of-image marker: libjpeg would fill missing rows with gray).
 - Images: PNG, JPEG or TIFF; 8-bit, 16-bit (or float TIFF); 1 (gray),
   2 (gray + alpha), 3 (RGB) or 4 (RGBA) channels. Alpha is dropped. Float
-  images must have finite pixels (no NaN or Inf) under every
-  normalization.
-  `normalization="dtype"` divides by 255 or 65535 (float images must already
+  images must have finite pixels (no NaN or Inf) under every pixel
+  scaling.
+  `pixel_scaling="dtype"` divides by 255 or 65535 (float images must already
   lie in [0, 1]); `"minmax"` maps each image's own range to [0, 1]. RGB is
   turned into gray with the ITU-R 601 weights (0.299, 0.587, 0.114), gray
   into RGB by repeating it.
@@ -34,9 +34,9 @@ import struct
 import cv2
 import numpy as np
 
+from keras_unetpp import validation
 from keras_unetpp.errors import DataError
-
-NORMALIZATIONS = ("dtype", "minmax")
+from keras_unetpp.validation import PIXEL_SCALINGS  # noqa: F401
 
 # ITU-R BT.601 luma weights, the ones OpenCV and Pillow use for RGB -> gray.
 LUMA_WEIGHTS = np.array([0.299, 0.587, 0.114], np.float32)
@@ -52,7 +52,7 @@ DecodeOptions = collections.namedtuple(
     [
         "channels",
         "num_classes",
-        "normalization",
+        "pixel_scaling",
         "mask_threshold",
         "invert_mask",
         "mask_map",
@@ -62,7 +62,7 @@ DecodeOptions = collections.namedtuple(
 
 def mask_dtype(num_classes):
     """The NumPy dtype that holds the mask labels of `num_classes` classes."""
-    return np.uint8 if num_classes <= 256 else np.uint16
+    return np.dtype(validation.mask_dtype(num_classes)).type
 
 
 def _values(array, limit=8):
@@ -218,18 +218,18 @@ def check_finite(array, role, name):
     raise DataError(
         f"The {role} {name!r} has {' and '.join(found)} (of "
         f"{array.shape[0] * array.shape[1]}); expected finite values. Fix "
-        "or remove the file: no normalization makes such pixels usable.",
+        "or remove the file: no pixel scaling makes such pixels usable.",
         name,
     )
 
 
-def prepare_image(array, channels, normalization, name):
+def prepare_image(array, channels, pixel_scaling, name):
     """Turns a decoded image into float32 `(height, width, channels)` in [0, 1].
 
     Args:
         array: the decoded image (see `read_image`).
         channels: int, 1 or 3, the channels the model takes.
-        normalization: `"dtype"` or `"minmax"` (see the module docstring).
+        pixel_scaling: `"dtype"` or `"minmax"` (see the module docstring).
         name: str, the file (or example) name used in error messages.
 
     Returns:
@@ -250,9 +250,9 @@ def prepare_image(array, channels, normalization, name):
         )
     image = array.astype(np.float32)
     if scale is None:
-        # Before any scaling: no normalization can make NaN or Inf usable.
+        # Before any scaling: no pixel scaling can make NaN or Inf usable.
         check_finite(image, "image", name)
-    if normalization == "minmax":
+    if pixel_scaling == "minmax":
         low, high = float(image.min()), float(image.max())
         image = (image - low) / (high - low) if high > low else image * 0.0
     elif scale is not None:
@@ -260,7 +260,7 @@ def prepare_image(array, channels, normalization, name):
     elif image.size and (image.min() < 0.0 or image.max() > 1.0):
         raise DataError(
             f"The float image {name!r} has values outside [0, 1] (from "
-            f"{image.min()} to {image.max()}); use normalization='minmax'.",
+            f"{image.min()} to {image.max()}); use pixel_scaling='minmax'.",
             name,
         )
     if image.shape[-1] == channels:
@@ -378,7 +378,7 @@ def prepare_pair(image, masks, options, image_name, mask_names):
         labels = current if labels is None else np.maximum(labels, current)
     if options.num_classes == 1 and options.invert_mask:
         labels = 1 - labels  # After the union: the background of all masks.
-    image = prepare_image(image, options.channels, options.normalization, image_name)
+    image = prepare_image(image, options.channels, options.pixel_scaling, image_name)
     return image, labels[..., None]
 
 

@@ -51,7 +51,7 @@ from keras_unetpp.data import augment, decode, processing
 from keras_unetpp.data.augment import Augmentation
 from keras_unetpp.data.pairs import SamplePair
 from keras_unetpp.errors import DataError, InputError
-from keras_unetpp.validation import check_bool, check_int
+from keras_unetpp.validation import check_bool, check_int, check_pixel_scaling
 
 AUTOTUNE = tf.data.AUTOTUNE
 
@@ -103,7 +103,7 @@ def processing_settings(
     mask_threshold=None,
     invert_mask=False,
     mask_map=None,
-    normalization="dtype",
+    pixel_scaling="dtype",
     depth=4,
 ):
     """Checks the processing arguments (see `make_dataset`) into `Settings`."""
@@ -215,13 +215,9 @@ def processing_settings(
                 f"Received: mask_map={mask_map!r}"
             )
         mask_map = {int(k): int(v) for k, v in mask_map.items()}
-    if normalization not in decode.NORMALIZATIONS:
-        raise InputError(
-            f"`normalization` must be one of {decode.NORMALIZATIONS}. "
-            f"Received: normalization={normalization!r}"
-        )
+    check_pixel_scaling(pixel_scaling)
     options = decode.DecodeOptions(
-        channels, num_classes, normalization, mask_threshold, invert_mask, mask_map
+        channels, num_classes, pixel_scaling, mask_threshold, invert_mask, mask_map
     )
     return Settings(
         image_size,
@@ -638,7 +634,7 @@ def make_dataset(
     mask_threshold=None,
     invert_mask=False,
     mask_map=None,
-    normalization="dtype",
+    pixel_scaling="dtype",
     depth=4,
 ):
     """Builds a `tf.data` pipeline of image/mask batches for `model.fit`.
@@ -698,7 +694,7 @@ def make_dataset(
             Defaults to `False`.
         mask_map: dict from raw mask values to classes (or to 0/1 for a
             binary mask), or `None`. Defaults to `None`.
-        normalization: `"dtype"` (divide by 255 or 65535) or `"minmax"`
+        pixel_scaling: `"dtype"` (divide by 255 or 65535) or `"minmax"`
             (each image's range to [0, 1]). Defaults to `"dtype"`.
         depth: int, the depth of the model, to check `image_size`.
             Defaults to `4`.
@@ -745,7 +741,7 @@ def make_dataset(
         mask_threshold=mask_threshold,
         invert_mask=invert_mask,
         mask_map=mask_map,
-        normalization=normalization,
+        pixel_scaling=pixel_scaling,
         depth=depth,
     )
     options = settings.decode
@@ -789,7 +785,7 @@ def check_pairs(pairs, **kwargs):
         pairs: list of `SamplePair`.
         **kwargs: the `make_dataset` arguments that decide how files are
             read: `channels`, `num_classes`, `mask_threshold`,
-            `invert_mask`, `mask_map`, `normalization` (others are checked
+            `invert_mask`, `mask_map`, `pixel_scaling` (others are checked
             and ignored).
 
     Returns:

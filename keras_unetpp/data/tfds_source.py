@@ -308,7 +308,7 @@ def tfds_dataset(
             `training`, `augmentation`, `output_names`, `resize_mode`,
             `cache`, `shuffle_buffer`, `seed`, `drop_remainder`,
             `deterministic`, `mask_threshold`, `invert_mask`,
-            `normalization`, `depth`).
+            `pixel_scaling`, `depth`).
 
     Returns:
         A `tf.data.Dataset` of `(image, target)` as from `make_dataset`.

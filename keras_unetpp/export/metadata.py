@@ -39,7 +39,7 @@ def build_metadata(
     compute_dtype,
     output_activation,
     training_info,
-    normalization="dtype",
+    pixel_scaling="dtype",
     jit_compile=False,
     size_policy=None,
 ):
@@ -61,7 +61,7 @@ def build_metadata(
             which the serving function applies the activation).
         training_info: JSON-serialisable dict describing the training run, or
             `None`.
-        normalization: `"dtype"` or `"minmax"`, how the serving function
+        pixel_scaling: `"dtype"` or `"minmax"`, how the serving function
             maps pixels to the model's input. Defaults to `"dtype"`.
         jit_compile: bool, whether the serving function is marked for XLA.
             Defaults to `False`.
@@ -79,7 +79,7 @@ def build_metadata(
     num_classes = info.num_classes
     flops = count_flops(model, FLOPS_SIZE, FLOPS_SIZE)
     divisor = signatures.INPUT_DTYPES[input_dtype]
-    if normalization == "minmax":
+    if pixel_scaling == "minmax":
         scaling = "each image's own range mapped to [0, 1] (constant image: 0)"
     elif divisor is None:
         scaling = "used as is: float pixels in [0, 1], as in training"
@@ -143,7 +143,7 @@ def build_metadata(
         "size_policy": policy.to_dict(),
         "preprocessing": {
             "scaling": scaling,
-            "normalization": normalization,
+            "pixel_scaling": pixel_scaling,
             "size": f"inside the graph: {policy.description(stride)}",
             "padding": (
                 f"inside the graph: reflect-padded at the bottom and right to "

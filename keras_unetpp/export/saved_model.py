@@ -18,7 +18,6 @@ back, the temporary folders are deleted and any version that `overwrite=True`
 replaced is put back, so the folder is as it was before.
 """
 
-import numbers
 import os
 import pathlib
 import shutil
@@ -33,7 +32,7 @@ from keras_unetpp.export import serving_config, signatures
 from keras_unetpp.fused_batch_norm import fuse_batch_norm
 from keras_unetpp.pruning import inference_model, prune
 from keras_unetpp.size_policy import SizePolicy
-from keras_unetpp.validation import is_int
+from keras_unetpp.validation import check_threshold, is_int
 
 COMPUTE_DTYPES = (None, "float32", "bfloat16", "float16")
 ACCURATE = "accurate"
@@ -51,7 +50,7 @@ def export_pruned(
     overwrite=False,
     training_info=None,
     base_path=None,
-    normalization="dtype",
+    pixel_scaling="dtype",
     jit_compile=False,
     size_policy=None,
     accurate=False,
@@ -73,7 +72,7 @@ def export_pruned(
       batch size, height and width (checked in the graph: another rank or
       channel count fails with a message naming both). The graph maps the
       pixels to [0, 1] as `keras_unetpp.data` does in training
-      (`normalization="dtype"`: `uint8` divided by 255, `uint16` by 65535,
+      (`pixel_scaling="dtype"`: `uint8` divided by 255, `uint16` by 65535,
       float32 used as it is; `"minmax"`: each image's range mapped to
       [0, 1]) and applies `size_policy`: a native policy pads the images to
       a multiple of `2**L` and crops the predictions back; a resize policy
@@ -123,8 +122,8 @@ def export_pruned(
             mounted there in the `tensorflow/serving` container, or a storage
             URL such as `"gs://bucket/models"` where the folder is copied).
             Defaults to `None`, the absolute path of `export_dir`.
-        normalization: `"dtype"` or `"minmax"`, the image normalization the
-            model was trained with (`keras_unetpp.data`'s option of the same
+        pixel_scaling: `"dtype"` or `"minmax"`, the pixel scaling the model
+            was trained with (`keras_unetpp.data`'s option of the same
             name). Defaults to `"dtype"`.
         jit_compile: bool, whether the serving function is marked for XLA
             compilation (`tf.function(jit_compile=True)`), so that a server
@@ -181,7 +180,7 @@ def export_pruned(
         model.name if model_name is None else model_name
     )
     signatures.check_input_dtype(input_dtype)
-    signatures.check_normalization(normalization)
+    signatures.check_pixel_scaling(pixel_scaling)
     threshold = _check_threshold(threshold)
     compute_dtype = _check_compute_dtype(compute_dtype)
     training_info = metadata_lib.check_training_info(training_info)
@@ -217,7 +216,7 @@ def export_pruned(
                 threshold=threshold,
                 compute_dtype=compute_dtype,
                 training_info=training_info,
-                normalization=normalization,
+                pixel_scaling=pixel_scaling,
                 jit_compile=jit_compile,
                 size_policy=size_policy,
             )
@@ -255,7 +254,7 @@ def _write_level(
     threshold,
     compute_dtype,
     training_info,
-    normalization,
+    pixel_scaling,
     jit_compile,
     size_policy,
 ):
@@ -269,7 +268,7 @@ def _write_level(
         input_dtype=input_dtype,
         threshold=threshold,
         output_activation=output_activation,
-        normalization=normalization,
+        pixel_scaling=pixel_scaling,
         size_policy=size_policy,
         jit_compile=jit_compile,
     )
@@ -290,7 +289,7 @@ def _write_level(
             compute_dtype=_conv_compute_dtype(pruned),
             output_activation=output_activation,
             training_info=training_info,
-            normalization=normalization,
+            pixel_scaling=pixel_scaling,
             jit_compile=jit_compile,
             size_policy=size_policy,
         ),
@@ -385,16 +384,7 @@ def _check_size_policy(size_policy, levels, info):
 
 
 def _check_threshold(threshold):
-    if (
-        isinstance(threshold, bool)
-        or not isinstance(threshold, numbers.Real)
-        or not 0.0 < threshold < 1.0
-    ):
-        raise InputError(
-            "`threshold` must be a probability strictly between 0 and 1. "
-            f"Received: threshold={threshold!r}"
-        )
-    return float(threshold)
+    return check_threshold(threshold)
 
 
 def _check_compute_dtype(compute_dtype):

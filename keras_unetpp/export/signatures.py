@@ -23,8 +23,10 @@ TensorFlow 2.21).
 
 import tensorflow as tf
 
+from keras_unetpp import validation
 from keras_unetpp.errors import InputError
 from keras_unetpp.size_policy import SizePolicy, pad_to_stride
+from keras_unetpp.validation import PIXEL_SCALINGS, check_pixel_scaling  # noqa: F401
 
 __all__ = [
     "INPUT_NAME",
@@ -42,7 +44,7 @@ PROBABILITIES = "probabilities"
 MASK = "mask"
 
 # Input dtypes a serving signature may take, with the divisor that maps them
-# to [0, 1] as the training pipeline does (`normalization="dtype"` of
+# to [0, 1] as the training pipeline does (`pixel_scaling="dtype"` of
 # keras_unetpp.data): integers are divided by their largest value, floats are
 # passed through unchanged.
 INPUT_DTYPES = {
@@ -54,7 +56,6 @@ INPUT_DTYPES = {
 # How the pixels are mapped to the model's input range, as in keras_unetpp.data:
 # "dtype" divides integers by 255 or 65535; "minmax" maps each image's own
 # range to [0, 1] (a constant image to 0).
-NORMALIZATIONS = ("dtype", "minmax")
 
 
 def input_signature(channels, input_dtype="float32"):
@@ -109,23 +110,13 @@ def check_input(image, channels):
     return tf.ensure_shape(image, (None, None, None, channels))
 
 
-def check_normalization(normalization):
-    """Raises a `ValueError` unless `normalization` is "dtype" or "minmax"."""
-    if normalization not in NORMALIZATIONS:
-        raise InputError(
-            f"`normalization` must be one of {NORMALIZATIONS}. "
-            f"Received: normalization={normalization!r}"
-        )
-    return normalization
-
-
-def normalize(image, input_dtype="float32", normalization="dtype"):
+def normalize(image, input_dtype="float32", pixel_scaling="dtype"):
     """Maps a batch of `input_dtype` pixels to the model's float32 input.
 
     Args:
         image: tensor `(batch, height, width, channels)` of `input_dtype`.
         input_dtype: one of `INPUT_DTYPES`. Defaults to `"float32"`.
-        normalization: `"dtype"` (integers divided by 255 or 65535, floats
+        pixel_scaling: `"dtype"` (integers divided by 255 or 65535, floats
             unchanged) or `"minmax"` (each image's range mapped to [0, 1]).
             Defaults to `"dtype"`.
 
@@ -133,7 +124,7 @@ def normalize(image, input_dtype="float32", normalization="dtype"):
         A float32 tensor of the same shape.
     """
     x = tf.cast(image, tf.float32)
-    if normalization == "minmax":
+    if pixel_scaling == "minmax":
         low = tf.reduce_min(x, axis=(1, 2, 3), keepdims=True)
         span = tf.reduce_max(x, axis=(1, 2, 3), keepdims=True) - low
         safe = tf.where(span > 0.0, span, tf.ones_like(span))
@@ -153,8 +144,8 @@ def check_input_dtype(input_dtype):
 
 
 def mask_dtype(num_classes):
-    """The dtype of the `mask` output: `"uint8"` up to 256 classes, else int32."""
-    return "uint8" if num_classes <= 256 else "int32"
+    """The dtype of the `mask` output: `validation.mask_dtype`, the one rule."""
+    return validation.mask_dtype(num_classes)
 
 
 def make_serving_fn(
@@ -163,7 +154,7 @@ def make_serving_fn(
     input_dtype="float32",
     threshold=0.5,
     output_activation="sigmoid",
-    normalization="dtype",
+    pixel_scaling="dtype",
     size_policy=None,
     jit_compile=False,
 ):
@@ -180,7 +171,7 @@ def make_serving_fn(
             `"softmax"` probabilities, or `None` for logits (then the
             function applies a sigmoid for one class, a softmax for more).
             Defaults to `"sigmoid"`.
-        normalization: how pixels become the model's input, see
+        pixel_scaling: how pixels become the model's input, see
             `normalize`. Defaults to `"dtype"`.
         size_policy: `keras_unetpp.size_policy.SizePolicy`, how an image of
             any size meets the network (the run's: resized to the training
@@ -199,7 +190,7 @@ def make_serving_fn(
         arg-max class index for several (`mask_dtype(num_classes)`).
     """
     check_input_dtype(input_dtype)
-    check_normalization(normalization)
+    check_pixel_scaling(pixel_scaling)
     policy = SizePolicy.native() if size_policy is None else size_policy
     policy.check_stride(stride)
     num_classes = model.outputs[0].shape[-1]
@@ -218,7 +209,7 @@ def make_serving_fn(
             return compiled(x)
 
     def predict(image):
-        x = normalize(image, input_dtype, normalization)
+        x = normalize(image, input_dtype, pixel_scaling)
         outputs = policy.probabilities(network, x, stride, output_activation)
         if num_classes == 1:
             mask = tf.cast(outputs >= threshold, dtype)

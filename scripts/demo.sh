@@ -16,7 +16,8 @@ mkdir -p "$OUT"
 start=$(date +%s)
 echo "== installing keras_unetpp into .venv (log: $OUT/pip.log) =="
 pip install -e . >"$OUT/pip.log" 2>&1 || { tail -n 30 "$OUT/pip.log"; exit 1; }
-export TF_CPP_MIN_LOG_LEVEL=${TF_CPP_MIN_LOG_LEVEL:-2}
+# No TF_CPP_MIN_LOG_LEVEL here: the command filters TensorFlow's harmless
+# start-up lines itself (and stands aside when the user sets it).
 
 echo "== 1/5 synthetic data (random blurred ellipses, NOT real images) =="
 # --overwrite replaces the data set of an earlier demo (the same seed writes

@@ -538,7 +538,7 @@ def _random_crop(size, scale_range, pair, seed):
     return processing.crop_or_pad_pair(image, mask, size, fractions)
 
 
-def finish(ds, settings, shuffled=False):
+def finish(ds, settings, shuffled=False, may_fail=False):
     """Turns a dataset of decoded `(image, mask)` into batches for `fit`.
 
     Args:
@@ -547,6 +547,13 @@ def finish(ds, settings, shuffled=False):
         settings: `Settings` from `processing_settings`.
         shuffled: bool, whether `ds` is already shuffled (then it is not
             shuffled again). Defaults to `False`.
+        may_fail: bool, whether an element of `ds` can still fail while it
+            is read (a Python decoder: data larger than `MEMORY_LIMIT`, or
+            TFDS). Such a dataset is not cached: after a pass that failed,
+            TensorFlow's cache may take the elements read before the error
+            for the whole dataset, and a second pass would silently drop
+            the bad sample (seen with `cache()` on TF 2.21). Defaults to
+            `False`.
 
     Returns:
         The batched, prefetched dataset of `(image, target)`.
@@ -564,7 +571,7 @@ def finish(ds, settings, shuffled=False):
             lambda image, mask: processing.center_crop_or_pad_pair(image, mask, size),
             num_parallel_calls=AUTOTUNE,
         )
-    if settings.cache is not False:
+    if settings.cache is not False and not may_fail:
         ds = ds.cache("" if settings.cache is True else settings.cache)
     if training:
         if settings.shuffle_buffer and not shuffled:
@@ -750,6 +757,7 @@ def make_dataset(
     arrays, errors = load_pairs(pairs, options)
     if errors:
         raise first_error(pairs, errors)
+    may_fail = arrays is None  # decoded by Python while it is read
     if arrays is not None:
         decode_map = _memory_map(arrays, options.channels, mask_dtype)
         del arrays
@@ -763,14 +771,18 @@ def make_dataset(
 
     ds = tf.data.Dataset.range(len(pairs))
     shuffled = False
-    if settings.training and settings.shuffle_buffer and settings.cache is False:
+    if (
+        settings.training
+        and settings.shuffle_buffer
+        and (settings.cache is False or may_fail)
+    ):
         # Without a cache, shuffle the cheap indices instead of decoded images.
         ds = ds.shuffle(
             settings.shuffle_buffer, seed=settings.seed, reshuffle_each_iteration=True
         )
         shuffled = True
     ds = ds.map(decode_map, num_parallel_calls=AUTOTUNE)
-    return finish(ds, settings, shuffled=shuffled)
+    return finish(ds, settings, shuffled=shuffled, may_fail=may_fail)
 
 
 def check_pairs(pairs, **kwargs):

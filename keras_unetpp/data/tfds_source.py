@@ -368,4 +368,6 @@ def tfds_dataset(
         return prepare(example[image_key], example[mask_key], example["tfds_id"])
 
     ds = ds.map(decode_map, num_parallel_calls=tf.data.AUTOTUNE)
-    return finish(ds, settings)
+    # A bad example can still stop it while it is read: not cached (see
+    # `finish`), so that a second pass fails again instead of dropping it.
+    return finish(ds, settings, may_fail=True)

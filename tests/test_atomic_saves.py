@@ -18,25 +18,14 @@ import subprocess
 import sys
 import time
 
+import cli_helpers
 import keras
 import pytest
 
 from keras_unetpp import atomic, cli, training
 
 CHILD = pathlib.Path(__file__).with_name("slow_write_child.py")
-TINY = [
-    "--image-size",
-    "32",
-    "32",
-    "--depth",
-    "2",
-    "--filters",
-    "4",
-    "--batch-size",
-    "4",
-    "--verbose",
-    "0",
-]
+TINY = cli_helpers.TINY
 
 
 def _strict_json(path):

@@ -6,6 +6,7 @@ import os
 import subprocess
 import sys
 
+import cli_helpers
 import cv2
 import keras
 import numpy as np
@@ -13,35 +14,9 @@ import pytest
 
 from keras_unetpp import cli, training
 
-TINY = [
-    "--image-size",
-    "32",
-    "32",
-    "--depth",
-    "2",
-    "--filters",
-    "4",
-    "--batch-size",
-    "4",
-    "--verbose",
-    "0",
-]
-
-
-def _run(argv):
-    assert cli.main(argv) == 0
-
-
-def _error(capsys, argv):
-    """Runs the CLI expecting a usage error; returns its one stderr line."""
-    with pytest.raises(SystemExit) as exit_info:
-        cli.main(argv)
-    assert exit_info.value.code == 2
-    err = capsys.readouterr().err.strip()
-    assert "Traceback" not in err
-    lines = err.splitlines()
-    assert len(lines) == 1, err
-    return lines[0]
+TINY = cli_helpers.TINY
+_run = cli_helpers.run
+_error = cli_helpers.error_line
 
 
 @pytest.fixture(scope="module")

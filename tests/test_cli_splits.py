@@ -9,40 +9,17 @@ labelled folder or split at native resolution and says what it scored.
 import csv
 import json
 
+import cli_helpers
 import keras
 import pytest
 
 import keras_unetpp as ku
-from keras_unetpp import cli, training
+from keras_unetpp import training
 from keras_unetpp.synthetic import write_synthetic_dataset
 
-TINY = [
-    "--image-size",
-    "32",
-    "32",
-    "--depth",
-    "2",
-    "--filters",
-    "4",
-    "--batch-size",
-    "4",
-    "--verbose",
-    "0",
-    "--no-tensorboard",
-]
-
-
-def _run(argv):
-    assert cli.main(argv) == 0
-
-
-def _error(capsys, argv):
-    with pytest.raises(SystemExit) as exit_info:
-        cli.main(argv)
-    assert exit_info.value.code == 2
-    err = capsys.readouterr().err.strip()
-    assert "Traceback" not in err and len(err.splitlines()) == 1, err
-    return err
+TINY = [*cli_helpers.TINY, "--no-tensorboard"]
+_run = cli_helpers.run
+_error = cli_helpers.error_line
 
 
 def _retina_like(root, num_images=10, test=3):

@@ -19,7 +19,7 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
-from fake_run import make_run, tiny_model
+from fake_run import make_run, randomize_normalization, tiny_model
 from tensorflow.core.protobuf import saved_model_pb2
 
 import keras_unetpp as ku
@@ -45,17 +45,7 @@ TRAINING_INFO = {"dataset": "synthetic", "epochs": 0, "loss": "BCEDiceLoss"}
 SIZES = ((1, 565, 584), (2, 33, 47), (2, 64, 64), (1, 3, 6))
 
 
-def _randomize_normalization(model, seed=0):
-    """Gives every batch norm non-trivial statistics, as after training."""
-    rng = np.random.default_rng(seed)
-    for layer in model.layers:
-        if isinstance(layer, keras.layers.BatchNormalization):
-            n = layer.moving_mean.shape[0]
-            layer.moving_mean.assign(rng.normal(0.0, 0.5, n).astype("float32"))
-            layer.moving_variance.assign(rng.uniform(0.5, 2.0, n).astype("float32"))
-            layer.gamma.assign(rng.uniform(0.5, 1.5, n).astype("float32"))
-            layer.beta.assign(rng.normal(0.0, 0.2, n).astype("float32"))
-    return model
+_randomize_normalization = randomize_normalization
 
 
 def _images(batch, height, width, channels=1, seed=0):

@@ -522,15 +522,19 @@ def _add_predict(commands):
         "0..65535, or float32 .npy ((h, w) for one class, "
         "(h, w, classes) for several)",
     )
+    _add_tiling_flags(
+        p,
+        "predict tile by tile (sliding window, gaussian blending) with tiles "
+        "of N (or H W) pixels, a multiple of 2**depth: memory bounded by the "
+        "tile batch, for large images; crop-mode runs only (default: whole "
+        "image, as the SavedModels)",
+    )
+
+
+def _add_tiling_flags(p, tile_help):
+    """--tile-size, --overlap, --tta: `predict_tiled`'s settings."""
     p.add_argument(
-        "--tile-size",
-        type=_positive_int,
-        nargs="+",
-        metavar="N",
-        help="predict tile by tile (sliding window, gaussian blending) with "
-        "tiles of N (or H W) pixels, a multiple of 2**depth: memory bounded "
-        "by the tile batch, for large images; crop-mode runs only (default: "
-        "whole image, as the SavedModels)",
+        "--tile-size", type=_positive_int, nargs="+", metavar="N", help=tile_help
     )
     p.add_argument(
         "--overlap",
@@ -544,6 +548,29 @@ def _add_predict(commands):
         help="test-time augmentation with --tile-size: average the "
         "predictions of flipped (and quarter-turned) images",
     )
+
+
+def _tiling(args):
+    """The `predict_tiled` arguments of --tile-size/--overlap/--tta, or None."""
+    if args.tta and not args.tile_size:
+        raise UsageError("--tta works with --tile-size")
+    if not args.tile_size:
+        return None
+    if len(args.tile_size) > 2:
+        raise UsageError("--tile-size takes N or H W")
+    tile = args.tile_size[0] if len(args.tile_size) == 1 else tuple(args.tile_size)
+    tiling = {"tile_size": tile, "overlap": args.overlap}
+    if args.tta:
+        tiling["tta"] = args.tta
+    return tiling
+
+
+def _describe_tiling(tiling):
+    """E.g. "tiled 256, overlap 0.5, TTA flips"."""
+    size = tiling["tile_size"]
+    tile = "x".join(map(str, size)) if isinstance(size, tuple) else f"{size}"
+    text = f"tiled {tile}, overlap {tiling['overlap']:g}"
+    return text + (f", TTA {tiling['tta']}" if "tta" in tiling else "")
 
 
 def _add_export(commands):
@@ -591,6 +618,13 @@ def _add_export(commands):
         action="store_true",
         help="record the absolute paths of the run's data in the "
         "metadata (default: only their last two components)",
+    )
+    _add_tiling_flags(
+        p,
+        "serve tile by tile inside the graph, as predict --tile-size does, "
+        "with tiles of N (or H W) pixels, a multiple of 2**depth: a server "
+        "takes images of any size with the memory of one tile batch; "
+        "crop-mode runs only (default: the whole image at once)",
     )
 
 
@@ -775,16 +809,7 @@ def _run_predict(args):
         raise UsageError(
             f"give IMAGES_DIR or --split, not {'both' if args.input else 'neither'}"
         )
-    if args.tta and not args.tile_size:
-        raise UsageError("--tta works with --tile-size")
-    tiling = None
-    if args.tile_size:
-        if len(args.tile_size) > 2:
-            raise UsageError("--tile-size takes N or H W")
-        tile = args.tile_size[0] if len(args.tile_size) == 1 else tuple(args.tile_size)
-        tiling = {"tile_size": tile, "overlap": args.overlap}
-        if args.tta:
-            tiling["tta"] = args.tta
+    tiling = _tiling(args)
     result = runs.predict_run(
         args.run,
         args.input,
@@ -809,10 +834,7 @@ def _run_predict(args):
         )
     how = result["size_policy"].short_description()
     if tiling:
-        size = tiling["tile_size"]
-        tile = "x".join(map(str, size)) if isinstance(size, tuple) else f"{size}"
-        how += f"; tiled {tile}, overlap {tiling['overlap']:g}"
-        how += f", TTA {tiling['tta']}" if "tta" in tiling else ""
+        how += "; " + _describe_tiling(tiling)
     print(f"Wrote {', '.join(parts)} ({result['model']}; {how}).")
 
 
@@ -831,6 +853,7 @@ def _run_export(args):
         overwrite=args.overwrite,
         accurate=args.accurate,
         record_paths=args.record_paths,
+        tiling=_tiling(args),
     )
     for key, path in paths.items():
         label = "accurate" if key == "accurate" else f"L{key}"
@@ -838,8 +861,17 @@ def _run_export(args):
     from keras_unetpp.export import load_metadata
 
     first = next(iter(paths.values()))
-    policy = load_metadata(first)["size_policy"]["description"]
-    print(f"Each request is {policy}.")
+    metadata = load_metadata(first)
+    print(f"Each request is {metadata['size_policy']['description']}.")
+    if metadata["tiling"] is not None:
+        settings = metadata["tiling"]
+        summary = {
+            "tile_size": tuple(settings["tile_size"]),
+            "overlap": settings["overlap"],
+        }
+        if settings["tta"]:
+            summary["tta"] = settings["tta"]
+        print(f"Served {_describe_tiling(summary)}, inside the graph.")
     print(f"TF Serving config: {first.parent.parent / 'models.config'}")
 
 

@@ -719,6 +719,7 @@ def export_run(
     overwrite=False,
     accurate=None,
     record_paths=False,
+    tiling=None,
 ):
     """Exports the pruned levels of a run's model as SavedModels for TF Serving.
 
@@ -749,6 +750,10 @@ def export_run(
         record_paths: bool, record the absolute paths of the run's data in
             the metadata's `training.data`; by default only their last two
             components. Defaults to `False`.
+        tiling: `None`, or a dict of `predict_tiled` arguments (`tile_size`,
+            `overlap`, `tta`, ...): serve tile by tile inside the graph
+            (`export_pruned(tiling=...)`), as `predict_run(tiling=...)`
+            predicts; crop-mode runs only. Defaults to `None`.
 
     Returns:
         dict level -> version folder, and `"accurate"` -> its folder (see
@@ -784,4 +789,5 @@ def export_run(
         size_policy=policy,
         accurate=accurate,
         pixel_scaling=_pixel_scaling(config.get("data", {})),
+        tiling=tiling,
     )

@@ -153,14 +153,14 @@ def predict_tiled(
     weight_sum = np.zeros(padded.shape[1:-1], dtype=np.float32)
     for corner in itertools.product(*grid):
         weight_sum[_window(corner, tile)] += weights
-    transforms = _transforms(rank, tta)
+    tile_transforms = transforms(rank, tta)
 
     result = None
     jobs = list(itertools.product(range(len(images)), itertools.product(*grid)))
     for start in range(0, len(jobs), batch_size):
         chunk = jobs[start : start + batch_size]
         batch = np.stack([padded[(i, *_window(c, tile))] for i, c in chunk])
-        probabilities = _predict_batch(net, batch, transforms, activation)
+        probabilities = _predict_batch(net, batch, tile_transforms, activation)
         if result is None:
             result = np.zeros(
                 (*padded.shape[:-1], probabilities.shape[-1]), dtype=np.float32
@@ -277,7 +277,7 @@ def tile_positions(size, tile, overlap=0.5, stride=1):
 def _positions(size, tile, overlap):
     if size <= tile:
         return [0]
-    step = max(1, int(np.floor(tile * (1.0 - overlap) + 1e-9)))
+    step = tile_step(tile, overlap)
     last = size - tile
     count = -(-last // step) + 1
     # Evenly spread, rounded to the nearest unit.
@@ -289,6 +289,20 @@ def _positions(size, tile, overlap):
         even[index] if 2 * index < count else last - even[count - 1 - index]
         for index in range(count)
     ]
+
+
+def tile_step(tile, overlap):
+    """The largest step between tiles (in stride units) that keeps `overlap`.
+
+    Example:
+
+    ```python
+    from keras_unetpp.tiling import tile_step
+    tile_step(16, 0.5)   # 8
+    tile_step(1, 0.9)    # 1 (at least one unit)
+    ```
+    """
+    return max(1, int(np.floor(tile * (1.0 - overlap) + 1e-9)))
 
 
 def _window(corner, tile):
@@ -422,8 +436,27 @@ def _pad(images, sizes):
     return images
 
 
-def _transforms(rank, tta):
-    """`(flip_axes, rotate)` pairs on the spatial axes 1..rank of a batch."""
+def transforms(rank, tta):
+    """The test-time transforms of `tta` on a batch of rank-`rank` images.
+
+    Args:
+        rank: int, 2 for images, 3 for volumes.
+        tta: `None`, `"flips"` or `"flips+rot90"`.
+
+    Returns:
+        A list of `(flip_axes, rotate)` pairs on the spatial axes `1..rank`
+        of a batch: the flips of every subset of the axes, each also with a
+        90-degree rotation in the last two spatial axes for `"flips+rot90"`;
+        `[((), False)]` (the identity) for `None`.
+
+    Example:
+
+    ```python
+    from keras_unetpp.tiling import transforms
+    len(transforms(2, "flips"))         # 4
+    len(transforms(3, "flips+rot90"))   # 16
+    ```
+    """
     if tta is None:
         return [((), False)]
     axes = range(1, rank + 1)

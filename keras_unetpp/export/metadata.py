@@ -42,6 +42,7 @@ def build_metadata(
     pixel_scaling="dtype",
     jit_compile=False,
     size_policy=None,
+    tiled=None,
 ):
     """The metadata dict of one exported level (or of the accurate mode).
 
@@ -67,6 +68,8 @@ def build_metadata(
             Defaults to `False`.
         size_policy: the `SizePolicy` of the serving function, or `None`
             for native. Defaults to `None`.
+        tiled: the `TiledServing` of a tiled serving function, or `None`.
+            Defaults to `None`.
 
     Returns:
         A JSON-serialisable dict.
@@ -141,6 +144,7 @@ def build_metadata(
             ),
         },
         "size_policy": policy.to_dict(),
+        "tiling": None if tiled is None else tiled.to_dict(),
         "preprocessing": {
             "scaling": scaling,
             "pixel_scaling": pixel_scaling,

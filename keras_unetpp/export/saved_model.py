@@ -28,7 +28,7 @@ import keras
 from keras_unetpp.description import ACCURATE_OUTPUT, describe, parse_head
 from keras_unetpp.errors import InputError
 from keras_unetpp.export import metadata as metadata_lib
-from keras_unetpp.export import serving_config, signatures
+from keras_unetpp.export import serving_config, signatures, tiled_serving
 from keras_unetpp.fused_batch_norm import fuse_batch_norm
 from keras_unetpp.pruning import inference_model, prune
 from keras_unetpp.size_policy import SizePolicy
@@ -36,6 +36,15 @@ from keras_unetpp.validation import check_threshold, is_int
 
 COMPUTE_DTYPES = (None, "float32", "bfloat16", "float16")
 ACCURATE = "accurate"
+# The keys of `export_pruned(tiling=...)`: `predict_tiled`'s arguments.
+TILING_ARGUMENTS = (
+    "tile_size",
+    "overlap",
+    "blending",
+    "tta",
+    "batch_size",
+    "sigma_scale",
+)
 
 
 def export_pruned(
@@ -54,6 +63,7 @@ def export_pruned(
     jit_compile=False,
     size_policy=None,
     accurate=False,
+    tiling=None,
 ):
     """Exports each pruned level of a UNet++ as a SavedModel for TF Serving.
 
@@ -142,6 +152,18 @@ def export_pruned(
             head, `inference_model(model, "accurate")`) as the model
             `f"{model_name}_accurate"`. Needs a deep-supervision model.
             Defaults to `False`.
+        tiling: `None` (each request predicted whole, the default export),
+            or a dict of `keras_unetpp.predict_tiled` arguments
+            (`tile_size` required; `overlap`, `blending`, `tta`,
+            `batch_size`, `sigma_scale` as there): the serving function
+            then predicts each request tile by tile inside the graph, the
+            computation of `predict_tiled(prune(model, L), ...)` in
+            TensorFlow ops, so a server takes images of any size with the
+            memory of one tile batch and returns what `predict_tiled`
+            returns. `tile_size` must be a multiple of every exported
+            level's stride (`2**depth` with `accurate`). Native size policy
+            only (a resize-mode run needs no tiles), no `jit_compile`.
+            Recorded in the metadata under `"tiling"`. Defaults to `None`.
 
     Returns:
         dict mapping each level to the `pathlib.Path` of its version folder,
@@ -155,6 +177,10 @@ def export_pruned(
     paths = export_pruned(model, "exported", model_name="nuclei",
                           input_dtype="uint8")
     # exported/models.config, exported/nuclei_l1/1/ ... exported/nuclei_l4/1/
+
+    # A server for whole slides: tiles of 256, flip TTA, inside the graph.
+    export_pruned(model, "exported", model_name="slides",
+                  tiling={"tile_size": 256, "overlap": 0.25, "tta": "flips"})
 
     # A model trained on images resized to 96x96, with its accurate mode:
     export_pruned(model, "exported", model_name="nuclei",
@@ -190,6 +216,7 @@ def export_pruned(
             f"Received: jit_compile={jit_compile!r}"
         )
     serving_config.check_base_path(base_path)
+    tiled = _check_tiling(tiling, size_policy, jit_compile, info, levels, accurate)
     export_dir = pathlib.Path(export_dir)
     if export_dir.exists() and not export_dir.is_dir():
         raise InputError(
@@ -219,6 +246,7 @@ def export_pruned(
                 pixel_scaling=pixel_scaling,
                 jit_compile=jit_compile,
                 size_policy=size_policy,
+                tiled=tiled,
             )
         paths = {}
         for key in keys:
@@ -257,6 +285,7 @@ def _write_level(
     pixel_scaling,
     jit_compile,
     size_policy,
+    tiled=None,
 ):
     """Writes the SavedModel and metadata of one level (or accurate) into `folder`."""
     sub_model, stride = _sub_model(model, level)
@@ -271,6 +300,7 @@ def _write_level(
         pixel_scaling=pixel_scaling,
         size_policy=size_policy,
         jit_compile=jit_compile,
+        tiled=tiled,
     )
     spec = signatures.input_signature(pruned.inputs[0].shape[-1], input_dtype)
     archive = keras.export.ExportArchive()
@@ -292,6 +322,7 @@ def _write_level(
             pixel_scaling=pixel_scaling,
             jit_compile=jit_compile,
             size_policy=size_policy,
+            tiled=tiled,
         ),
     )
 
@@ -381,6 +412,39 @@ def _check_size_policy(size_policy, levels, info):
     for stride in [2**level for level in levels] + [info.stride]:
         size_policy.check_stride(stride)
     return size_policy
+
+
+def _check_tiling(tiling, size_policy, jit_compile, info, levels, accurate):
+    """The `TiledServing` of `tiling` (a dict or `None`), checked."""
+    if tiling is None:
+        return None
+    if not isinstance(tiling, dict) or "tile_size" not in tiling:
+        raise InputError(
+            "`tiling` must be None or a dict of predict_tiled arguments with "
+            f"'tile_size' (e.g. {{'tile_size': 256}}). Received: tiling={tiling!r}"
+        )
+    unknown = sorted(set(tiling) - set(TILING_ARGUMENTS))
+    if unknown:
+        raise InputError(
+            f"`tiling` takes the keys {TILING_ARGUMENTS}. Received: {unknown}"
+        )
+    if size_policy is not None and size_policy.mode != "native":
+        raise InputError(
+            "Tiled serving runs at the images' own scale; this export resizes "
+            f"every image ({size_policy.short_description()}), which needs no "
+            "tiles. Received: tiling with a resize size policy"
+        )
+    if jit_compile:
+        raise InputError(
+            "Tiled serving is not compiled with XLA (its tile loop has a "
+            "size known only per request). Received: jit_compile=True with tiling"
+        )
+    tiled = tiled_serving.TiledServing.create(**tiling)
+    strides = [2**level for level in levels]
+    if accurate:
+        strides.append(info.stride)
+    tiled.check_stride(max(strides))
+    return tiled
 
 
 def _check_threshold(threshold):

@@ -25,6 +25,7 @@ import tensorflow as tf
 
 from keras_unetpp import validation
 from keras_unetpp.errors import InputError
+from keras_unetpp.export import tiled_serving
 from keras_unetpp.size_policy import SizePolicy, pad_to_stride
 from keras_unetpp.validation import PIXEL_SCALINGS, check_pixel_scaling  # noqa: F401
 
@@ -157,6 +158,7 @@ def make_serving_fn(
     pixel_scaling="dtype",
     size_policy=None,
     jit_compile=False,
+    tiled=None,
 ):
     """The function exported as `serving_default` for one pruned model.
 
@@ -181,6 +183,10 @@ def make_serving_fn(
             the input check (XLA drops assertions) in native mode, the
             network alone in resize mode (the antialiased resize has no XLA
             kernel). Defaults to `False`.
+        tiled: `keras_unetpp.export.tiled_serving.TiledServing`, predict
+            each request tile by tile as `predict_tiled` does (native size
+            policy only, no XLA), or `None` for the whole image at once.
+            Defaults to `None`.
 
     Returns:
         A Python function `serve(image)` returning
@@ -197,6 +203,14 @@ def make_serving_fn(
     channels = model.inputs[0].shape[-1]
     dtype = tf.as_dtype(mask_dtype(num_classes))
 
+    if tiled is not None:
+        if policy.mode != "native" or jit_compile:
+            raise InputError(
+                "A tiled serving function runs at the images' own scale "
+                "(native size policy) and without XLA. Received: "
+                f"size_policy={policy.mode!r}, jit_compile={jit_compile!r}"
+            )
+        tiled.check_stride(stride)
     network = model
     if jit_compile and policy.mode == "resize":
         # The antialiased resize (ScaleAndTranslate) has no XLA kernel: only
@@ -210,7 +224,12 @@ def make_serving_fn(
 
     def predict(image):
         x = normalize(image, input_dtype, pixel_scaling)
-        outputs = policy.probabilities(network, x, stride, output_activation)
+        if tiled is None:
+            outputs = policy.probabilities(network, x, stride, output_activation)
+        else:
+            outputs = tiled_serving.tiled_probabilities(
+                network, x, tiled, stride, output_activation
+            )
         if num_classes == 1:
             mask = tf.cast(outputs >= threshold, dtype)
         else:

@@ -436,6 +436,15 @@ def _add_evaluate(commands):
     src = p.add_argument_group("other labelled data (default: the run's own)")
     _add_folder_source(src, "evaluate")
     _add_split_flags(src)
+    _add_tiling_flags(
+        p,
+        "predict each image tile by tile as predict --tile-size (and an "
+        "export with --tile-size) does; crop-mode runs only (default: whole "
+        "images)",
+        tta_help="also score with test-time augmentation: the table gains "
+        "IoU and Dice with TTA next to those without (whole images, or "
+        "tiles with --tile-size)",
+    )
     p.add_argument(
         "--at-training-size",
         action="store_true",
@@ -531,7 +540,7 @@ def _add_predict(commands):
     )
 
 
-def _add_tiling_flags(p, tile_help):
+def _add_tiling_flags(p, tile_help, tta_help=None):
     """--tile-size, --overlap, --tta: `predict_tiled`'s settings."""
     p.add_argument(
         "--tile-size", type=_positive_int, nargs="+", metavar="N", help=tile_help
@@ -545,14 +554,15 @@ def _add_tiling_flags(p, tile_help):
     p.add_argument(
         "--tta",
         choices=("flips", "flips+rot90"),
-        help="test-time augmentation with --tile-size: average the "
+        help=tta_help
+        or "test-time augmentation with --tile-size: average the "
         "predictions of flipped (and quarter-turned) images",
     )
 
 
-def _tiling(args):
+def _tiling(args, tta_needs_tiles=True, with_tta=True):
     """The `predict_tiled` arguments of --tile-size/--overlap/--tta, or None."""
-    if args.tta and not args.tile_size:
+    if args.tta and not args.tile_size and tta_needs_tiles:
         raise UsageError("--tta works with --tile-size")
     if not args.tile_size:
         return None
@@ -560,7 +570,7 @@ def _tiling(args):
         raise UsageError("--tile-size takes N or H W")
     tile = args.tile_size[0] if len(args.tile_size) == 1 else tuple(args.tile_size)
     tiling = {"tile_size": tile, "overlap": args.overlap}
-    if args.tta:
+    if args.tta and with_tta:
         tiling["tta"] = args.tta
     return tiling
 
@@ -790,6 +800,8 @@ def _run_evaluate(args):
         latency_runs=args.latency_runs,
         output_dir=args.output,
         at_training_size=args.at_training_size,
+        tiling=_tiling(args, tta_needs_tiles=False, with_tta=False),
+        tta=args.tta,
     )
     print(
         f"Scored {args.model} on {result['what']}: {result['images']} images, "

@@ -25,6 +25,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from keras_unetpp import tiling as tiling_lib
 from keras_unetpp.description import describe, output_name
 from keras_unetpp.errors import InputError
 from keras_unetpp.flops import count_flops
@@ -32,7 +33,7 @@ from keras_unetpp.metrics import DiceScore, IoUScore
 from keras_unetpp.padding import pad_to_multiple
 from keras_unetpp.pruning import inference_model, prune
 from keras_unetpp.size_policy import SizePolicy
-from keras_unetpp.validation import check_int
+from keras_unetpp.validation import check_choice, check_int
 
 COLUMNS = (
     "model",
@@ -45,6 +46,10 @@ COLUMNS = (
     "ms_per_image",
     "images",
     "scored_at",
+    "inference",
+    "tta",
+    "iou_tta",
+    "dice_tta",
 )
 
 # `scored_at` of rows scored on the masks as stored, at each image's size.
@@ -199,7 +204,17 @@ def evaluate_levels(
 
 
 def _level_rows(
-    model, levels, scores, count, size, latency_batch_size, latency_runs, scored_at
+    model,
+    levels,
+    scores,
+    count,
+    size,
+    latency_batch_size,
+    latency_runs,
+    scored_at,
+    inference="whole image",
+    tta=None,
+    scores_tta=None,
 ):
     """The table rows from the metrics of each level, with params, FLOPs, ms."""
     height, width = size
@@ -235,8 +250,15 @@ def _level_rows(
                 "ms_per_image": ms,
                 "images": count,
                 "scored_at": scored_at,
+                "inference": inference,
+                "tta": tta,
+                "iou_tta": None,
+                "dice_tta": None,
             }
         )
+        if scores_tta is not None:
+            iou_tta, dice_tta = (float(m.result()) for m in scores_tta[key])
+            rows[-1].update(iou_tta=iou_tta, dice_tta=dice_tta)
     return rows
 
 
@@ -289,6 +311,8 @@ def evaluate_levels_native(
     threshold=0.5,
     latency_batch_size=1,
     latency_runs=10,
+    tiling=None,
+    tta=None,
 ):
     """`evaluate_levels` on whole images, at the masks' own resolution.
 
@@ -321,9 +345,24 @@ def evaluate_levels_native(
             Defaults to `0.5`.
         latency_batch_size: int, images per timed call. Defaults to `1`.
         latency_runs: int, timed calls per model. Defaults to `10`.
+        tiling: `None` (each image predicted whole), or a dict of
+            `predict_tiled` arguments without `tta` (`tile_size`,
+            `overlap`, `blending`, `batch_size`, `sigma_scale`): every
+            image predicted tile by tile, each level by its own
+            sub-network with its own stride, as `keras-unetpp predict
+            --level L --tile-size` and a SavedModel exported with the same
+            tiling do. Native only (`image_size=None`). Defaults to
+            `None`.
+        tta: `None`, `"flips"` or `"flips+rot90"`: also score every level
+            with test-time augmentation (the predictions of the transformed
+            images, transformed back and averaged; whole images are padded
+            to the stride first, tiles as in `predict_tiled`), in the
+            columns `iou_tta` and `dice_tta`; `iou` and `dice` stay
+            without. Defaults to `None`.
 
     Returns:
-        list of dicts with the keys of `COLUMNS`, `scored_at` `"native"`.
+        list of dicts with the keys of `COLUMNS`, `scored_at` `"native"`,
+        `inference` `"whole image"` or `"tiled <h>x<w>, overlap <o>"`.
 
     Example:
 
@@ -357,6 +396,58 @@ def evaluate_levels_native(
             stacked, image[None], info.stride, output_activation="sigmoid"
         ).numpy()[0]
 
+    if tiling is not None and image_size is not None:
+        raise InputError(
+            "Tiled evaluation runs at the images' own scale; this model was "
+            f"trained on images resized to {image_size}, which needs no tiles. "
+            "Received: tiling with image_size"
+        )
+    check_choice(tta, "tta", tiling_lib.TTAS)
+    scores_tta = None
+    if tta is not None:
+        scores_tta = {key: _metrics(info, threshold, False)[:2] for key in keys}
+
+    def whole(image):
+        if image_size is None:
+            # Every head sees the image padded to the full model's stride,
+            # as one pass of the full model does (`prune(model, L)` alone
+            # would pad to 2**L: a few border pixels may differ).
+            padded, _ = pad_to_multiple(image[None], info.stride)
+            output = probabilities(padded[0])
+            return output[: image.shape[0], : image.shape[1]]
+        return probabilities(image)
+
+    def predict(image, with_tta):
+        if tiling is not None:
+            # Each level as `predict --level L --tile-size` and its tiled
+            # SavedModel predict it: its own sub-network and stride, so its
+            # own tile grid.
+            return np.concatenate(
+                [
+                    tiling_lib.predict_tiled(
+                        model,
+                        image[None],
+                        output=key,
+                        tta=tta if with_tta else None,
+                        **tiling,
+                    )[0]
+                    for key in keys
+                ],
+                axis=-1,
+            )
+        if not with_tta:
+            return whole(image)
+        height, width = image.shape[:2]
+        if image_size is None:
+            image = pad_to_multiple(image[None], info.stride)[0][0]
+        total = 0.0
+        transforms = tiling_lib.transforms(2, tta)
+        for transform in transforms:
+            moved = tiling_lib.apply_transform(image[None], transform, 2)[0]
+            output = probabilities(moved)
+            total = total + tiling_lib.invert_transform(output[None], transform, 2)[0]
+        return (total / len(transforms))[:height, :width]
+
     classes = info.num_classes
     target_dtype = "float32" if classes == 1 else "int32"
     count = 0
@@ -370,23 +461,15 @@ def evaluate_levels_native(
                 f"Image {count} is {image.shape[1]}x{image.shape[0]} but its "
                 f"mask is {mask.shape[1]}x{mask.shape[0]} (width x height)."
             )
-        if image_size is None:
-            # Every head sees the image padded to the full model's stride,
-            # as one pass of the full model does (`prune(model, L)` alone
-            # would pad to 2**L: a few border pixels may differ).
-            padded, _ = pad_to_multiple(image[None], info.stride)
-            output = probabilities(padded[0])
-            output = output[: image.shape[0], : image.shape[1]]
-        else:
-            output = probabilities(image)
-        outputs = {
-            key: output[..., k * classes : (k + 1) * classes]
-            for k, key in enumerate(keys)
-        }
         target = mask[None].astype(target_dtype)
-        for key, metrics in scores.items():
-            for metric in metrics:
-                metric.update_state(target, outputs[key][None])
+        runs = [(predict(image, False), scores)]
+        if tta is not None:
+            runs.append((predict(image, True), scores_tta))
+        for output, metrics_of in runs:
+            for k, key in enumerate(keys):
+                prediction = output[None, ..., k * classes : (k + 1) * classes]
+                for metric in metrics_of[key]:
+                    metric.update_state(target, prediction)
         count += 1
     if count == 0:
         raise InputError("There are no images to evaluate. Received: 0 images")
@@ -399,7 +482,19 @@ def evaluate_levels_native(
         latency_batch_size,
         latency_runs,
         scored_at=NATIVE,
+        inference=_inference(tiling),
+        tta=tta,
+        scores_tta=scores_tta,
     )
+
+
+def _inference(tiling):
+    """How the images were predicted, in a few words, for the table."""
+    if tiling is None:
+        return "whole image"
+    size = tiling["tile_size"]
+    tile = "x".join(map(str, size)) if not isinstance(size, int) else f"{size}x{size}"
+    return f"tiled {tile}, overlap {tiling.get('overlap', 0.5):g}"
 
 
 def write_table(rows, output_dir, stem="levels"):
@@ -438,32 +533,38 @@ def read_table(path):
 def format_table(rows):
     """The rows as an aligned text table (IoU, Dice, params, GFLOPs, ms).
 
+    Rows scored with test-time augmentation (`iou_tta`) get two more
+    columns, IoU and Dice with TTA, next to those without.
+
     Returns:
         str, one line per row under a header line.
     """
-    header = (
-        "model",
-        "level",
-        "IoU",
-        "Dice",
-        "IoU/img",
-        "params",
-        "GFLOPs",
-        "ms/image",
-    )
-    lines = [
-        (
+    with_tta = any(row.get("iou_tta") is not None for row in rows)
+    header = ["model", "level", "IoU", "Dice", "IoU/img"]
+    if with_tta:
+        header += ["IoU+TTA", "Dice+TTA"]
+    header += ["params", "GFLOPs", "ms/image"]
+
+    def cells(row):
+        line = [
             row["model"],
             row["level"],
             f"{row['iou']:.4f}",
             f"{row['dice']:.4f}",
             f"{row['iou_per_image']:.4f}",
+        ]
+        if with_tta:
+            line += [
+                "" if row.get(key) is None else f"{row[key]:.4f}"
+                for key in ("iou_tta", "dice_tta")
+            ]
+        return line + [
             f"{row['params']:,}",
             f"{row['flops'] / 1e9:.3f}",
             f"{row['ms_per_image']:.2f}",
-        )
-        for row in rows
-    ]
+        ]
+
+    lines = [cells(row) for row in rows]
     widths = [max(len(str(c)) for c in column) for column in zip(header, *lines)]
     text = [
         "  ".join(

@@ -404,6 +404,8 @@ def evaluate_run(
     latency_runs=10,
     output_dir=None,
     at_training_size=False,
+    tiling=None,
+    tta=None,
 ):
     """Writes the per-level table of a run: IoU, Dice, params, FLOPs, ms.
 
@@ -436,6 +438,13 @@ def evaluate_run(
             `None`.
         at_training_size: bool, score at the training size instead of at
             native resolution. Defaults to `False`.
+        tiling: `None`, or a dict of `predict_tiled` arguments without
+            `tta` (`tile_size`, `overlap`, ...): predict each image tile by
+            tile, as `predict_run(tiling=...)` and a tiled export do;
+            crop-mode runs at native resolution only. Defaults to `None`.
+        tta: `None`, `"flips"` or `"flips+rot90"`: also score with
+            test-time augmentation (`iou_tta`, `dice_tta` next to `iou`,
+            `dice`); native resolution only. Defaults to `None`.
 
     Returns:
         dict: `rows` (one per level), `csv`, `json`, `plot`, `scored`
@@ -469,6 +478,18 @@ def evaluate_run(
         what = f"the val split: {sources.describe_source(source['val_source'])}"
     else:
         what = f"the {split} split of {where} ({sources.describe_split(source)})"
+    if at_training_size and (tiling is not None or tta is not None):
+        raise InputError(
+            "Tiles and test-time augmentation score whole images at their own "
+            "resolution; --at-training-size scores the training-size batches "
+            "instead. Received: at_training_size=True with tiling or tta"
+        )
+    if tiling is not None and resize:
+        raise InputError(
+            "Tiled evaluation runs at the images' own scale; this run resizes "
+            f"every image to {height}x{width}, which needs no tiles. Received: "
+            "tiling with a resize-mode run"
+        )
     if at_training_size:
         dataset, count = source_dataset(
             source,
@@ -512,6 +533,8 @@ def evaluate_run(
             threshold=threshold,
             latency_batch_size=latency_batch_size,
             latency_runs=latency_runs,
+            tiling=tiling,
+            tta=tta,
         )
         resolution = "at native resolution: whole images against the masks " + (
             f"as stored (each image resized to {height}x{width} for the "
@@ -519,6 +542,10 @@ def evaluate_run(
             if resize
             else "as stored (each image padded to the network's stride)"
         )
+        if tiling is not None:
+            resolution += f", predicted {rows[0]['inference']}"
+        if tta is not None:
+            resolution += f"; with and without test-time augmentation ({tta})"
     count = rows[0]["images"]
     output_dir = pathlib.Path(output_dir or pathlib.Path(run_dir) / EVALUATION_DIR)
     csv_path, json_path = evaluation.write_table(rows, output_dir)

@@ -142,6 +142,70 @@ def predict_tiled(
     check_choice(tta, "tta", TTAS)
     sigma_scale = check_number(sigma_scale, "sigma_scale", 0.0, low_open=True)
     net, stride, activation = _prediction_model(model, output, stride)
+    return blend_tiles(
+        net,
+        images,
+        tile_size,
+        stride,
+        activation=activation,
+        overlap=overlap,
+        blending=blending,
+        batch_size=batch_size,
+        tta=tta,
+        sigma_scale=sigma_scale,
+    )
+
+
+def blend_tiles(
+    network,
+    images,
+    tile_size,
+    stride,
+    activation=None,
+    overlap=0.5,
+    blending="gaussian",
+    batch_size=8,
+    tta=None,
+    sigma_scale=0.125,
+):
+    """`predict_tiled`'s sliding window around any single-output network.
+
+    `predict_tiled` picks the sub-network of a keras_unetpp model's head
+    and its stride, then calls this; call it directly for a network that
+    `predict_tiled` cannot interpret, e.g. a keras_unetpp model wrapped in
+    a model of your own.
+
+    Args:
+        network: a single-output `keras.Model` mapping
+            `(batch, *tile, channels)` to `(batch, *tile, classes)`.
+        images: array `(batch, *spatial, channels)`, any spatial size.
+        tile_size: int or one int per spatial axis, multiples of `stride`.
+        stride: int, the multiple the network's spatial sizes must be.
+        activation: `None` (the network returns probabilities), or
+            `"sigmoid"` / `"softmax"` to apply to its logits per tile.
+            Defaults to `None`.
+        overlap, blending, batch_size, tta, sigma_scale: as in
+            `predict_tiled`.
+
+    Returns:
+        float32 NumPy array `(batch, *spatial, classes)`.
+
+    Example:
+
+    ```python
+    from keras_unetpp import tiling
+    wrapped = keras.Sequential([keras.Input((None, None, 1)), model])
+    probabilities = tiling.blend_tiles(wrapped, images, 256, stride=16)
+    ```
+    """
+    overlap = check_number(overlap, "overlap", 0.0, 1.0, high_open=True)
+    check_choice(blending, "blending", BLENDINGS)
+    batch_size = check_int(batch_size, "batch_size")
+    check_choice(tta, "tta", TTAS)
+    check_choice(activation, "activation", (None, "sigmoid", "softmax"))
+    sigma_scale = check_number(sigma_scale, "sigma_scale", 0.0, low_open=True)
+    stride = check_int(stride, "stride")
+    net = network
     images = np.asarray(images)
     rank = _check_images(net, images)
     tile = _tile_shape(tile_size, rank, stride, net, tta)
@@ -467,6 +531,16 @@ def transforms(rank, tta):
     ]
     rotations = (False, True) if tta == "flips+rot90" else (False,)
     return [(flip, rotate) for rotate in rotations for flip in flips]
+
+
+def apply_transform(batch, transform, rank):
+    """Applies one of `transforms(rank, tta)` to a NumPy batch."""
+    return _apply(batch, transform, rank)
+
+
+def invert_transform(batch, transform, rank):
+    """Undoes `apply_transform(batch, transform, rank)` on a NumPy batch."""
+    return np.ascontiguousarray(_invert(batch, transform, rank))
 
 
 def _apply(batch, transform, rank):

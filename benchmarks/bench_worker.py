@@ -68,6 +68,7 @@ def serve(config):
     """Builds the configuration's runner and answers commands until `quit`."""
     sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
     import bench_runners
+    import cpu_info
 
     rss_before = _max_rss_bytes()
     try:
@@ -92,6 +93,7 @@ def serve(config):
             "rss_built_bytes": rss_built,
             "versions": _versions(),
             "peaks": runner.peaks() if hasattr(runner, "peaks") else {},
+            "cpu": cpu_info.describe_cpu(),
         }
     )
     for line in sys.stdin:

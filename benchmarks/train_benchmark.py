@@ -46,6 +46,8 @@ import statistics
 import subprocess
 import sys
 
+import cpu_info
+
 HERE = pathlib.Path(__file__).resolve().parent
 WORKER = HERE / "bench_worker.py"
 PRECISIONS = ("float32", "mixed_bfloat16")
@@ -55,6 +57,9 @@ LEVERS = {
     "xla": {"xla": True},
     "interop1": {"env": {"TF_NUM_INTEROP_THREADS": "1"}},
     "no_onednn": {"env": {"TF_ENABLE_ONEDNN_OPTS": "0"}},
+    "onednn": {"env": {"TF_ENABLE_ONEDNN_OPTS": "1"}},
+    # oneDNN's AVX2 kernels on an AVX-512 machine: most of an AVX2 CPU.
+    "avx2_isa": {"env": {"ONEDNN_MAX_CPU_ISA": "AVX2"}},
     # jemalloc instead of glibc's malloc (Debian: apt-get install libjemalloc2).
     "jemalloc": {"env": {"LD_PRELOAD": "libjemalloc.so.2"}},
     # TensorFlow's best-fit-with-coalescing pool for CPU tensors.
@@ -359,6 +364,8 @@ def _speed_record(config, info, phase, mode, steps, refs, flops):
         gflops=work / median_s / 1e9,
         peak_gflops=ref_flops / _median(refs) / 1e9,
         pct_of_peak=_median(pct),
+        onednn=info.get("cpu", {}).get("onednn"),
+        cpu_kind=info.get("cpu", {}).get("kind"),
     )
     return record
 
@@ -562,6 +569,8 @@ def speed_table(records):
         "GFLOP/s",
         "% peak",
         "peak GFLOP/s",
+        "oneDNN",
+        "kernels",
     ]
     rows = []
     for r in records:
@@ -574,6 +583,8 @@ def speed_table(records):
                     r["precision"],
                     "skipped",
                     r.get("error", "")[:40],
+                    "",
+                    "",
                     "",
                     "",
                     "",
@@ -595,6 +606,8 @@ def speed_table(records):
                 _fmt(r["gflops"], ".0f"),
                 _fmt(r["pct_of_peak"], ".0f"),
                 _fmt(r["peak_gflops"], ".0f"),
+                {True: "on", False: "off"}.get(r.get("onednn"), "?"),
+                r.get("cpu_kind") or "?",
             ]
         )
     return _table(headers, rows)
@@ -657,6 +670,8 @@ def machine_record(results):
     record["cpu_count"] = os.cpu_count()
     peaks = {}
     for result in results:
+        if "cpu" in result["info"] and "cpu" not in record:
+            record["cpu"] = result["info"]["cpu"]
         record.update(result["info"].get("versions", {}))
         for key, value in result["info"].get("peaks", {}).items():
             peaks.setdefault(key, []).append(value)
@@ -785,6 +800,8 @@ def main(argv=None):
         f"{machine.get('CPU(s)', os.cpu_count())} CPUs ({machine.get('simd', '')}); "
         + ", ".join(f"{k} {v}" for k, v in machine.items() if k.endswith("version"))
     )
+    if "cpu" in machine:
+        print(cpu_info.summary(machine["cpu"]) + " (the plain configurations)")
     if "float32_matmul_gflops" in machine:
         print(
             f"Matmul peaks ({args.ref_size}^2): float32 "

@@ -51,6 +51,9 @@ def quick_run(tmp_path_factory):
 def test_prints_the_tables(quick_run):
     stdout, _ = quick_run
     assert stdout.startswith("Machine: ")
+    cpu_line = stdout.splitlines()[1]
+    assert cpu_line.startswith("CPU: ") and "; kind " in cpu_line
+    assert "oneDNN on (" in cpu_line or "oneDNN off (" in cpu_line
     assert "| model" in stdout
     for header in (
         "img/s",
@@ -78,6 +81,8 @@ def test_speed_records(quick_run):
         ("mixed_bfloat16", "train"),
     ]
     for r in speed:
+        assert r["onednn"] in (True, False)
+        assert r["cpu_kind"] in ("AVX-512 + AMX", "AVX-512", "AVX2", "other")
         assert r["steps"] == 3
         assert r["images_per_s"] > 0 and r["gflops"] > 0 and r["pct_of_peak"] > 0
         assert r["images_per_s"] == pytest.approx(r["batch"] / r["step_s"])
@@ -153,3 +158,29 @@ def test_gpu_check_says_when_there_is_no_gpu():
         assert "GPU check passed on GPU." in completed.stdout, completed.stderr[-2000:]
         return
     assert "No GPU found by TensorFlow: the GPU check was not run." in completed.stdout
+
+
+def test_cpu_description_reads_cpuinfo(tmp_path, monkeypatch):
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    import cpu_info
+
+    fake = tmp_path / "cpuinfo"
+    fake.write_text(
+        "processor\t: 0\nmodel name\t: AMD EPYC 7B13\n"
+        "flags\t\t: fpu sse4_2 avx avx2 fma\n\nprocessor\t: 1\n"
+        "model name\t: ignored\nflags\t\t: avx512f\n"
+    )
+    monkeypatch.delenv("ONEDNN_MAX_CPU_ISA", raising=False)
+    described = cpu_info.describe_cpu(str(fake))
+    assert described["model"] == "AMD EPYC 7B13"
+    assert described["extensions"] == ["AVX2", "FMA"]
+    assert described["kind"] == "AVX2"
+    flags = {"avx2", "fma", "avx512f", "avx512_bf16", "amx_tile", "amx_bf16"}
+    assert cpu_info.cpu_kind(flags) == "AVX-512 + AMX"
+    assert cpu_info.cpu_kind(flags - {"amx_tile", "amx_bf16"}) == "AVX-512"
+    assert cpu_info.cpu_kind(flags, "AVX2").startswith("AVX2 (oneDNN capped")
+    assert cpu_info.cpu_kind({"sse4_2"}) == "other"
+    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX2")
+    line = cpu_info.summary(cpu_info.describe_cpu(str(fake)))
+    assert line.startswith("CPU: AMD EPYC 7B13, ")
+    assert "ONEDNN_MAX_CPU_ISA=AVX2" in line

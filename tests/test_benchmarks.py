@@ -184,3 +184,37 @@ def test_cpu_description_reads_cpuinfo(tmp_path, monkeypatch):
     line = cpu_info.summary(cpu_info.describe_cpu(str(fake)))
     assert line.startswith("CPU: AMD EPYC 7B13, ")
     assert "ONEDNN_MAX_CPU_ISA=AVX2" in line
+
+
+def test_op_profile_sums_a_real_trace(tmp_path):
+    """The per-op profile of a tiny training step: the convolutions and their
+    gradients are found and attributed to the levels of their nodes."""
+    out = tmp_path / "profile.json"
+    completed = subprocess.run(
+        [sys.executable, str(REPO / "benchmarks" / "op_profile.py"), "--quick"]
+        + ["--json", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
+    assert completed.returncode == 0, completed.stderr[-2000:]
+    assert completed.stdout.startswith("CPU: ")
+    assert "| conv fwd |" in completed.stdout
+    result = json.loads(out.read_text())
+    seconds = result["op_seconds_per_step"]
+    for category in ("conv fwd", "conv bwd data", "conv bwd filter", "optimizer"):
+        assert seconds[category] > 0, category
+    # Depth 2: nodes at levels 0, 1 and 2 all have forward convolutions.
+    for level in (0, 1, 2):
+        assert result["by_level"][f"conv fwd|{level}"] > 0
+    assert 0 < result["pct_of_peak"] < 100
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    import op_profile
+
+    assert op_profile.level_of("unetpp_1/x_2_1_conv1_1/convolution") == 2
+    assert op_profile.level_of("unetpp_1/output_l1_logits_1/Add") is None
+    grad = "gradient_tape/unetpp_1/x_0_1_conv1_1/convolution/Conv2DBackpropInput"
+    assert op_profile.categorize(grad, "Conv2DBackpropInput") == "conv bwd data"
+    up = "unetpp_1/x_0_1_up_1/conv_transpose"
+    assert op_profile.categorize(up, "_MklNativeConv2DBackpropInput") == "up-conv fwd"

@@ -38,8 +38,9 @@ REPO = pathlib.Path(__file__).resolve().parents[1]
 UNTILED = "untiled"
 
 
-def _mode_name(overlap):
-    return UNTILED if overlap is None else f"tiled overlap {overlap:g}"
+def _mode_name(overlap, served=False):
+    name = UNTILED if overlap is None else f"tiled overlap {overlap:g}"
+    return f"served {name}" if served else name
 
 
 # --- The child: one prediction in a fresh process --------------------------
@@ -69,13 +70,23 @@ def run_child(config):
     import keras_unetpp
     from keras_unetpp.tiling import tile_positions
 
-    keras.utils.set_random_seed(config["seed"])
-    model = keras_unetpp.build(depth=config["depth"], filters=config["filters"])
     size, tile, overlap = config["size"], config["tile"], config["overlap"]
     rng = np.random.default_rng(config["seed"])
     image = rng.random((1, size, size, 1), dtype=np.float32)
+    keras.utils.set_random_seed(config["seed"])
+    model = keras_unetpp.build(depth=config["depth"], filters=config["filters"])
+    serve = None
+    if config.get("saved_model"):
+        # The SavedModel as TF Serving would run it; the Keras model only
+        # for the FLOP count.
+        import tensorflow as tf
+
+        signature = tf.saved_model.load(config["saved_model"]).signatures
+        serve = signature["serving_default"]
 
     def predict(images):
+        if serve is not None:
+            return serve(image=tf.constant(images))["probabilities"].numpy()
         if overlap is None:
             return keras_unetpp.predict_padded(model, images, batch_size=1)
         return keras_unetpp.predict_tiled(
@@ -97,7 +108,7 @@ def run_child(config):
     if overlap is not None:
         tiles = len(tile_positions(size, tile, overlap)) ** 2
     return {
-        "mode": _mode_name(overlap),
+        "mode": _mode_name(overlap, serve is not None),
         "seconds": seconds,
         "tiles": tiles,
         "peak_rss_bytes": peak,
@@ -146,6 +157,7 @@ def benchmark(
     seed=0,
     timeout=1800,
     log=print,
+    served=False,
 ):
     """Runs every mode `repeats` times, each in a fresh process.
 
@@ -160,6 +172,11 @@ def benchmark(
         seed: int, seed of the weights and the image. Defaults to `0`.
         timeout: seconds allowed to one child. Defaults to `1800`.
         log: callable for progress lines. Defaults to `print`.
+        served: bool, run the SavedModels of `export_pruned` (the level
+            `depth`, untiled and with `tiling={"tile_size": tile, "overlap":
+            o, "batch_size": batch}`) instead of `predict_padded` and
+            `predict_tiled`: what a server holds for one large request.
+            Defaults to `False`.
 
     Returns:
         A dict: `"rows"` (one per mode, medians), `"ratios"` (tiled over
@@ -168,15 +185,19 @@ def benchmark(
         prediction from the untiled one, first repeat).
     """
     modes = [None, *overlaps]
-    runs = {_mode_name(o): [] for o in modes}
+    runs = {_mode_name(o, served): [] for o in modes}
     with tempfile.TemporaryDirectory() as folder:
+        exported = {}
+        if served:
+            exported = _export(folder, depth, filters, tile, modes, batch, seed)
         saved = {}
         for repeat in range(repeats):
             for overlap in modes:
-                name = _mode_name(overlap)
+                name = _mode_name(overlap, served)
                 config = dict(
                     size=size, depth=depth, filters=filters, tile=tile,
                     overlap=overlap, batch=batch, seed=seed,
+                    saved_model=exported.get(overlap),
                 )  # fmt: skip
                 if repeat == 0:
                     saved[name] = config["save"] = os.path.join(
@@ -205,10 +226,31 @@ def benchmark(
     return {"rows": rows, "ratios": ratios, "runs": runs, "agreement": agreement}
 
 
+def _export(folder, depth, filters, tile, modes, batch, seed):
+    """The SavedModel of level `depth` per mode (None: untiled), as exported."""
+    import keras
+
+    import keras_unetpp
+    from keras_unetpp.export import export_pruned
+
+    keras.utils.set_random_seed(seed)
+    model = keras_unetpp.build(depth=depth, filters=filters)
+    paths = {}
+    for k, overlap in enumerate(modes):
+        tiling = None
+        if overlap is not None:
+            tiling = {"tile_size": tile, "overlap": overlap, "batch_size": batch}
+        written = export_pruned(
+            model, os.path.join(folder, f"export{k}"), levels=[depth], tiling=tiling
+        )
+        paths[overlap] = str(written[depth])
+    return paths
+
+
 def _agreement(saved):
     import numpy as np
 
-    untiled = np.load(saved.pop(UNTILED))
+    untiled = np.load(saved.pop(next(iter(saved))))  # The untiled mode, first.
     out = {}
     for name, path in saved.items():
         difference = np.abs(np.load(path) - untiled)
@@ -294,6 +336,12 @@ def main(argv=None):
         help="smoke test: a 320x320 image, 64x64 tiles, filters 4, 1 repeat",
     )  # fmt: skip
     parser.add_argument("--json", help="also write the results to this JSON file")
+    parser.add_argument(
+        "--served",
+        action="store_true",
+        help="serve the exported SavedModels (untiled, and tiled inside the "
+        "graph with export_pruned(tiling=...)) instead of the Python calls",
+    )
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.child:
@@ -313,7 +361,7 @@ def main(argv=None):
     result = benchmark(
         size=args.size, depth=args.depth, filters=args.filters, tile=args.tile,
         overlaps=tuple(args.overlaps), batch=args.batch, repeats=args.repeats,
-        log=lambda line: print(line, flush=True),
+        log=lambda line: print(line, flush=True), served=args.served,
     )  # fmt: skip
     print(markdown_tables(result))
     if args.json:

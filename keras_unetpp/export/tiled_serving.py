@@ -228,16 +228,6 @@ def tiled_probabilities(network, images, settings, stride, output_activation):
     def pixel_indices(corner):
         return corner[None, None, :] + offsets
 
-    # The sum of the weights that cover each pixel of the padded image.
-    weight_indices = tf.map_fn(
-        pixel_indices, corners, fn_output_signature=tf.TensorSpec(None, tf.int32)
-    )
-    weight_sum = tf.tensor_scatter_nd_add(
-        tf.zeros(tf.stack([padded_h, padded_w])),
-        weight_indices,
-        tf.tile(weights[None], tf.stack([tiles_per_image, 1, 1])),
-    )
-
     transforms = _transforms(settings.tta)
     classes = network.outputs[0].shape[-1]
     size = settings.batch_size
@@ -266,7 +256,12 @@ def tiled_probabilities(network, images, settings, stride, output_activation):
             total = output if total is None else total + output
         if len(transforms) > 1:
             total = total / len(transforms)
-        total = total * weights[None, :, :, None]
+        # The weights ride along as one more channel: their sum per pixel
+        # is the normalization, with no image-sized index tensor.
+        tile_weights = tf.broadcast_to(
+            weights[None, :, :, None], tf.concat([tf.shape(total)[:3], [1]], 0)
+        )
+        total = tf.concat([total * tile_weights, tile_weights], axis=-1)
         pixels = tf.map_fn(
             pixel_indices, corner, fn_output_signature=tf.TensorSpec(None, tf.int32)
         )
@@ -279,15 +274,15 @@ def tiled_probabilities(network, images, settings, stride, output_activation):
         indices, values = predict_chunk(start)
         return start + size, tf.tensor_scatter_nd_add(result, indices, values)
 
-    result = tf.zeros(tf.stack([batch, padded_h, padded_w, classes]))
+    result = tf.zeros(tf.stack([batch, padded_h, padded_w, classes + 1]))
     _, result = tf.while_loop(
         lambda start, _: start < jobs,
         body,
         (tf.constant(0), result),
         shape_invariants=(
             tf.TensorShape([]),
-            tf.TensorShape([None, None, None, classes]),
+            tf.TensorShape([None, None, None, classes + 1]),
         ),
     )
-    result = result / weight_sum[None, :, :, None]
-    return result[:, :height, :width, :]
+    result = result[:, :height, :width, :]
+    return result[..., :classes] / result[..., classes:]

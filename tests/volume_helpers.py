@@ -4,8 +4,6 @@ import pathlib
 
 import numpy as np
 
-HIPPOCAMPUS = pathlib.Path(__file__).resolve().parents[1].parent / "shared/data/msd_hippocampus"
-
 
 def ball_volume(shape, centre, radius, classes=2, seed=0):
     """An image and label map: a ball (classes 1.. in shells), noise outside.

@@ -35,7 +35,9 @@ def _tile(tile_size, shape, stride):
     """The tile: `tile_size`, or the whole volume padded to the stride."""
     if tile_size is None:
         return tuple(padded_size(n, stride, stride) for n in shape)
-    return tile_size
+    if isinstance(tile_size, (int, np.integer)):
+        return (int(tile_size),) * 3
+    return tuple(tile_size)
 
 
 def predict_volume(
@@ -340,9 +342,7 @@ def evaluate_volume_levels(
             for c in dice:
                 dice_sums[c] += dice[c]
                 iou_sums[c] += iou[c]
-            tile = tuple(_tile(tile_size, image.shape[:3], stride))
-            if isinstance(tile_size, int):
-                tile = (tile_size,) * 3
+            tile = _tile(tile_size, image.shape[:3], 2**info.depth)
             if tile not in flops_cache:
                 flops_cache[tile] = count_flops(net, tile[1], tile[2], depth=tile[0])
             flops += (

@@ -315,14 +315,13 @@ def evaluate_volume_levels(
         loaded.append((image, volume.array.shape[:3], truth.array))
     transforms = {None: 1, "flips": 8, "flips+rot90": 16}.get(tta, 1)
     rows = []
-    for key, net, label in _outputs(model):
+    for _, net, label in _outputs(model):
+        # The single-output sub-network itself (the pruned head, or the
+        # accurate mode), built once: its predict function is traced once.
         stride = 2 ** describe(net).depth
-        output = key if info.deep_supervision else None
 
-        def run(image, output=output):
-            return predict_volume(
-                model, image, tile_size, overlap, output, tta, batch_size
-            )
+        def run(image, net=net):
+            return predict_volume(net, image, tile_size, overlap, None, tta, batch_size)
 
         run(loaded[0][0])  # warm-up: tracing, allocation
         dice_sums, iou_sums = None, None
@@ -342,7 +341,7 @@ def evaluate_volume_levels(
             for c in dice:
                 dice_sums[c] += dice[c]
                 iou_sums[c] += iou[c]
-            tile = _tile(tile_size, image.shape[:3], 2**info.depth)
+            tile = _tile(tile_size, image.shape[:3], stride)
             if tile not in flops_cache:
                 flops_cache[tile] = count_flops(net, tile[1], tile[2], depth=tile[0])
             flops += (

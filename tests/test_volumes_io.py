@@ -200,3 +200,29 @@ def test_nearest_resampling_of_labels_and_target_spacing(tmp_path):
 def test_gzip_payload_is_a_valid_nifti(tmp_path):
     out = volumes.write_label_map(tmp_path / "l.nii.gz", np.zeros((3, 4, 5), np.uint8))
     assert gzip.decompress(out.read_bytes())[344:348] == b"n+1\x00"
+
+
+def test_volume_source_splits_by_manifest_or_at_random(tmp_path):
+    from keras_unetpp.volumes import runs as volume_runs
+
+    root = write_dataset(tmp_path / "d", count=5, shape=(8, 8, 8))
+    source = volume_runs.volume_source(
+        images_dir=root / "images", labels_dir=root / "labels", val_fraction=0.4
+    )
+    train = volume_runs.source_pairs(source, "train")
+    val = volume_runs.source_pairs(source, "val")
+    assert len(train) == 3 and len(val) == 2  # round(0.4 * 5)
+    assert {p.stem for p in train} | {p.stem for p in val} == {
+        f"case_{k:03d}" for k in range(5)
+    }
+    assert volume_runs.source_pairs(source, "val") == val  # seeded: the same
+    (root / "manifest.csv").write_text(
+        "stem,suggested_split\n"
+        + "".join(f"case_{k:03d},{'val' if k == 4 else 'train'}\n" for k in range(5))
+    )
+    source = volume_runs.volume_source(data_dir=root)
+    assert [p.stem for p in volume_runs.source_pairs(source, "val")] == ["case_004"]
+    assert len(volume_runs.source_pairs(source, "train")) == 4
+    assert volume_runs.is_volume_data(data_dir=root)
+    assert volume_runs.is_volume_data(images_dir=root / "images")
+    assert not volume_runs.is_volume_data(data_dir=tmp_path)

@@ -951,6 +951,8 @@ def _run_train_volumes(args):
                 f"--{flag.replace('_', '-')} is not for volumes; their "
                 "split comes from manifest.csv or --val-fraction"
             )
+    if args.strategy != "default":
+        raise UsageError("--strategy is not supported for volumes yet")
     source = volume_runs.volume_source(
         data_dir=args.data,
         images_dir=args.images,

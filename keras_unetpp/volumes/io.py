@@ -196,7 +196,7 @@ def read_image(path, channels=1):
             f"model takes {channels}",
             path=path,
         )
-    if not (np.issubdtype(array.dtype, np.number) and array.dtype != np.complex128):
+    if not np.issubdtype(array.dtype, np.number) or np.iscomplexobj(array):
         raise DataError(f"{path}: voxels of type {array.dtype}", path=path)
     array = np.asarray(array, np.float32)
     bad = ~np.isfinite(array)

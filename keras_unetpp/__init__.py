@@ -43,6 +43,7 @@ _LAZY = {
     "data": "keras_unetpp.data",
     "export": "keras_unetpp.export",
     "distribute": "keras_unetpp.distribute",
+    "volumes": "keras_unetpp.volumes",
     "get_strategy": "keras_unetpp.distribute",
     "validate_tf_config": "keras_unetpp.distribute",
     "check_global_batch": "keras_unetpp.distribute",
@@ -140,6 +141,7 @@ __all__ = [
     "tfds_dataset",
     "train",
     "validate_tf_config",
+    "volumes",
     "write_synthetic_dataset",
 ]
 

@@ -359,6 +359,71 @@ def _add_train(commands):
         default=1,
         help="0 silent, 1 progress bars (default), 2 one line per epoch",
     )
+    _add_volume_flags(p)
+
+
+def _add_volume_flags(p):
+    v = p.add_argument_group(
+        "volumes (3D; used when --data holds imagesTr/ + labelsTr/ or images/ "
+        "+ labels/ with .nii, .nii.gz or .npy volumes, or --images holds volumes)"
+    )
+    v.add_argument(
+        "--patch-size",
+        type=_positive_int,
+        nargs="+",
+        metavar="N",
+        help="training patch, N or D H W voxels, multiples of 2**depth; also "
+        "the sliding-window tile of evaluate and predict (default: 32 32 32)",
+    )
+    v.add_argument(
+        "--foreground-share",
+        type=_fraction,
+        help="share of patches forced to contain foreground (default: 0.33)",
+    )
+    v.add_argument(
+        "--intensity",
+        choices=("zscore", "zscore-nonzero", "ct", "none"),
+        help="per-volume z-score (MRI; over nonzero voxels with "
+        "zscore-nonzero), a CT window in HU (--ct-window) mapped to [0, 1], "
+        "or none (default: zscore)",
+    )
+    v.add_argument(
+        "--ct-window",
+        type=float,
+        nargs=2,
+        metavar=("LOW", "HIGH"),
+        help="Hounsfield units clipped by --intensity ct (default: -1000 1000)",
+    )
+    v.add_argument(
+        "--spacing",
+        type=_positive_float,
+        nargs=3,
+        metavar=("Z", "Y", "X"),
+        help="resample every volume to this voxel size (from its NIfTI "
+        "header; labels nearest-neighbour) (default: keep each file's grid)",
+    )
+
+
+def _add_volume_inference_flags(p):
+    v = p.add_argument_group("volume runs")
+    v.add_argument(
+        "--tile-size",
+        type=_positive_int,
+        nargs="+",
+        metavar="N",
+        help="sliding-window tile, N or D H W voxels (default: the run's --patch-size)",
+    )
+    v.add_argument(
+        "--overlap",
+        type=_overlap,
+        default=0.5,
+        help="share of a tile its neighbours overlap, in [0, 1) (default: 0.5)",
+    )
+    v.add_argument(
+        "--tta",
+        choices=("flips", "flips+rot90"),
+        help="test-time augmentation: average over flips (and in-plane turns)",
+    )
 
 
 def _add_folder_source(group, command):
@@ -475,6 +540,7 @@ def _add_evaluate(commands):
         metavar="DIR",
         help="where to write the files (default: RUN_DIR/evaluation)",
     )
+    _add_volume_inference_flags(p)
 
 
 def _add_predict(commands):
@@ -687,7 +753,11 @@ def _run_synthetic(args):
 
 def _run_train(args):
     from keras_unetpp import runs, sources
+    from keras_unetpp.volumes import runs as volume_runs
 
+    if volume_runs.is_volume_data(args.data, args.images):
+        return _run_train_volumes(args)
+    _refuse_volume_flags(args)
     if args.manifest is not None and args.images is None and args.data is None:
         raise UsageError("--manifest goes with --images/--masks or --data")
     source = sources.data_source(
@@ -766,7 +836,12 @@ def _run_train(args):
 
 def _run_evaluate(args):
     from keras_unetpp import runs, sources
+    from keras_unetpp.volumes import runs as volume_runs
 
+    if volume_runs.is_volume_run(args.run):
+        return _run_evaluate_volumes(args)
+    if args.tile_size or args.tta:
+        raise UsageError("--tile-size and --tta of evaluate are for volume runs")
     other = (args.data, args.images, args.masks, args.dsb2018)
     if args.manifest is not None and args.images is None and args.data is None:
         raise UsageError("--manifest goes with --images/--masks or --data")
@@ -816,7 +891,10 @@ def _run_evaluate(args):
 
 def _run_predict(args):
     from keras_unetpp import runs
+    from keras_unetpp.volumes import runs as volume_runs
 
+    if volume_runs.is_volume_run(args.run):
+        return _run_predict_volumes(args)
     if (args.input is None) == (args.split is None):
         raise UsageError(
             f"give IMAGES_DIR or --split, not {'both' if args.input else 'neither'}"
@@ -885,6 +963,160 @@ def _run_export(args):
             summary["tta"] = settings["tta"]
         print(f"Served {_describe_tiling(summary)}, inside the graph.")
     print(f"TF Serving config: {first.parent.parent / 'models.config'}")
+
+
+_VOLUME_FLAGS = ("patch_size", "foreground_share", "intensity", "ct_window", "spacing")
+
+
+def _refuse_volume_flags(args):
+    given = [f for f in _VOLUME_FLAGS if getattr(args, f) is not None]
+    if given:
+        flags = ", ".join("--" + f.replace("_", "-") for f in given)
+        raise UsageError(
+            f"{flags}: for volumes, but the data holds no .nii, .nii.gz or .npy "
+            "volumes (imagesTr/ + labelsTr/ or images/ + labels/)"
+        )
+
+
+def _triple(values, flag):
+    if values is None:
+        return None
+    if len(values) not in (1, 3):
+        raise UsageError(f"{flag} takes N or D H W")
+    return values[0] if len(values) == 1 else tuple(values)
+
+
+def _run_train_volumes(args):
+    from keras_unetpp.volumes import runs as volume_runs
+
+    for flag in ("val_data", "val_images", "val_masks", "dsb2018", "tfds"):
+        if getattr(args, flag) is not None:
+            raise UsageError(
+                f"--{flag.replace('_', '-')} is not for volumes; their "
+                "split comes from manifest.csv or --val-fraction"
+            )
+    if args.strategy != "default":
+        raise UsageError("--strategy is not supported for volumes yet")
+    source = volume_runs.volume_source(
+        data_dir=args.data,
+        images_dir=args.images,
+        labels_dir=args.masks,
+        manifest=args.manifest,
+        split_column=args.split_column or "suggested_split",
+        val_fraction=0.2 if args.val_fraction is None else args.val_fraction,
+        no_val=args.no_val,
+        seed=args.seed,
+    )
+    deep_supervision = args.deep_supervision
+    if deep_supervision is None:
+        deep_supervision = args.architecture == "unetpp"
+    result = volume_runs.train_volume_run(
+        args.output,
+        source,
+        architecture=args.architecture,
+        depth=args.depth,
+        filters=_filters(args.filters),
+        deep_supervision=deep_supervision,
+        normalization=args.normalization,
+        patch_size=_triple(args.patch_size, "--patch-size") or (32, 32, 32),
+        channels=args.channels,
+        num_classes=args.num_classes,
+        foreground_share=(
+            0.33 if args.foreground_share is None else args.foreground_share
+        ),
+        intensity=args.intensity or "zscore",
+        ct_window=args.ct_window or (-1000.0, 1000.0),
+        spacing=args.spacing,
+        batch_size=args.batch_size,
+        epochs=args.epochs,
+        steps_per_epoch=args.steps_per_epoch,
+        learning_rate=args.learning_rate,
+        lr_schedule=args.lr_schedule,
+        loss_weights=args.loss_weights,
+        monitor=args.monitor,
+        augment=args.augment,
+        precision=args.precision,
+        recompute=args.recompute,
+        save_every=args.save_every,
+        seed=args.seed,
+        tensorboard=args.tensorboard,
+        time_budget=None if args.time_budget is None else 60.0 * args.time_budget,
+        verbose=args.verbose,
+    )
+    best = result["best"]
+    best_text = "n/a" if best is None else f"{best:.4f}"
+    epochs = len(result["history"])
+    if result["stopped_by_time_budget"]:
+        print(
+            f"Stopped by --time-budget after {epochs} epoch(s); run the same "
+            "command to continue."
+        )
+    print(
+        f"Done ({epochs} epoch(s)): best {result['monitor']} = {best_text}. Run "
+        f"folder {result['run_dir']}: best.keras, last.keras, history.csv, "
+        "splits.csv, logs/."
+    )
+
+
+def _run_evaluate_volumes(args):
+    from keras_unetpp.volumes import runs as volume_runs
+
+    for flag in ("images", "masks", "manifest", "dsb2018", "batch_size"):
+        if getattr(args, flag, None) is not None:
+            raise UsageError(f"--{flag.replace('_', '-')} is not for volume runs")
+    source = None
+    if args.data is not None:
+        source = volume_runs.volume_source(data_dir=args.data)
+    result = volume_runs.evaluate_volume_run(
+        args.run,
+        model=args.model,
+        split=args.split or ("all" if source else "val"),
+        source=source,
+        tile_size=_triple(args.tile_size, "--tile-size"),
+        overlap=args.overlap,
+        tta=args.tta,
+        threshold=args.threshold,
+        output_dir=args.output,
+    )
+    tile = "x".join(map(str, result["tile"]))
+    print(
+        f"Scored {args.model} on {result['volumes']} volumes, whole, by sliding "
+        f"window (tiles {tile}, overlap {args.overlap:g}); Dice and IoU per "
+        "volume, averaged; GFLOPs and ms per volume."
+    )
+    print(result["table"])
+    print(f"Wrote {result['csv']} and {result['json']}.")
+
+
+def _run_predict_volumes(args):
+    from keras_unetpp.volumes import runs as volume_runs
+
+    if (args.input is None) == (args.split is None):
+        raise UsageError(
+            f"give VOLUMES_DIR or --split, not {'both' if args.input else 'neither'}"
+        )
+    if args.overlays or args.probabilities:
+        raise UsageError("--overlays and --probabilities are for 2D runs")
+    result = volume_runs.predict_volume_run(
+        args.run,
+        input_dir=args.input,
+        split=args.split,
+        output_dir=args.output,
+        model=args.model,
+        level=args.level,
+        accurate=args.accurate,
+        tile_size=_triple(args.tile_size, "--tile-size"),
+        overlap=args.overlap,
+        tta=args.tta,
+        threshold=args.threshold,
+    )
+    count = len(result["labels"])
+    tile = "x".join(map(str, result["tile"]))
+    print(
+        f"Wrote {count} label map{'' if count == 1 else 's'} to "
+        f"{result['output_dir']}/labels/ ({result['model']}; tiles {tile}, "
+        f"overlap {args.overlap:g}; each with its input's affine and header)."
+    )
 
 
 _COMMANDS = {

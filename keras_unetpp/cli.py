@@ -404,28 +404,6 @@ def _add_volume_flags(p):
     )
 
 
-def _add_volume_inference_flags(p):
-    v = p.add_argument_group("volume runs")
-    v.add_argument(
-        "--tile-size",
-        type=_positive_int,
-        nargs="+",
-        metavar="N",
-        help="sliding-window tile, N or D H W voxels (default: the run's --patch-size)",
-    )
-    v.add_argument(
-        "--overlap",
-        type=_overlap,
-        default=0.5,
-        help="share of a tile its neighbours overlap, in [0, 1) (default: 0.5)",
-    )
-    v.add_argument(
-        "--tta",
-        choices=("flips", "flips+rot90"),
-        help="test-time augmentation: average over flips (and in-plane turns)",
-    )
-
-
 def _add_folder_source(group, command):
     manifest = (
         "its split column (--split-column) gives train/val/test"
@@ -505,7 +483,8 @@ def _add_evaluate(commands):
         p,
         "predict each image tile by tile as predict --tile-size (and an "
         "export with --tile-size) does; crop-mode runs only (default: whole "
-        "images)",
+        "images); volume runs: the sliding-window tile, N or D H W voxels "
+        "(default: the run's --patch-size)",
         tta_help="also score with test-time augmentation: the table gains "
         "IoU and Dice with TTA next to those without (whole images, or "
         "tiles with --tile-size)",
@@ -540,7 +519,6 @@ def _add_evaluate(commands):
         metavar="DIR",
         help="where to write the files (default: RUN_DIR/evaluation)",
     )
-    _add_volume_inference_flags(p)
 
 
 def _add_predict(commands):
@@ -602,7 +580,8 @@ def _add_predict(commands):
         "predict tile by tile (sliding window, gaussian blending) with tiles "
         "of N (or H W) pixels, a multiple of 2**depth: memory bounded by the "
         "tile batch, for large images; crop-mode runs only (default: whole "
-        "image, as the SavedModels)",
+        "image, as the SavedModels); volume runs: N or D H W voxels, always "
+        "tiled (default: the run's --patch-size)",
     )
 
 
@@ -840,8 +819,6 @@ def _run_evaluate(args):
 
     if volume_runs.is_volume_run(args.run):
         return _run_evaluate_volumes(args)
-    if args.tile_size or args.tta:
-        raise UsageError("--tile-size and --tta of evaluate are for volume runs")
     other = (args.data, args.images, args.masks, args.dsb2018)
     if args.manifest is not None and args.images is None and args.data is None:
         raise UsageError("--manifest goes with --images/--masks or --data")

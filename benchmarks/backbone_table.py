@@ -92,7 +92,7 @@ def markdown(rows, depth=DEPTH, size=SIZE):
         cells = [
             f"`{row['backbone']}`",
             f"{row['params'] / 1e6:.2f}M",
-            f"{row['encoder_params'] / 1e6:.2f}M",
+            f"{row['encoder_params'] / 1e6:.2f}M" if row["encoder_params"] else "-",
             f"{row['gflops']:.1f}",
             *(f"{count / 1e6:.3f}M" for count in row["levels"]),
             *(f"`{tap}`" if tap else "-" for tap in row["taps"]),

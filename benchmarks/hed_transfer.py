@@ -82,7 +82,7 @@ def main(argv=None):
     weights = out / "vgg16_hed.weights.h5"
     if not weights.exists():
         vgg16_weights_from_hed(weights)
-    source = sources.data_source(dsb2018_dir=args.data, seed=args.seed)
+    source = sources.data_source(data_dir=args.data, seed=args.seed)
     variants = {"random": (None, 0), "hed": (str(weights), 0)}
     if args.freeze_encoder_epochs:
         variants["hed_frozen"] = (str(weights), args.freeze_encoder_epochs)

@@ -17,6 +17,7 @@ from keras_unetpp import _startup  # noqa: F401
 from keras_unetpp.description import (
     ModelDescription,
     describe,
+    encoder_layers,
     head_levels,
     model_depth,
     node_name,
@@ -78,6 +79,7 @@ _LAZY = {
     "load_metadata": "keras_unetpp.export",
     "fuse_batch_norm": "keras_unetpp.fused_batch_norm",
     "recompute_nodes": "keras_unetpp.recompute",
+    "set_encoder_trainable": "keras_unetpp.fine_tuning",
 }
 
 __all__ = [
@@ -108,6 +110,7 @@ __all__ = [
     "describe",
     "distribute",
     "dsb2018_pairs",
+    "encoder_layers",
     "evaluate_levels",
     "export",
     "export_pruned",
@@ -135,6 +138,7 @@ __all__ = [
     "recompute_nodes",
     "resolve_precision",
     "save_on_chief",
+    "set_encoder_trainable",
     "set_precision",
     "soft_dice",
     "split_pairs",

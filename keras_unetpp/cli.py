@@ -239,6 +239,7 @@ def _add_train(commands):
         default=1,
         help="1 = binary (default), more = class-index masks",
     )
+    _add_backbone_flags(p)
     d = p.add_argument_group("input")
     d.add_argument(
         "--pixel-scaling",
@@ -401,6 +402,63 @@ def _add_volume_flags(p):
         metavar=("Z", "Y", "X"),
         help="resample every volume to this voxel size (from its NIfTI "
         "header; labels nearest-neighbour) (default: keep each file's grid)",
+    )
+
+
+def _add_backbone_flags(p):
+    b = p.add_argument_group(
+        "pretrained encoder (UNet++ on a keras.applications trunk; docs/backbones.md)"
+    )
+    b.add_argument(
+        "--backbone",
+        metavar="NAME",
+        help="encoder trunk, e.g. vgg16, resnet50, densenet121, "
+        "efficientnetb0, convnext_tiny, mobilenetv2 (default: the "
+        "built-in UNet++ encoder)",
+    )
+    b.add_argument(
+        "--encoder-weights",
+        metavar="imagenet|none|PATH",
+        help="the trunk's weights: imagenet (Keras' download and cache), "
+        "none (random) or a weights file saved from the same "
+        "keras.applications model (default: none)",
+    )
+    b.add_argument(
+        "--freeze-encoder-epochs",
+        type=int,
+        metavar="N",
+        help="train N epochs with the trunk frozen (its batch norms in "
+        "inference mode), then fine-tune it (default: 0)",
+    )
+    b.add_argument(
+        "--unfreeze-lr-factor",
+        type=_positive_float,
+        metavar="F",
+        help="learning-rate multiplier after the unfreeze, in (0, 1] (default: 0.1)",
+    )
+
+
+def _backbone_settings(args):
+    """The backbone keyword arguments of `runs.train_run` from the flags."""
+    weights = args.encoder_weights
+    if weights is not None and weights.lower() == "none":
+        weights = None
+    elif weights is not None and weights.lower() == "imagenet":
+        weights = "imagenet"
+    if args.unfreeze_lr_factor is not None and not args.freeze_encoder_epochs:
+        raise UsageError("--unfreeze-lr-factor goes with --freeze-encoder-epochs N")
+    if args.freeze_encoder_epochs is not None and args.freeze_encoder_epochs < 0:
+        raise UsageError(
+            "--freeze-encoder-epochs must be 0 or more. Received: "
+            f"{args.freeze_encoder_epochs}"
+        )
+    return dict(
+        backbone=args.backbone,
+        encoder_weights=weights,
+        freeze_encoder_epochs=args.freeze_encoder_epochs or 0,
+        unfreeze_lr_factor=(
+            0.1 if args.unfreeze_lr_factor is None else args.unfreeze_lr_factor
+        ),
     )
 
 
@@ -737,6 +795,7 @@ def _run_train(args):
     if volume_runs.is_volume_data(args.data, args.images):
         return _run_train_volumes(args)
     _refuse_volume_flags(args)
+    backbone = _backbone_settings(args)
     if args.manifest is not None and args.images is None and args.data is None:
         raise UsageError("--manifest goes with --images/--masks or --data")
     source = sources.data_source(
@@ -793,6 +852,7 @@ def _run_train(args):
         tensorboard=args.tensorboard,
         time_budget=None if args.time_budget is None else 60.0 * args.time_budget,
         verbose=args.verbose,
+        **backbone,
     )
     best = result["best"]
     best_text = "n/a" if best is None else f"{best:.4f}"
@@ -974,6 +1034,12 @@ def _run_train_volumes(args):
             )
     if args.strategy != "default":
         raise UsageError("--strategy is not supported for volumes yet")
+    for flag in ("backbone", "encoder_weights", "freeze_encoder_epochs"):
+        if getattr(args, flag) is not None:
+            raise UsageError(
+                f"--{flag.replace('_', '-')} is for 2D images; the pretrained "
+                "encoders are 2D keras.applications trunks"
+            )
     source = volume_runs.volume_source(
         data_dir=args.data,
         images_dir=args.images,

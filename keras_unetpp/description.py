@@ -44,6 +44,7 @@ _NODE = re.compile(
 )
 _HEAD = re.compile(r"^output_l(\d+)$")
 _ENCODER = re.compile(r"^encoder_([a-z0-9_]+)$")
+_LOGITS = re.compile(r"^output_l(\d+)_logits$")
 _NORM_SUFFIX = {"batch": "bn", "group": "gn"}
 
 
@@ -322,3 +323,39 @@ def model_depth(model):
 def head_levels(model):
     """The levels L whose head `output_l<L>` the model holds, as a sorted list."""
     return list(describe(model).heads)
+
+
+def encoder_layers(model):
+    """The layers of a model's `keras.applications` trunk, in graph order.
+
+    Those are the backbone's own layers: every layer outside the naming
+    contract above (not a node X(i,j), a head, the input, the backbone's
+    pixel preprocessing or the accurate mode's mean). A model on the
+    built-in encoder has none. `keras_unetpp.fine_tuning` freezes and
+    unfreezes them.
+
+    Args:
+        model: a `keras.Model` built by keras_unetpp (or pruned from one).
+
+    Returns:
+        list of `keras.layers.Layer`, empty for the built-in encoder.
+
+    Example:
+
+    ```python
+    model = keras_unetpp.build(3, (None, None, 3), backbone="resnet50")
+    sum(layer.count_params() for layer in encoder_layers(model))
+    ```
+    """
+    return [
+        layer
+        for layer in model.layers
+        if not (
+            isinstance(layer, keras.layers.InputLayer)
+            or parse_node(layer.name) is not None
+            or parse_head(layer.name) is not None
+            or layer.name == ACCURATE_OUTPUT
+            or _ENCODER.match(layer.name)
+            or _LOGITS.match(layer.name)
+        )
+    ]

@@ -27,8 +27,10 @@ def count_flops(model, height, width, depth=None):
     Counts 2 FLOPs per multiply-add of the convolutions and transposed
     convolutions (which hold almost all of a UNet++'s work), plus one FLOP
     per output element of the bias additions and of the average of the
-    accurate mode. Normalization, activations and pooling are not counted,
-    as is usual for convolutional networks.
+    accurate mode. A backbone's depthwise convolutions and position-wise
+    dense layers (MobileNetV2, EfficientNet, ConvNeXt) count the same way.
+    Normalization, activations and pooling are not counted, as is usual for
+    convolutional networks.
 
     Args:
         model: a functional `keras.Model` (any keras_unetpp model).
@@ -70,6 +72,21 @@ def count_flops(model, height, width, depth=None):
             flops += 2 * kernel * cin * cout * positions
             if layer.use_bias:
                 flops += _spatial(layer.output.shape) * cout
+        elif isinstance(layer, keras.layers.DepthwiseConv2D):
+            # A backbone's depthwise convolution: one kernel per channel.
+            kernel = math.prod(layer.kernel_size)
+            cout = layer.input.shape[-1] * layer.depth_multiplier
+            positions = _spatial(layer.output.shape)
+            flops += 2 * kernel * cout * positions
+            if layer.use_bias:
+                flops += positions * cout
+        elif isinstance(layer, keras.layers.Dense):
+            # A backbone's pointwise layer (ConvNeXt) on every position.
+            cin, cout = layer.input.shape[-1], layer.units
+            positions = _spatial(layer.output.shape)
+            flops += 2 * cin * cout * positions
+            if layer.use_bias:
+                flops += positions * cout
         elif isinstance(layer, keras.layers.Average):
             shape = layer.output.shape
             flops += len(layer.input) * _spatial(shape) * shape[-1]

@@ -136,6 +136,10 @@ def train_run(
     tensorboard=True,
     time_budget=None,
     verbose=1,
+    backbone=None,
+    encoder_weights=None,
+    freeze_encoder_epochs=0,
+    unfreeze_lr_factor=0.1,
 ):
     """Builds a model, trains it on a data source, and records the run.
 
@@ -195,6 +199,16 @@ def train_run(
             starts (the same command continues later), or `None`.
             Defaults to `None`.
         verbose: 0, 1 (progress bars) or 2. Defaults to `1`.
+        backbone: `None` (UNet++'s own encoder) or a `keras.applications`
+            trunk name (see `keras_unetpp.backbones.BACKBONES`); UNet++
+            only. Recorded in `run.json`. Defaults to `None`.
+        encoder_weights: `None`, `"imagenet"` or the path of a weights file
+            of the backbone (see `build`); `run.json` records the name or the
+            file's name, not its folder. Defaults to `None`.
+        freeze_encoder_epochs: int, epochs with the backbone frozen before
+            it is fine-tuned (see `training.train`). Defaults to `0`.
+        unfreeze_lr_factor: float in (0, 1], the learning-rate multiplier
+            after the unfreeze. Defaults to `0.1`.
 
     Returns:
         The dict of `training.train`, plus `run_dir`.
@@ -218,6 +232,14 @@ def train_run(
             "option. Received: architecture='unet', deep_supervision=True"
         )
     image_size = _image_size(image_size, depth)
+    encoder = check_encoder_settings(
+        architecture,
+        depth,
+        backbone,
+        encoder_weights,
+        freeze_encoder_epochs,
+        unfreeze_lr_factor,
+    )
     batch_size = check_int(batch_size, "batch_size")
     # Before run.json is written: it must never hold NaN or Infinity.
     learning_rate = check_positive(learning_rate, "learning_rate")
@@ -247,6 +269,7 @@ def train_run(
             ),
             "deep_supervision": bool(deep_supervision),
             "normalization": normalization,
+            **encoder["model"],
         },
         "training": {
             "epochs": int(epochs),
@@ -259,6 +282,7 @@ def train_run(
             "recompute": bool(recompute),
             "strategy": strategy,
             "save_every": save_every,
+            **encoder["training"],
         },
     }
     output_dir = pathlib.Path(output_dir)
@@ -309,7 +333,12 @@ def train_run(
         if architecture == "unet":
             model = build_unet(**model_kwargs)
         else:
-            model = build(deep_supervision=deep_supervision, **model_kwargs)
+            model = build(
+                deep_supervision=deep_supervision,
+                backbone=backbone,
+                encoder_weights=encoder_weights,
+                **model_kwargs,
+            )
         prepare_for_strategy(model, distribution)
         if recompute:
             recompute_nodes(model)
@@ -350,9 +379,74 @@ def train_run(
             tensorboard=tensorboard,
             time_budget=time_budget,
             verbose=verbose,
+            freeze_encoder_epochs=freeze_encoder_epochs,
+            unfreeze_lr_factor=unfreeze_lr_factor,
         )
     result["run_dir"] = output_dir
     return result
+
+
+def check_encoder_settings(
+    architecture,
+    depth,
+    backbone,
+    encoder_weights,
+    freeze_encoder_epochs,
+    unfreeze_lr_factor,
+):
+    """Checks a run's backbone settings up front; returns what run.json records.
+
+    Returns:
+        dict with the `model` entries (`backbone`, `encoder_weights`: the
+        name, or the weights file's name without its folder) and the
+        `training` entries (`freeze_encoder_epochs`, `unfreeze_lr_factor`)
+        of `run.json`; empty dicts for a run on the built-in encoder.
+
+    Raises:
+        InputError: an unknown backbone, a missing weights file, a depth
+            the backbone cannot feed, or options that need a backbone.
+    """
+    from keras_unetpp import backbones
+    from keras_unetpp.fine_tuning import check_fine_tuning
+
+    freeze_encoder_epochs, unfreeze_lr_factor = check_fine_tuning(
+        freeze_encoder_epochs, unfreeze_lr_factor
+    )
+    if backbone is None:
+        if encoder_weights is not None or freeze_encoder_epochs:
+            given = (
+                f"encoder_weights={encoder_weights!r}"
+                if encoder_weights is not None
+                else f"freeze_encoder_epochs={freeze_encoder_epochs}"
+            )
+            raise InputError(
+                "Encoder weights and a frozen encoder need a pretrained "
+                f"backbone; give `backbone` too. Received: backbone=None, {given}"
+            )
+        return {"model": {}, "training": {}}
+    entry = backbones.get_backbone(backbone)
+    if architecture != "unetpp":
+        raise InputError(
+            "Backbones are for UNet++ (the U-Net baseline keeps its own "
+            f"encoder). Received: architecture={architecture!r}, "
+            f"backbone={backbone!r}"
+        )
+    if depth > entry.max_depth:
+        raise InputError(
+            f"The {backbone} backbone has feature maps down to stride "
+            f"{2**entry.max_depth}, so `depth` can be at most {entry.max_depth}. "
+            f"Received: depth={depth}"
+        )
+    weights = backbones.check_encoder_weights(encoder_weights)
+    if weights not in (None, "imagenet"):
+        weights = pathlib.Path(weights).name
+    return {
+        "model": {"backbone": backbone, "encoder_weights": weights},
+        "training": {
+            "freeze_encoder_epochs": freeze_encoder_epochs,
+            "unfreeze_lr_factor": unfreeze_lr_factor,
+        },
+    }
 
 
 def _worker_dir(output_dir, distribution):

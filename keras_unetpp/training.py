@@ -42,6 +42,11 @@ from keras_unetpp import atomic
 from keras_unetpp.data.pipeline import data_errors
 from keras_unetpp.description import describe, output_name
 from keras_unetpp.errors import InputError
+from keras_unetpp.fine_tuning import (
+    EncoderFineTuning,
+    check_fine_tuning,
+    set_encoder_trainable,
+)
 from keras_unetpp.losses import BCEDiceLoss, CategoricalCEDiceLoss
 from keras_unetpp.metrics import DiceScore, IoUScore
 from keras_unetpp.schedule import CosinePlan, LearningRatePlan, check_positive
@@ -655,6 +660,8 @@ def train(
     tensorboard=True,
     time_budget=None,
     verbose=1,
+    freeze_encoder_epochs=0,
+    unfreeze_lr_factor=0.1,
 ):
     """Trains a keras_unetpp model, resumably, with checkpoints and logs.
 
@@ -717,6 +724,18 @@ def train(
             again continues towards `epochs`. `None`: no limit. Defaults to
             `None`.
         verbose: 0, 1 (progress bars) or 2, as in `fit()`. Defaults to `1`.
+        freeze_encoder_epochs: int, for a model on a pretrained backbone:
+            train this many epochs with the backbone frozen (its batch
+            normalizations in inference mode), then unfreeze it (but its
+            batch normalizations) and go on at `unfreeze_lr_factor` times
+            the learning rate with a new optimizer state (see
+            `keras_unetpp.fine_tuning`). `history.csv` logs
+            `encoder_frozen` and `learning_rate`; a resumed run continues
+            on either side of the unfreeze. `0`: no schedule. Defaults to
+            `0`.
+        unfreeze_lr_factor: float in (0, 1], the learning-rate multiplier
+            after the unfreeze (a cosine plan is followed at this share of
+            its value). Defaults to `0.1`.
 
     Returns:
         dict: `history` (list of per-epoch log dicts, all epochs of the run
@@ -754,6 +773,13 @@ def train(
     if time_budget is not None:
         time_budget = check_positive(time_budget, "time_budget")
     steps = _steps(train_data, steps_per_epoch)
+    freeze_encoder_epochs, unfreeze_lr_factor = check_fine_tuning(
+        freeze_encoder_epochs, unfreeze_lr_factor
+    )
+    tuning = None
+    if freeze_encoder_epochs:
+        set_encoder_trainable(model, False)  # an InputError without a backbone
+        tuning = EncoderFineTuning(freeze_encoder_epochs, unfreeze_lr_factor, steps)
     if tensorboard and importlib.util.find_spec("tensorboard") is None:
         raise InputError(
             "TensorBoard logs need the `tensorboard` package: `pip install "
@@ -792,6 +818,8 @@ def train(
         else:
             plan = CosinePlan.new(learning_rate, total_steps)
         plan.extend(start_epoch * steps + start_batch, total_steps)
+        if tuning is not None:
+            plan = tuning.scale_plan(plan)
         learning_rate = plan(start_epoch * steps + start_batch)
     compile_model(model, learning_rate, loss_weights, optimizer)
     if plan is not None:
@@ -804,6 +832,8 @@ def train(
                 "lr_schedule='constant'. Received: an optimizer with a "
                 "LearningRateSchedule"
             ) from None
+    if tuning is not None:
+        tuning.prepare(model, start_epoch, start_batch)
     key = monitor_name(model, monitor)
     mode = "max"
     if val_data is None:
@@ -871,6 +901,7 @@ def train(
                     # The guard first: it raises before anything saves NaNs.
                     guard,
                     *([lr_callback] if lr_callback is not None else []),
+                    *([tuning] if tuning is not None else []),
                     checkpoint,
                     history,
                     *(
@@ -886,10 +917,22 @@ def train(
                 verbose=verbose,
             )
 
+    def out_of_time():
+        return budget is not None and budget.exhausted
+
     if start_epoch < epochs and start_batch:
         fit(start_epoch, start_epoch + 1, steps - start_batch, start_batch)
         start_epoch += 1
-    if start_epoch < epochs and not (budget is not None and budget.exhausted):
+    if tuning is not None:
+        # Two phases: the frozen epochs, then the rest at the reduced rate.
+        frozen_end = min(tuning.epochs, epochs)
+        if start_epoch < frozen_end and not out_of_time():
+            fit(start_epoch, frozen_end, steps, 0)
+            start_epoch = frozen_end
+        if tuning.frozen and start_epoch == tuning.epochs < epochs:
+            if not out_of_time():
+                tuning.unfreeze(model)
+    if start_epoch < epochs and not out_of_time():
         fit(start_epoch, epochs, steps, 0)
     check_finite_weights(model, f"saving {LAST_MODEL}")
     atomic.save_model(model, output_dir / LAST_MODEL)

@@ -462,3 +462,79 @@ def head_loss(spec, num_classes=1, from_logits=False):
             "focal": FocalLoss,
         }[name]
     return cls(from_logits=from_logits, **parameters)
+
+
+def _head_spec(spec, where, json_only=False):
+    if isinstance(spec, keras.losses.Loss) and not json_only:
+        return spec
+    if isinstance(spec, str):
+        return loss_spec(spec)
+    if isinstance(spec, dict) and "name" in spec:
+        return loss_spec(**spec)
+    raise InputError(
+        f"{where} must be a loss name {LOSS_NAMES}, a dict with a 'name' (and "
+        "the loss's parameters)"
+        + ("" if json_only else ", or a keras.losses.Loss")
+        + f". Received: {spec!r}"
+    )
+
+
+def normalize_loss(loss, head_names=None, json_only=False):
+    """The checked, JSON-ready form of `train(..., loss=...)`.
+
+    Args:
+        loss: `None` (the paper's BCE-Dice on every head), a loss name, a
+            `loss_spec` dict, or a dict keyed by head name (`"output_l1"`,
+            ...) with one of those per head.
+        head_names: the model's heads, to check a per-head dict against, or
+            `None` to skip that check. Defaults to `None`.
+        json_only: bool, refuse `keras.losses.Loss` objects (for what a
+            `run.json` records). Defaults to `False`.
+
+    Returns:
+        `None`, a spec dict, or a dict of spec dicts by head name.
+    """
+    if loss is None:
+        return None
+    if isinstance(loss, dict) and "name" not in loss:
+        if head_names is not None and sorted(loss) != sorted(head_names):
+            raise InputError(
+                f"A per-head `loss` needs one entry per head {list(head_names)}. "
+                f"Received: loss keys {sorted(loss)}"
+            )
+        return {
+            head: _head_spec(spec, f"loss[{head!r}]", json_only)
+            for head, spec in loss.items()
+        }
+    return _head_spec(loss, "`loss`", json_only)
+
+
+def head_losses(model, loss):
+    """The `compile()` losses of every head of a keras_unetpp model.
+
+    Args:
+        model: a model from `keras_unetpp.build` or `build_unet`.
+        loss: as `normalize_loss` takes it; a `keras.losses.Loss` is copied
+            (from its config) for each head.
+
+    Returns:
+        `None` for the default, else a dict of losses by head name (a single
+        loss for a single-output model).
+    """
+    from keras_unetpp.description import describe
+
+    info = describe(model)
+    names = list(info.outputs)
+    loss = normalize_loss(loss, names)
+    if loss is None:
+        return None
+    if not (isinstance(loss, dict) and "name" not in loss):
+        loss = {name: loss for name in names}
+
+    def make(spec):
+        if isinstance(spec, keras.losses.Loss):
+            return spec.__class__.from_config(spec.get_config())
+        return head_loss(spec, info.num_classes, info.from_logits)
+
+    losses = {name: make(loss[name]) for name in names}
+    return losses[names[0]] if len(names) == 1 else losses

@@ -34,6 +34,7 @@ from keras_unetpp.distribute import (
 from keras_unetpp.errors import InputError
 from keras_unetpp.export import export_pruned
 from keras_unetpp.fused_batch_norm import fuse_batch_norm
+from keras_unetpp.imbalance_losses import normalize_loss
 from keras_unetpp.model import build, build_unet
 from keras_unetpp.precision import precision_scope
 from keras_unetpp.pruning import inference_model, prune
@@ -136,6 +137,7 @@ def train_run(
     tensorboard=True,
     time_budget=None,
     verbose=1,
+    loss=None,
 ):
     """Builds a model, trains it on a data source, and records the run.
 
@@ -195,6 +197,10 @@ def train_run(
             starts (the same command continues later), or `None`.
             Defaults to `None`.
         verbose: 0, 1 (progress bars) or 2. Defaults to `1`.
+        loss: the heads' loss, as `training.train` takes it (a name, a
+            `loss_spec` dict, or a dict of those by head name), recorded in
+            `run.json` as `training.loss` (`null`: the paper's BCE-Dice).
+            Defaults to `None`.
 
     Returns:
         The dict of `training.train`, plus `run_dir`.
@@ -259,6 +265,7 @@ def train_run(
             "recompute": bool(recompute),
             "strategy": strategy,
             "save_every": save_every,
+            "loss": normalize_loss(loss, json_only=True),
         },
     }
     output_dir = pathlib.Path(output_dir)
@@ -350,6 +357,7 @@ def train_run(
             tensorboard=tensorboard,
             time_budget=time_budget,
             verbose=verbose,
+            loss=config["training"]["loss"],
         )
     result["run_dir"] = output_dir
     return result

@@ -42,6 +42,7 @@ from keras_unetpp import atomic
 from keras_unetpp.data.pipeline import data_errors
 from keras_unetpp.description import describe, output_name
 from keras_unetpp.errors import InputError
+from keras_unetpp.imbalance_losses import head_losses
 from keras_unetpp.losses import BCEDiceLoss, CategoricalCEDiceLoss
 from keras_unetpp.metrics import DiceScore, IoUScore
 from keras_unetpp.schedule import CosinePlan, LearningRatePlan, check_positive
@@ -655,6 +656,7 @@ def train(
     tensorboard=True,
     time_budget=None,
     verbose=1,
+    loss=None,
 ):
     """Trains a keras_unetpp model, resumably, with checkpoints and logs.
 
@@ -717,6 +719,12 @@ def train(
             again continues towards `epochs`. `None`: no limit. Defaults to
             `None`.
         verbose: 0, 1 (progress bars) or 2, as in `fit()`. Defaults to `1`.
+        loss: the loss of the heads: `None` (the paper's BCE-Dice), a name
+            from `imbalance_losses.LOSS_NAMES` (`"tversky"`,
+            `"focal-tversky"`, `"focal"`, `"bce-dice"`), a dict such as
+            `{"name": "tversky", "alpha": 0.8}`, a `keras.losses.Loss`, or
+            a dict by head name of those (one loss per head; see
+            `imbalance_losses.head_losses`). Defaults to `None`.
 
     Returns:
         dict: `history` (list of per-epoch log dicts, all epochs of the run
@@ -793,7 +801,9 @@ def train(
             plan = CosinePlan.new(learning_rate, total_steps)
         plan.extend(start_epoch * steps + start_batch, total_steps)
         learning_rate = plan(start_epoch * steps + start_batch)
-    compile_model(model, learning_rate, loss_weights, optimizer)
+    compile_model(
+        model, learning_rate, loss_weights, optimizer, loss=head_losses(model, loss)
+    )
     if plan is not None:
         try:
             model.optimizer.learning_rate = learning_rate

@@ -23,6 +23,13 @@ EXIT_DIVERGED = 3
 # `imbalance_losses.LOSS_NAMES`, written out so that `--help` loads no Keras
 # (tests/test_train_loss.py checks that they agree).
 LOSS_NAMES = ("bce-dice", "tversky", "focal-tversky", "focal")
+# `evaluate --dsb-instances`: the `field_metrics.INSTANCE_METHODS` scored.
+DSB_INSTANCES = {
+    "both": ("components", "watershed"),
+    "components": ("components",),
+    "watershed": ("watershed",),
+    "none": (),
+}
 
 _EPILOG = """\
 Quick start (synthetic data, no download):
@@ -498,6 +505,15 @@ def _add_evaluate(commands):
     )
     p.add_argument("--threshold", type=_fraction, default=0.5, help="(default: 0.5)")
     p.add_argument(
+        "--dsb-instances",
+        choices=tuple(DSB_INSTANCES),
+        default="both",
+        help="nuclei found in the prediction for the DSB 2018 score "
+        "(columns dsb_ap, dsb_ap_watershed): connected components, a "
+        "distance watershed that splits touching nuclei, both, or none "
+        "(faster) (default: both)",
+    )
+    p.add_argument(
         "--latency-batch-size",
         type=_positive_int,
         default=1,
@@ -805,6 +821,7 @@ def _run_evaluate(args):
         latency_runs=args.latency_runs,
         output_dir=args.output,
         at_training_size=args.at_training_size,
+        instance_methods=DSB_INSTANCES[args.dsb_instances],
     )
     print(
         f"Scored {args.model} on {result['what']}: {result['images']} images, "

@@ -34,7 +34,7 @@ flood written here).
 import numpy as np
 from scipy import ndimage
 
-from keras_unetpp.errors import InputError
+from keras_unetpp.errors import DataError, InputError
 from keras_unetpp.validation import check_choice, check_int, check_number
 
 # IoU thresholds of the DSB 2018 metric and of the authors' `mean_iou`.
@@ -114,21 +114,26 @@ def label_instances(mask, method="components", connectivity=8, min_distance=3):
     distance = ndimage.distance_transform_edt(mask)
     window = 2 * min_distance + 1
     peaks = mask & (distance == ndimage.maximum_filter(distance, size=window))
-    seeds, seed_count = ndimage.label(peaks, structure=np.ones((3, 3), bool))
-    # A component whose distance maximum lies in another's window gets a
-    # seed at its own maximum, so that no object is lost.
-    seeded = np.zeros(count + 1, bool)
-    seeded[components[seeds > 0]] = True
-    for component in np.flatnonzero(~seeded[1:]) + 1:
-        inside = np.where(components == component, distance, -1.0)
-        seed_count += 1
-        seeds[np.unravel_index(np.argmax(inside), inside.shape)] = seed_count
-    flooded = _flood(seeds, distance, mask, structure)
-    # Renumber 1..n in order of first appearance (some seeds may vanish).
-    present = np.unique(flooded[flooded > 0])
-    lookup = np.zeros(seed_count + 1, np.int32)
-    lookup[present] = np.arange(1, len(present) + 1, dtype=np.int32)
-    return lookup[flooded], int(len(present))
+    seeds, _ = ndimage.label(peaks, structure=np.ones((3, 3), bool))
+    labels = np.zeros(mask.shape, np.int32)
+    next_label = 1
+    # Each component apart, in its bounding box: one with fewer than two
+    # seeds (a component whose distance maximum lies in another's window
+    # has none) stays one object; the others are flooded from their seeds.
+    for component, box in enumerate(ndimage.find_objects(components), start=1):
+        inside = components[box] == component
+        own = np.where(inside, seeds[box], 0)
+        present = np.unique(own[own > 0])
+        if len(present) < 2:
+            labels[box][inside] = next_label
+            next_label += 1
+            continue
+        flooded = _flood(own, distance[box], inside, structure)
+        lookup = np.zeros(int(present.max()) + 1, np.int32)
+        lookup[present] = np.arange(next_label, next_label + len(present))
+        labels[box][inside] = lookup[flooded[inside]]
+        next_label += len(present)
+    return labels, next_label - 1
 
 
 def _flood(seeds, distance, mask, structure, step=0.5):
@@ -495,3 +500,32 @@ class FieldScores:
 
 def _ap_key(method):
     return "dsb_ap" if method == "components" else f"dsb_ap_{method}"
+
+
+def pair_instances(pairs):
+    """The true objects of DSB-layout samples: one label per nucleus mask.
+
+    Args:
+        pairs: `SamplePair`s (e.g. `sources.source_pairs` of a `dsb2018`
+            source), whose `masks` are the per-nucleus PNGs. A pair with a
+            single mask file (a merged mask) gives the connected components
+            of that mask instead.
+
+    Yields:
+        int32 label images, one per pair, in order.
+    """
+    import cv2
+
+    for pair in pairs:
+        masks = []
+        for path in pair.masks:
+            array = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+            if array is None:
+                raise DataError(f"Cannot read the mask {str(path)!r}.", path=path)
+            if array.ndim == 3:
+                array = array.max(axis=-1)
+            masks.append(array > 0)
+        if len(masks) == 1:
+            yield label_instances(masks[0])[0]
+        else:
+            yield labels_from_masks(masks)[0]

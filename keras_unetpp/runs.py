@@ -23,7 +23,15 @@ import pathlib
 
 import keras
 
-from keras_unetpp import atomic, data, evaluation, prediction, sources, training
+from keras_unetpp import (
+    atomic,
+    data,
+    evaluation,
+    field_metrics,
+    prediction,
+    sources,
+    training,
+)
 from keras_unetpp.description import describe, output_name
 from keras_unetpp.distribute import (
     check_global_batch,
@@ -412,6 +420,7 @@ def evaluate_run(
     latency_runs=10,
     output_dir=None,
     at_training_size=False,
+    instance_methods=field_metrics.INSTANCE_METHODS,
 ):
     """Writes the per-level table of a run: IoU, Dice, params, FLOPs, ms.
 
@@ -444,6 +453,11 @@ def evaluate_run(
             `None`.
         at_training_size: bool, score at the training size instead of at
             native resolution. Defaults to `False`.
+        instance_methods: the instance separations of the DSB 2018 score
+            (native resolution, one-class models): `"components"` and/or
+            `"watershed"`; `()` leaves it out. The true nuclei are the
+            per-nucleus masks of a `dsb2018` source, else the connected
+            components of the masks. Defaults to both.
 
     Returns:
         dict: `rows` (one per level), `csv`, `json`, `plot`, `scored`
@@ -512,6 +526,10 @@ def evaluate_run(
             settings["num_classes"],
             pixel_scaling=_pixel_scaling(settings),
         )
+        instances = None
+        if source.get("kind") == "dsb2018" and instance_methods:
+            # Per-nucleus truth: touching nuclei stay apart.
+            instances = field_metrics.pair_instances(source_pairs(source, split))
         rows = evaluation.evaluate_levels_native(
             keras_model,
             samples,
@@ -520,6 +538,8 @@ def evaluate_run(
             threshold=threshold,
             latency_batch_size=latency_batch_size,
             latency_runs=latency_runs,
+            instance_methods=tuple(instance_methods),
+            instances=instances,
         )
         resolution = "at native resolution: whole images against the masks " + (
             f"as stored (each image resized to {height}x{width} for the "

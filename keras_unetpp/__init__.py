@@ -25,6 +25,13 @@ from keras_unetpp.description import (
 )
 from keras_unetpp.errors import DataError, InputError
 from keras_unetpp.flops import count_flops
+from keras_unetpp.imbalance_losses import (
+    FocalLoss,
+    FocalTverskyLoss,
+    TverskyLoss,
+    focal,
+    tversky,
+)
 from keras_unetpp.losses import (
     BCEDiceLoss,
     CategoricalCEDiceLoss,
@@ -80,6 +87,9 @@ _LAZY = {
     "fuse_batch_norm": "keras_unetpp.fused_batch_norm",
     "recompute_nodes": "keras_unetpp.recompute",
     "set_encoder_trainable": "keras_unetpp.fine_tuning",
+    # NumPy/SciPy scores on predicted masks: loaded on first use.
+    "field_metrics": "keras_unetpp.field_metrics",
+    "FieldScores": "keras_unetpp.field_metrics",
 }
 
 __all__ = [
@@ -88,12 +98,16 @@ __all__ = [
     "CategoricalCEDiceLoss",
     "DataError",
     "DiceScore",
+    "FieldScores",
+    "FocalLoss",
+    "FocalTverskyLoss",
     "InputError",
     "IoUScore",
     "ModelDescription",
     "SamplePair",
     "SizePolicy",
     "TrainingDiverged",
+    "TverskyLoss",
     "__version__",
     "batch_for_strategy",
     "batch_norm_gap",
@@ -114,6 +128,8 @@ __all__ = [
     "evaluate_levels",
     "export",
     "export_pruned",
+    "field_metrics",
+    "focal",
     "folder_pairs",
     "fuse_batch_norm",
     "get_strategy",
@@ -144,6 +160,7 @@ __all__ = [
     "split_pairs",
     "tfds_dataset",
     "train",
+    "tversky",
     "validate_tf_config",
     "volumes",
     "write_synthetic_dataset",

@@ -20,6 +20,16 @@ from keras_unetpp.errors import InputError
 
 PROG = "keras-unetpp"
 EXIT_DIVERGED = 3
+# `imbalance_losses.LOSS_NAMES`, written out so that `--help` loads no Keras
+# (tests/test_train_loss.py checks that they agree).
+LOSS_NAMES = ("bce-dice", "tversky", "focal-tversky", "focal")
+# `evaluate --dsb-instances`: the `field_metrics.INSTANCE_METHODS` scored.
+DSB_INSTANCES = {
+    "both": ("components", "watershed"),
+    "components": ("components",),
+    "watershed": ("watershed",),
+    "none": (),
+}
 
 _EPILOG = """\
 Quick start (synthetic data, no download):
@@ -89,6 +99,21 @@ def _overlap(text):
 
 def _fraction(text):
     return _number(text, float, lambda v: 0.0 < v < 1.0, "a number in (0, 1)")
+
+
+def _loss(args):
+    """The `--loss` flags as a loss spec; `None` for the plain default."""
+    from keras_unetpp.imbalance_losses import loss_spec
+
+    parameters = dict(
+        alpha=args.loss_alpha,
+        beta=args.loss_beta,
+        gamma=args.loss_gamma,
+        smooth=args.loss_smooth,
+    )
+    if args.loss == "bce-dice" and all(v is None for v in parameters.values()):
+        return None
+    return loss_spec(args.loss, **parameters)
 
 
 def _add_synthetic(commands):
@@ -304,6 +329,36 @@ def _add_train(commands):
         nargs="+",
         metavar="W",
         help="loss weight of each head from L1 up (default: all 1)",
+    )
+    t.add_argument(
+        "--loss",
+        choices=LOSS_NAMES,
+        default="bce-dice",
+        help="loss of every head: the paper's BCE-Dice, Tversky, focal "
+        "Tversky or focal (for class imbalance; recorded in run.json) "
+        "(default: bce-dice)",
+    )
+    t.add_argument(
+        "--loss-alpha",
+        type=_weight,
+        help="tversky/focal-tversky: weight of missed foreground (default 0.7); "
+        "focal: weight of the foreground class (default 0.25)",
+    )
+    t.add_argument(
+        "--loss-beta",
+        type=_weight,
+        help="tversky/focal-tversky: weight of false foreground (default 0.3)",
+    )
+    t.add_argument(
+        "--loss-gamma",
+        type=_weight,
+        help="focal-tversky: exponent (default 0.75); focal: focusing "
+        "exponent (default 2)",
+    )
+    t.add_argument(
+        "--loss-smooth",
+        type=_weight,
+        help="bce-dice/tversky/focal-tversky: additive smoothing (default 1)",
     )
     t.add_argument(
         "--monitor",
@@ -560,6 +615,15 @@ def _add_evaluate(commands):
         help="with --at-training-size (default: the run's)",
     )
     p.add_argument("--threshold", type=_fraction, default=0.5, help="(default: 0.5)")
+    p.add_argument(
+        "--dsb-instances",
+        choices=tuple(DSB_INSTANCES),
+        default="both",
+        help="nuclei found in the prediction for the DSB 2018 score "
+        "(columns dsb_ap, dsb_ap_watershed): connected components, a "
+        "distance watershed that splits touching nuclei, both, or none "
+        "(faster) (default: both)",
+    )
     p.add_argument(
         "--latency-batch-size",
         type=_positive_int,
@@ -842,6 +906,7 @@ def _run_train(args):
         learning_rate=args.learning_rate,
         lr_schedule=args.lr_schedule,
         loss_weights=args.loss_weights,
+        loss=_loss(args),
         monitor=args.monitor,
         augment=args.augment,
         precision=args.precision,
@@ -914,6 +979,7 @@ def _run_evaluate(args):
         at_training_size=args.at_training_size,
         tiling=_tiling(args, tta_needs_tiles=False, with_tta=False),
         tta=args.tta,
+        instance_methods=DSB_INSTANCES[args.dsb_instances],
     )
     print(
         f"Scored {args.model} on {result['what']}: {result['images']} images, "

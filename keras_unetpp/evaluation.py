@@ -25,6 +25,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from keras_unetpp import field_metrics
 from keras_unetpp import tiling as tiling_lib
 from keras_unetpp.description import describe, output_name
 from keras_unetpp.errors import InputError
@@ -51,6 +52,21 @@ COLUMNS = (
     "iou_tta",
     "dice_tta",
 )
+# The field's scores (`keras_unetpp.field_metrics`) that native evaluation of
+# a one-class model adds to each row: the per-image Dice, the UNet++
+# authors' Keras `mean_iou` (two classes, thresholds 0.5-0.95: not the
+# foreground IoU) and the DSB 2018 average precision of the instances
+# found by connected components and by the distance watershed. Rows without
+# them (multi-class models, training-size evaluation) leave them out.
+FIELD_COLUMNS = (
+    "dice_per_image",
+    "mean_iou_keras",
+    "dsb_ap",
+    "dsb_ap_watershed",
+)
+_FIELD_HEADERS = ("Dice/img", "mIoU(K)", "DSB-AP", "DSB-AP(ws)")
+BASE_COLUMNS = COLUMNS
+COLUMNS = BASE_COLUMNS + FIELD_COLUMNS
 
 # `scored_at` of rows scored on the masks as stored, at each image's size.
 NATIVE = "native"
@@ -215,8 +231,12 @@ def _level_rows(
     inference="whole image",
     tta=None,
     scores_tta=None,
+    field_scores=None,
 ):
-    """The table rows from the metrics of each level, with params, FLOPs, ms."""
+    """The table rows from the metrics of each level, with params, FLOPs, ms.
+
+    `field_scores` (a `FieldScores` by output key) adds the field's columns.
+    """
     height, width = size
     info = describe(model)
     keys = [output_name(level) for level in levels]
@@ -259,6 +279,9 @@ def _level_rows(
         if scores_tta is not None:
             iou_tta, dice_tta = (float(m.result()) for m in scores_tta[key])
             rows[-1].update(iou_tta=iou_tta, dice_tta=dice_tta)
+        if field_scores is not None:
+            field = field_scores[key].result()
+            rows[-1].update({k: field[k] for k in FIELD_COLUMNS if k in field})
     return rows
 
 
@@ -313,6 +336,8 @@ def evaluate_levels_native(
     latency_runs=10,
     tiling=None,
     tta=None,
+    instance_methods=field_metrics.INSTANCE_METHODS,
+    instances=None,
 ):
     """`evaluate_levels` on whole images, at the masks' own resolution.
 
@@ -330,6 +355,14 @@ def evaluate_levels_native(
     `DiceScore`); `iou_per_image` is the mean of the images' IoUs.
     Parameters, FLOPs and latency are those of each pruned model at
     `latency_image_size`.
+
+    For a one-class model each row also holds the field's scores
+    (`FIELD_COLUMNS`, from `field_metrics.FieldScores`): `dice_per_image`,
+    the authors' Keras `mean_iou` (`mean_iou_keras`, two classes averaged
+    over thresholds 0.5-0.95) and the DSB 2018 average precision of the
+    instances found in the prediction (`dsb_ap`: connected components;
+    `dsb_ap_watershed`: distance watershed), matched to the true instances
+    (`instances`, or the connected components of the mask).
 
     Args:
         model: a model from `keras_unetpp.build` or `build_unet`.
@@ -360,9 +393,18 @@ def evaluate_levels_native(
             columns `iou_tta` and `dice_tta`; `iou` and `dice` stay
             without. Defaults to `None`.
 
+        instance_methods: the instance separations scored with the DSB
+            metric (`"components"`, `"watershed"`); `()` leaves the DSB
+            columns out (faster). Defaults to both.
+        instances: iterable of int label images of the true objects, one
+            per sample in order (e.g. `field_metrics.pair_instances` of
+            the DSB per-nucleus masks), or `None` to take the connected
+            components of each mask. Defaults to `None`.
+
     Returns:
-        list of dicts with the keys of `COLUMNS`, `scored_at` `"native"`,
-        `inference` `"whole image"` or `"tiled <h>x<w>, overlap <o>"`.
+        list of dicts with the keys of `COLUMNS` (the field's columns for
+        one-class models), `scored_at` `"native"`, `inference` `"whole
+        image"` or `"tiled <h>x<w>, overlap <o>"`.
 
     Example:
 
@@ -450,6 +492,12 @@ def evaluate_levels_native(
 
     classes = info.num_classes
     target_dtype = "float32" if classes == 1 else "int32"
+    field_scores = None
+    if classes == 1:
+        field_scores = {
+            key: field_metrics.FieldScores(threshold, instance_methods) for key in keys
+        }
+    true_instances = iter(instances) if instances is not None else None
     count = 0
     for image, mask in samples:
         image = np.asarray(image, np.float32)
@@ -470,6 +518,12 @@ def evaluate_levels_native(
                 prediction = output[None, ..., k * classes : (k + 1) * classes]
                 for metric in metrics_of[key]:
                     metric.update_state(target, prediction)
+        if field_scores is not None:
+            # The field's scores of the predictions without TTA (one class).
+            plain = runs[0][0]
+            labels = None if true_instances is None else next(true_instances)
+            for k, key in enumerate(keys):
+                field_scores[key].update(mask[..., 0] > 0, plain[..., k], labels)
         count += 1
     if count == 0:
         raise InputError("There are no images to evaluate. Received: 0 images")
@@ -485,6 +539,7 @@ def evaluate_levels_native(
         inference=_inference(tiling),
         tta=tta,
         scores_tta=scores_tta,
+        field_scores=field_scores,
     )
 
 
@@ -518,8 +573,17 @@ def write_table(rows, output_dir, stem="levels"):
         writer.writeheader()
         for row in rows:
             writer.writerow({k: row.get(k, "") for k in COLUMNS})
+    # JSON: every base column, and the field's columns of the rows that have
+    # them (so that tables written before them read back the same).
+    records = [
+        {
+            **{k: row.get(k) for k in BASE_COLUMNS},
+            **{k: row[k] for k in FIELD_COLUMNS if k in row},
+        }
+        for row in rows
+    ]
     with open(json_path, "w") as f:
-        json.dump([{k: row.get(k) for k in COLUMNS} for row in rows], f, indent=2)
+        json.dump(records, f, indent=2)
         f.write("\n")
     return csv_path, json_path
 
@@ -535,6 +599,10 @@ def format_table(rows):
 
     Rows scored with test-time augmentation (`iou_tta`) get two more
     columns, IoU and Dice with TTA, next to those without.
+    When the rows hold the field's scores (`FIELD_COLUMNS`), they are
+    printed too, after the latency: `Dice/img`, `mIoU(K)` (the authors'
+    Keras two-class mean IoU), `DSB-AP` and `DSB-AP(ws)` (connected
+    components, watershed); `-` where a row lacks one.
 
     Returns:
         str, one line per row under a header line.
@@ -565,6 +633,18 @@ def format_table(rows):
         ]
 
     lines = [cells(row) for row in rows]
+    field = [
+        (key, label)
+        for key, label in zip(FIELD_COLUMNS, _FIELD_HEADERS)
+        if any(row.get(key) is not None for row in rows)
+    ]
+    if field:
+        header = header + [label for _, label in field]
+        lines = [
+            line
+            + ["-" if row.get(key) is None else f"{row[key]:.4f}" for key, _ in field]
+            for line, row in zip(lines, rows)
+        ]
     widths = [max(len(str(c)) for c in column) for column in zip(header, *lines)]
     text = [
         "  ".join(

@@ -23,7 +23,15 @@ import pathlib
 
 import keras
 
-from keras_unetpp import atomic, data, evaluation, prediction, sources, training
+from keras_unetpp import (
+    atomic,
+    data,
+    evaluation,
+    field_metrics,
+    prediction,
+    sources,
+    training,
+)
 from keras_unetpp.description import describe, output_name
 from keras_unetpp.distribute import (
     check_global_batch,
@@ -34,6 +42,7 @@ from keras_unetpp.distribute import (
 from keras_unetpp.errors import InputError
 from keras_unetpp.export import export_pruned
 from keras_unetpp.fused_batch_norm import fuse_batch_norm
+from keras_unetpp.imbalance_losses import normalize_loss
 from keras_unetpp.model import build, build_unet
 from keras_unetpp.precision import precision_scope
 from keras_unetpp.pruning import inference_model, prune
@@ -140,6 +149,7 @@ def train_run(
     encoder_weights=None,
     freeze_encoder_epochs=0,
     unfreeze_lr_factor=0.1,
+    loss=None,
 ):
     """Builds a model, trains it on a data source, and records the run.
 
@@ -209,6 +219,10 @@ def train_run(
             it is fine-tuned (see `training.train`). Defaults to `0`.
         unfreeze_lr_factor: float in (0, 1], the learning-rate multiplier
             after the unfreeze. Defaults to `0.1`.
+        loss: the heads' loss, as `training.train` takes it (a name, a
+            `loss_spec` dict, or a dict of those by head name), recorded in
+            `run.json` as `training.loss` (`null`: the paper's BCE-Dice).
+            Defaults to `None`.
 
     Returns:
         The dict of `training.train`, plus `run_dir`.
@@ -283,6 +297,7 @@ def train_run(
             "strategy": strategy,
             "save_every": save_every,
             **encoder["training"],
+            "loss": normalize_loss(loss, json_only=True),
         },
     }
     output_dir = pathlib.Path(output_dir)
@@ -381,6 +396,7 @@ def train_run(
             verbose=verbose,
             freeze_encoder_epochs=freeze_encoder_epochs,
             unfreeze_lr_factor=unfreeze_lr_factor,
+            loss=config["training"]["loss"],
         )
     result["run_dir"] = output_dir
     return result
@@ -500,6 +516,7 @@ def evaluate_run(
     at_training_size=False,
     tiling=None,
     tta=None,
+    instance_methods=field_metrics.INSTANCE_METHODS,
 ):
     """Writes the per-level table of a run: IoU, Dice, params, FLOPs, ms.
 
@@ -539,6 +556,11 @@ def evaluate_run(
         tta: `None`, `"flips"` or `"flips+rot90"`: also score with
             test-time augmentation (`iou_tta`, `dice_tta` next to `iou`,
             `dice`); native resolution only. Defaults to `None`.
+        instance_methods: the instance separations of the DSB 2018 score
+            (native resolution, one-class models): `"components"` and/or
+            `"watershed"`; `()` leaves it out. The true nuclei are the
+            per-nucleus masks of a `dsb2018` source, else the connected
+            components of the masks. Defaults to both.
 
     Returns:
         dict: `rows` (one per level), `csv`, `json`, `plot`, `scored`
@@ -619,6 +641,10 @@ def evaluate_run(
             settings["num_classes"],
             pixel_scaling=_pixel_scaling(settings),
         )
+        instances = None
+        if source.get("kind") == "dsb2018" and instance_methods:
+            # Per-nucleus truth: touching nuclei stay apart.
+            instances = field_metrics.pair_instances(source_pairs(source, split))
         rows = evaluation.evaluate_levels_native(
             keras_model,
             samples,
@@ -629,6 +655,8 @@ def evaluate_run(
             latency_runs=latency_runs,
             tiling=tiling,
             tta=tta,
+            instance_methods=tuple(instance_methods),
+            instances=instances,
         )
         resolution = "at native resolution: whole images against the masks " + (
             f"as stored (each image resized to {height}x{width} for the "

@@ -47,6 +47,7 @@ from keras_unetpp.fine_tuning import (
     check_fine_tuning,
     set_encoder_trainable,
 )
+from keras_unetpp.imbalance_losses import head_losses
 from keras_unetpp.losses import BCEDiceLoss, CategoricalCEDiceLoss
 from keras_unetpp.metrics import DiceScore, IoUScore
 from keras_unetpp.schedule import CosinePlan, LearningRatePlan, check_positive
@@ -662,6 +663,7 @@ def train(
     verbose=1,
     freeze_encoder_epochs=0,
     unfreeze_lr_factor=0.1,
+    loss=None,
 ):
     """Trains a keras_unetpp model, resumably, with checkpoints and logs.
 
@@ -736,6 +738,12 @@ def train(
         unfreeze_lr_factor: float in (0, 1], the learning-rate multiplier
             after the unfreeze (a cosine plan is followed at this share of
             its value). Defaults to `0.1`.
+        loss: the loss of the heads: `None` (the paper's BCE-Dice), a name
+            from `imbalance_losses.LOSS_NAMES` (`"tversky"`,
+            `"focal-tversky"`, `"focal"`, `"bce-dice"`), a dict such as
+            `{"name": "tversky", "alpha": 0.8}`, a `keras.losses.Loss`, or
+            a dict by head name of those (one loss per head; see
+            `imbalance_losses.head_losses`). Defaults to `None`.
 
     Returns:
         dict: `history` (list of per-epoch log dicts, all epochs of the run
@@ -821,7 +829,9 @@ def train(
         if tuning is not None:
             plan = tuning.scale_plan(plan)
         learning_rate = plan(start_epoch * steps + start_batch)
-    compile_model(model, learning_rate, loss_weights, optimizer)
+    compile_model(
+        model, learning_rate, loss_weights, optimizer, loss=head_losses(model, loss)
+    )
     if plan is not None:
         try:
             model.optimizer.learning_rate = learning_rate

@@ -92,6 +92,33 @@ def test_bce_dice_against_numpy_and_finite_gradients():
         assert np.isfinite(value) and np.all(np.isfinite(grad))
 
 
+def test_imbalance_losses_against_numpy_and_finite_gradients():
+    # Tversky (alpha 0.7, beta 0.3, smooth 1), its focal form (gamma 0.75)
+    # and the binary focal loss (alpha 0.25, gamma 2), by explicit sums.
+    rng = np.random.default_rng(6)
+    y = (rng.random((2, 8, 8, 1)) > 0.6).astype("float32")
+    p = rng.uniform(0.05, 0.95, (2, 8, 8, 1)).astype("float32")
+    tp = (y * p).reshape(2, -1).sum(1)
+    fn = (y * (1 - p)).reshape(2, -1).sum(1)
+    fp = ((1 - y) * p).reshape(2, -1).sum(1)
+    index = (tp + 1) / (tp + 0.7 * fn + 0.3 * fp + 1)
+    focal = -(
+        0.25 * y * (1 - p) ** 2 * np.log(p) + 0.75 * (1 - y) * p**2 * np.log(1 - p)
+    )
+    expected = {
+        keras_unetpp.TverskyLoss(): np.mean(1 - index),
+        keras_unetpp.FocalTverskyLoss(): np.mean((1 - index) ** 0.75),
+        keras_unetpp.FocalLoss(): focal.mean(),
+    }
+    for loss, value in expected.items():
+        got = float(ops.convert_to_numpy(loss(y, p)))
+        assert got == pytest.approx(value, rel=1e-5), loss.name
+        for logits in (np.full_like(y, 100.0), np.full_like(y, -100.0)):
+            fn_ = loss.__class__(from_logits=True)
+            value, grad = value_and_gradient(lambda v, f=fn_: f(y, v), logits)
+            assert np.isfinite(value) and np.all(np.isfinite(grad)), loss.name
+
+
 def test_categorical_loss_and_multiclass_metrics():
     # Two pixels, three classes, labels [0, 2]; predictions put 0.7 on the
     # true class. CE = -log 0.7; per-class Dice with smooth 1:

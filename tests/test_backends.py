@@ -83,7 +83,7 @@ def test_core_checks_pass(backend_runs, backend):
     run = backend_runs[backend]
     assert run["returncode"] == 0, run["log"][-8000:]
     summary = run["log"].strip().splitlines()[-1]
-    assert "7 passed" in summary and "skipped" not in summary, summary
+    assert "8 passed" in summary and "skipped" not in summary, summary
 
 
 @pytest.mark.parametrize("backend", BACKENDS)

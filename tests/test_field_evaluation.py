@@ -1,0 +1,186 @@
+"""The field's scores in `evaluate`: columns of the per-level table."""
+
+import csv
+import json
+
+import cli_helpers
+import cv2
+import keras
+import numpy as np
+import pytest
+
+import keras_unetpp as ku
+from keras_unetpp import evaluation, field_metrics, prediction, runs, sources
+from keras_unetpp.description import logits_name
+
+TRAIN_SIZE = (32, 32)
+# (height, width) and the nuclei of each sample: (top, left, size) squares;
+# the first two of sample 0 touch (one connected component, two nuclei).
+SAMPLES = {
+    "a0": ((40, 56), [(4, 4, 8), (4, 12, 8), (24, 30, 10)]),
+    "b1": ((48, 36), [(6, 6, 12), (30, 20, 6)]),
+}
+
+
+def _dsb_folder(root):
+    """The DSB layout: <id>/images/<id>.png and one mask PNG per nucleus."""
+    rng = np.random.default_rng(0)
+    for stem, ((h, w), nuclei) in SAMPLES.items():
+        (root / stem / "images").mkdir(parents=True)
+        (root / stem / "masks").mkdir()
+        image = rng.normal(60, 15, (h, w))
+        for k, (top, left, size) in enumerate(nuclei):
+            mask = np.zeros((h, w), np.uint8)
+            mask[top : top + size, left : left + size] = 255
+            image[mask > 0] += 120
+            cv2.imwrite(str(root / stem / "masks" / f"n{k}.png"), mask)
+        cv2.imwrite(
+            str(root / stem / "images" / f"{stem}.png"),
+            np.clip(image, 0, 255).astype(np.uint8),
+        )
+    return root
+
+
+def _model():
+    keras.utils.set_random_seed(3)
+    model = ku.build(2, (None, None, 1), filters=(4, 8, 16), deep_supervision=True)
+    # Centre each head's logits on a random image and sharpen them: about
+    # half of the pixels foreground, a non-trivial prediction.
+    probe = np.random.default_rng(1).random((1, 32, 32, 1)).astype("float32")
+    for level in (1, 2):
+        layer = model.get_layer(logits_name(level))
+        logits = keras.Model(model.input, layer.output)(probe).numpy()
+        kernel, bias = layer.get_weights()
+        layer.set_weights([kernel * 4.0, (bias - np.median(logits)) * 4.0])
+    return model
+
+
+def _expected(model, folder):
+    """Each level's field scores, from its own predictions, by hand."""
+    subs = {
+        "L1": ku.prune(model, 1),
+        "L2": ku.prune(model, 2),
+        "accurate": ku.inference_model(model, "accurate"),
+    }
+    expected = {}
+    for level, sub in subs.items():
+        truths, probs, aps, aps_ws = [], [], [], []
+        for stem in sorted(SAMPLES):
+            image = cv2.imread(
+                str(folder / stem / "images" / f"{stem}.png"), cv2.IMREAD_UNCHANGED
+            )
+            image = image.astype(np.float32)[..., None] / 255.0
+            h, w = image.shape[:2]
+            padded, _ = ku.pad_to_multiple(image[None], 4)
+            prob = prediction.predict_probabilities(sub, padded[0], None)[:h, :w, 0]
+            masks = [
+                cv2.imread(str(p), cv2.IMREAD_UNCHANGED) > 0
+                for p in sorted((folder / stem / "masks").iterdir())
+            ]
+            truth_labels, _ = field_metrics.labels_from_masks(masks)
+            truths.append(truth_labels > 0)
+            probs.append(prob)
+            for method, out in (("components", aps), ("watershed", aps_ws)):
+                pred, _ = field_metrics.label_instances(prob >= 0.5, method)
+                out.append(field_metrics.dsb_average_precision(truth_labels, pred))
+        predictions = [p >= 0.5 for p in probs]
+        expected[level] = {
+            "iou": field_metrics.global_iou_dice(truths, predictions)[0],
+            "dice_per_image": field_metrics.per_image_iou_dice(truths, predictions)[1],
+            "mean_iou_keras": field_metrics.keras_mean_iou(truths, probs),
+            "dsb_ap": float(np.mean(aps)),
+            "dsb_ap_watershed": float(np.mean(aps_ws)),
+        }
+    return expected
+
+
+def _fake_run(run, model, source):
+    run.mkdir(parents=True)
+    model.save(run / "best.keras")
+    config = {
+        "data": {
+            "source": source,
+            "image_size": list(TRAIN_SIZE),
+            "channels": 1,
+            "num_classes": 1,
+            "resize_mode": "crop",
+            "batch_size": 2,
+            "augment": False,
+            "seed": 0,
+        },
+        "model": {},
+        "training": {},
+    }
+    (run / "run.json").write_text(json.dumps(config))
+    return run
+
+
+@pytest.fixture(scope="module")
+def dsb_run(tmp_path_factory):
+    root = tmp_path_factory.mktemp("field")
+    folder = _dsb_folder(root / "dsb")
+    source = sources.data_source(dsb2018_dir=folder, required_splits=())
+    run = _fake_run(root / "run", _model(), source)
+    return folder, source, run
+
+
+def test_evaluate_run_adds_the_field_columns_with_per_nucleus_truth(dsb_run):
+    folder, source, run = dsb_run
+    result = runs.evaluate_run(run, split="all", source=source, latency_runs=1)
+    expected = _expected(runs.load_run_model(run), folder)
+    for row in result["rows"]:
+        want = expected[row["level"]]
+        assert 0.01 < row["iou"] < 0.99, row  # a non-trivial prediction
+        for key, value in want.items():
+            assert row[key] == pytest.approx(value, abs=1e-6), (row["level"], key)
+    table = json.loads((run / "evaluation" / "levels.json").read_text())
+    assert set(evaluation.FIELD_COLUMNS) <= set(table[0])
+    with open(run / "evaluation" / "levels.csv", newline="") as f:
+        header = next(csv.reader(f))
+    assert header == list(evaluation.COLUMNS)
+    assert "DSB-AP(ws)" in result["table"].splitlines()[0]
+
+
+def test_per_nucleus_truth_differs_from_merged_components(dsb_run):
+    # The truth's touching squares are two nuclei as stored, one component
+    # when merged; a perfect semantic prediction scores below 1 on the DSB
+    # metric against the per-nucleus truth and 1 against the merged one.
+    folder, source, _ = dsb_run
+    pairs = sources.source_pairs(source, "all")
+    per_nucleus = list(field_metrics.pair_instances(pairs))
+    assert [labels.max() for labels in per_nucleus] == [3, 2]
+    merged = [field_metrics.label_instances(labels > 0)[0] for labels in per_nucleus]
+    assert [labels.max() for labels in merged] == [2, 2]
+    truth = per_nucleus[0] > 0
+    predicted, _ = field_metrics.label_instances(truth)
+    assert field_metrics.dsb_average_precision(merged[0], predicted) == 1.0
+    # Two of three nuclei found (the merged pair matches neither: IoU 0.5).
+    assert field_metrics.dsb_average_precision(
+        per_nucleus[0], predicted
+    ) == pytest.approx(1 / 4)
+
+
+def test_cli_evaluate_without_dsb_columns(dsb_run, tmp_path, capsys):
+    _, _, run = dsb_run
+    out_dir = tmp_path / "out"
+    cli_helpers.run(
+        ["evaluate", str(run), "--split", "all", "--dsb-instances", "none",
+         "--latency-runs", "1", "--output", str(out_dir)]
+    )  # fmt: skip
+    header = capsys.readouterr().out
+    assert "mIoU(K)" in header and "DSB-AP" not in header
+    table = json.loads((out_dir / "levels.json").read_text())
+    assert "dsb_ap" not in table[0] and "mean_iou_keras" in table[0]
+
+
+def test_tables_without_the_field_columns_read_back_unchanged(tmp_path):
+    rows = [
+        {
+            "model": "unet", "level": "L2", "iou": 0.8, "dice": 0.88,
+            "iou_per_image": 0.79, "params": 10, "flops": 100,
+            "ms_per_image": 1.0, "images": 4, "scored_at": "native",
+        }
+    ]  # fmt: skip
+    _, json_path = evaluation.write_table(rows, tmp_path)
+    assert evaluation.read_table(json_path) == rows
+    assert evaluation.format_table(rows).splitlines()[0].split()[-1] == "ms/image"

@@ -1,0 +1,61 @@
+"""The peers script's shared protocol: batches and scoring (no training)."""
+
+import pathlib
+import sys
+
+import numpy as np
+import pytest
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent / "benchmarks"))
+import peers_dsb  # noqa: E402
+
+
+def test_batches_turn_and_flip_image_and_mask_alike():
+    rng = np.random.default_rng(0)
+    masks = (rng.random((6, 8, 8, 1)) > 0.5).astype(np.float32)
+    # The image's first channel is the mask: any transform must keep them equal.
+    images = np.concatenate([masks, rng.random((6, 8, 8, 2))], -1).astype(np.float32)
+    batches = peers_dsb.Batches(images, masks, batch=4, seed=1)
+    changed = False
+    for _ in range(5):
+        x, y = next(batches)
+        np.testing.assert_array_equal(x[..., :1], y)
+        changed |= not any(np.array_equal(x[0, ..., :1], m) for m in masks)
+    assert changed  # some batch was turned or flipped
+    # The same seed gives the same batches for every model.
+    a = peers_dsb.Batches(images, masks, 4, seed=2)
+    b = peers_dsb.Batches(images, masks, 4, seed=2)
+    for _ in range(3):
+        np.testing.assert_array_equal(next(a)[0], next(b)[0])
+
+
+class _Oracle:
+    """Returns given probabilities: the scoring path without a network."""
+
+    def __init__(self, probs):
+        self.probs = probs
+
+    def predict(self, x):
+        assert x.shape[1:] == (16, 16, 3)
+        return {"oracle": self.probs}
+
+
+def test_score_resizes_back_to_native_size_and_uses_field_metrics():
+    # Two images of other sizes whose masks are a block that survives the
+    # bilinear 16x16 round trip exactly (scales 2 and 1, boundaries on the
+    # grid); probabilities are the resized masks themselves.
+    val, probs = [], []
+    for h, w in ((32, 32), (32, 16)):
+        mask = np.zeros((h, w), bool)
+        mask[: h // 2, : w // 2] = True
+        val.append((np.zeros((h, w, 3), np.float32), mask))
+        probs.append(peers_dsb._resize_image(mask.astype(np.float32), 16))
+    results = peers_dsb.score(_Oracle(np.stack(probs)), val, 16, ("components",))
+    assert results["oracle"]["iou"] == pytest.approx(1.0)
+    assert results["oracle"]["dsb_ap"] == pytest.approx(1.0)
+    text = peers_dsb.format_rows(
+        [{"model": "m", "level": "L4", "params": 10, "steps": 3, "epochs": 0.5,
+          **results["oracle"]}, {"model": "x", "error": "not installed: x"}]
+    )  # fmt: skip
+    assert text.splitlines()[1].split()[:3] == ["m", "L4", "10"]
+    assert "(not installed: x)" in text.splitlines()[2]

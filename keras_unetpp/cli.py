@@ -592,6 +592,20 @@ def _add_export(commands):
         help="record the absolute paths of the run's data in the "
         "metadata (default: only their last two components)",
     )
+    p.add_argument(
+        "--format",
+        default="savedmodel",
+        metavar="F[,F...]",
+        help="what to write per level, comma-separated: savedmodel, tflite "
+        "(float32, dynamic-range and int8 files), onnx (default: savedmodel)",
+    )
+    p.add_argument(
+        "--calibration-images",
+        type=_positive_int,
+        default=32,
+        metavar="N",
+        help="training images that calibrate the int8 TFLite files (default: 32)",
+    )
 
 
 def make_parser():
@@ -831,6 +845,8 @@ def _run_export(args):
         overwrite=args.overwrite,
         accurate=args.accurate,
         record_paths=args.record_paths,
+        formats=args.format,
+        calibration_images=args.calibration_images,
     )
     for key, path in paths.items():
         label = "accurate" if key == "accurate" else f"L{key}"
@@ -840,7 +856,12 @@ def _run_export(args):
     first = next(iter(paths.values()))
     policy = load_metadata(first)["size_policy"]["description"]
     print(f"Each request is {policy}.")
-    print(f"TF Serving config: {first.parent.parent / 'models.config'}")
+    written = load_metadata(first)
+    if "savedmodel" in written.get("formats", ["savedmodel"]):
+        print(f"TF Serving config: {first.parent.parent / 'models.config'}")
+    edge_files = sorted(written.get("edge", {}).get("files", {}))
+    if edge_files:
+        print(f"Next to each: {', '.join(edge_files)} (see the metadata's 'edge').")
 
 
 _COMMANDS = {

@@ -187,14 +187,14 @@ def test_metadata_layout_and_serving_config(synthetic_source, tmp_path):
         run,
         export_dir=export_dir,
         levels=[1],
+        accurate=False,
         formats=["onnx", "tflite", "savedmodel"],
         calibration_images=3,
     )
-    info = load_metadata(paths["accurate"])
-    assert info["formats"] == ["savedmodel", "tflite", "onnx"]
-    assert info["level"] is None and info["mode"]["name"] == "accurate"
     info = load_metadata(paths[1])
     assert info["level"] == 1 and info["formats"] == ["savedmodel", "tflite", "onnx"]
+    assert info["parameters"] == ku.prune(model, 1).count_params()
+    assert info["threshold"] == 0.5 and info["size_policy"]["mode"] == "resize"
     section = info["edge"]
     assert section["calibration_images"] == 3 and section["onnx_opset"] == 17
     assert sorted(section["files"]) == sorted(FILES)
@@ -209,27 +209,21 @@ def test_metadata_layout_and_serving_config(synthetic_source, tmp_path):
     assert section["files"]["model_int8.tflite"]["input"]["shape"] == [1, 32, 48, 1]
     assert section["files"]["model.onnx"]["input"]["shape"] == [None, 32, 48, 1]
     assert (paths[1] / "saved_model.pb").is_file()
-    text = serving_config.serving_config_text(export_dir)
-    assert "unetpp_l1" in text and "unetpp_accurate" in text
-    # TFLite only: no SavedModel, so not served, but it takes the next version.
+    assert "unetpp_l1" in serving_config.serving_config_text(export_dir)
+    # ONNX only: no SavedModel, so not served, but it takes the next version.
     only = runs.export_run(
-        run,
-        export_dir=export_dir,
-        levels=[1],
-        accurate=False,
-        formats="tflite",
-        calibration_images=2,
-    )
-    assert only[1] == export_dir / "unetpp_l1" / "2"
-    assert not (only[1] / "saved_model.pb").exists()
-    assert sorted(p.name for p in only[1].iterdir()) == sorted(
-        [*edge.TFLITE_FILES.values(), "keras_unetpp_metadata.json"]
-    )
-    assert serving_config.versions(export_dir / "unetpp_l1") == [1]
-    again = runs.export_run(
         run, export_dir=export_dir, levels=[1], accurate=False, formats="onnx"
     )
-    assert again[1].name == "3"
+    assert only[1] == export_dir / "unetpp_l1" / "2"
+    assert sorted(p.name for p in only[1].iterdir()) == [
+        "keras_unetpp_metadata.json",
+        "model.onnx",
+    ]
+    assert load_metadata(only[1])["formats"] == ["onnx"]
+    assert serving_config.versions(export_dir / "unetpp_l1") == [1]
+    again = runs.export_run(run, export_dir=export_dir, levels=[1], accurate=False)
+    assert again[1].name == "3" and "edge" not in load_metadata(again[1])
+    assert serving_config.versions(export_dir / "unetpp_l1") == [1, 3]
 
 
 def test_native_onnx_takes_any_size_and_tflite_the_crop_size(tmp_path):

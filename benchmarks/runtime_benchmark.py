@@ -91,22 +91,46 @@ def _iou(a, b):
     return 1.0 if union == 0 else float(np.logical_and(a, b).sum() / union)
 
 
-def benchmark(run_dir, export_dir, levels=None, images=None, runs=20, calibration=32):
-    """One row per level and runtime; see the module docstring."""
+def benchmark(
+    run_dir,
+    export_dir,
+    levels=None,
+    images=None,
+    runs=20,
+    calibration=32,
+    exported=None,
+    threads=None,
+):
+    """One row per level and runtime; see the module docstring.
+
+    With `exported` (an export folder of this run in every format, e.g. the
+    `--export-dir` of an earlier call) the files there are measured instead
+    of exporting again.
+    """
     from keras_unetpp import runs as runs_lib
+    from keras_unetpp.export import load_metadata, versions
     from keras_unetpp.export.edge_runtime import load_runner
     from keras_unetpp.pruning import prune
 
     started = time.perf_counter()
-    paths = runs_lib.export_run(
-        run_dir,
-        export_dir=export_dir,
-        levels=levels,
-        accurate=False,
-        input_dtype="uint8",
-        formats="savedmodel,tflite,onnx",
-        calibration_images=calibration,
-    )
+    if exported is None:
+        paths = runs_lib.export_run(
+            run_dir,
+            export_dir=export_dir,
+            levels=levels,
+            accurate=False,
+            input_dtype="uint8",
+            formats="savedmodel,tflite,onnx",
+            calibration_images=calibration,
+        )
+    else:
+        paths = {}
+        for folder in sorted(pathlib.Path(exported).glob("*_l[0-9]*")):
+            version = folder / str(max(versions(folder)))
+            level = load_metadata(version)["level"]
+            if levels is None or level in levels:
+                paths[level] = version
+        calibration = load_metadata(version)["edge"]["calibration_images"]
     export_seconds = time.perf_counter() - started
     model = runs_lib.load_run_model(run_dir)
     pixels = validation_images(run_dir, images)
@@ -121,7 +145,7 @@ def benchmark(run_dir, export_dir, levels=None, images=None, runs=20, calibratio
         )
         for runtime, name in RUNTIMES:
             path = folder / name if name else folder
-            run = load_runner(path)
+            run = load_runner(path, threads=threads)
             outputs = [run(pixels[i : i + 1]) for i in range(len(pixels))]
             probabilities = np.concatenate([o["probabilities"] for o in outputs])
             mask = np.concatenate([o["mask"] for o in outputs]) > 0
@@ -144,6 +168,7 @@ def benchmark(run_dir, export_dir, levels=None, images=None, runs=20, calibratio
         "runs": runs,
         "calibration_images": calibration,
         "export_seconds": export_seconds,
+        "threads": threads,
         "machine": f"{platform.processor() or platform.machine()}, "
         f"{os.cpu_count()} CPU cores",
     }
@@ -178,7 +203,18 @@ def main(argv=None):
     parser.add_argument("--calibration-images", type=int, default=32)
     parser.add_argument("--export-dir", help="(default: a temporary folder)")
     parser.add_argument("--json", help="also write the rows to this file")
+    parser.add_argument(
+        "--exported", help="measure this earlier export of RUN instead of exporting"
+    )
+    parser.add_argument(
+        "--threads", type=int, help="CPU threads of every runtime (default: theirs)"
+    )
     args = parser.parse_args(argv)
+    if args.threads:
+        import tensorflow as tf
+
+        tf.config.threading.set_intra_op_parallelism_threads(args.threads)
+        tf.config.threading.set_inter_op_parallelism_threads(1)
     with tempfile.TemporaryDirectory() as tmp:
         result = benchmark(
             args.run,
@@ -187,12 +223,15 @@ def main(argv=None):
             images=args.images,
             runs=args.runs,
             calibration=args.calibration_images,
+            exported=args.exported,
+            threads=args.threads,
         )
     print()
     print(
         f"{result['images']} val images at {result['size'][0]}x{result['size'][1]}, "
         f"uint8 input; int8 calibrated on {result['calibration_images']} training "
-        f"images; {result['machine']}; export took {result['export_seconds']:.0f} s"
+        f"images; {result['machine']}, threads: {args.threads or 'default'}; "
+        f"export took {result['export_seconds']:.0f} s"
     )
     print(markdown(result))
     if args.json:

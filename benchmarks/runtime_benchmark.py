@@ -231,7 +231,11 @@ def main(argv=None):
         f"{result['images']} val images at {result['size'][0]}x{result['size'][1]}, "
         f"uint8 input; int8 calibrated on {result['calibration_images']} training "
         f"images; {result['machine']}, threads: {args.threads or 'default'}; "
-        f"export took {result['export_seconds']:.0f} s"
+        + (
+            f"measured the export in {args.exported}"
+            if args.exported
+            else f"export took {result['export_seconds']:.0f} s"
+        )
     )
     print(markdown(result))
     if args.json:

@@ -803,6 +803,20 @@ def _add_export(commands):
         "takes images of any size with the memory of one tile batch; "
         "crop-mode runs only (default: the whole image at once)",
     )
+    p.add_argument(
+        "--format",
+        default="savedmodel",
+        metavar="F[,F...]",
+        help="what to write per level, comma-separated: savedmodel, tflite "
+        "(float32, dynamic-range and int8 files), onnx (default: savedmodel)",
+    )
+    p.add_argument(
+        "--calibration-images",
+        type=_positive_int,
+        default=32,
+        metavar="N",
+        help="training images that calibrate the int8 TFLite files (default: 32)",
+    )
 
 
 def make_parser():
@@ -1047,6 +1061,8 @@ def _run_export(args):
         accurate=args.accurate,
         record_paths=args.record_paths,
         tiling=_tiling(args),
+        formats=args.format,
+        calibration_images=args.calibration_images,
     )
     for key, path in paths.items():
         label = "accurate" if key == "accurate" else f"L{key}"
@@ -1065,7 +1081,11 @@ def _run_export(args):
         if settings["tta"]:
             summary["tta"] = settings["tta"]
         print(f"Served {_describe_tiling(summary)}, inside the graph.")
-    print(f"TF Serving config: {first.parent.parent / 'models.config'}")
+    if "savedmodel" in metadata.get("formats", ["savedmodel"]):
+        print(f"TF Serving config: {first.parent.parent / 'models.config'}")
+    edge_files = sorted(metadata.get("edge", {}).get("files", {}))
+    if edge_files:
+        print(f"Next to each: {', '.join(edge_files)} (see the metadata's 'edge').")
 
 
 _VOLUME_FLAGS = ("patch_size", "foreground_share", "intensity", "ct_window", "spacing")

@@ -22,6 +22,7 @@ import json
 import pathlib
 
 import keras
+import numpy as np
 
 from keras_unetpp import (
     atomic,
@@ -32,6 +33,7 @@ from keras_unetpp import (
     sources,
     training,
 )
+from keras_unetpp.data.decode import prepare_image, read_image
 from keras_unetpp.description import describe, output_name
 from keras_unetpp.distribute import (
     check_global_batch,
@@ -40,7 +42,7 @@ from keras_unetpp.distribute import (
     prepare_for_strategy,
 )
 from keras_unetpp.errors import InputError
-from keras_unetpp.export import export_pruned
+from keras_unetpp.export import edge, export_pruned, signatures
 from keras_unetpp.fused_batch_norm import fuse_batch_norm
 from keras_unetpp.imbalance_losses import normalize_loss
 from keras_unetpp.model import build, build_unet
@@ -869,6 +871,8 @@ def export_run(
     accurate=None,
     record_paths=False,
     tiling=None,
+    formats=("savedmodel",),
+    calibration_images=32,
 ):
     """Exports the pruned levels of a run's model as SavedModels for TF Serving.
 
@@ -903,6 +907,15 @@ def export_run(
             `overlap`, `tta`, ...): serve tile by tile inside the graph
             (`export_pruned(tiling=...)`), as `predict_run(tiling=...)`
             predicts; crop-mode runs only. Defaults to `None`.
+        formats: what each version folder holds: any of `"savedmodel"`,
+            `"tflite"` (float32, dynamic-range and int8 files) and
+            `"onnx"`, as for `export_pruned`. The TFLite and ONNX files
+            take the run's `image_size` (the client resizes a resize-mode
+            run's images; see `keras_unetpp.export.edge`). Defaults to
+            `("savedmodel",)`.
+        calibration_images: int, how many images of the run's training
+            split (evenly spread over it, read as the training pipeline
+            reads them) calibrate the int8 TFLite files. Defaults to `32`.
 
     Returns:
         dict level -> version folder, and `"accurate"` -> its folder (see
@@ -925,6 +938,10 @@ def export_run(
         info[monitor] = max(scores)
     if accurate is None:
         accurate = len(describe(keras_model).heads) > 1
+    formats = edge.check_formats(formats)
+    calibration = None
+    if edge.TFLITE in formats:
+        calibration = _calibration_images(config, calibration_images, input_dtype)
     return export_pruned(
         keras_model,
         export_dir or pathlib.Path(run_dir) / EXPORT_DIR,
@@ -939,4 +956,34 @@ def export_run(
         accurate=accurate,
         pixel_scaling=_pixel_scaling(config.get("data", {})),
         tiling=tiling,
+        formats=formats,
+        input_size=None if policy.mode == "resize" else config["data"]["image_size"],
+        calibration_images=calibration,
     )
+
+
+def _calibration_images(config, count, input_dtype):
+    """`count` training images of a run in the `input_dtype` range.
+
+    Evenly spread over the run's training split, decoded and scaled as the
+    training pipeline does (`prepare_image`), then mapped back to the range
+    of `input_dtype` (uint8 0..255, uint16 0..65535, float32 [0, 1]).
+    """
+    check_int(count, "calibration_images")
+    settings = config["data"]
+    pairs = source_pairs(settings["source"], "train")
+    chosen = sorted(
+        {int(i) for i in np.linspace(0, len(pairs) - 1, min(count, len(pairs)))}
+    )
+    divisor = signatures.INPUT_DTYPES[input_dtype] or 1.0
+    images = []
+    for index in chosen:
+        path = str(pairs[index].image)
+        image = prepare_image(
+            read_image(path), settings["channels"], _pixel_scaling(settings), path
+        )
+        if input_dtype == "float32":
+            images.append(image)
+        else:
+            images.append(np.round(image * divisor).astype(input_dtype))
+    return images

@@ -11,6 +11,9 @@ fi
 . .venv/bin/activate
 pip install --quiet --upgrade pip
 pip install --quiet -e ".[test]"
+# KServe (export/kserve_predictor.py, its live test) without its pins of
+# protobuf<7 and psutil<6; its other requirements come with the test extra.
+pip install --quiet --no-deps "kserve==0.21.0"
 export TF_CPP_MIN_LOG_LEVEL=2
 ruff check keras_unetpp tests export benchmarks scripts
 ruff format --check keras_unetpp tests export benchmarks scripts

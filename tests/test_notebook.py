@@ -39,6 +39,9 @@ def test_quickstart_notebook_runs_top_to_bottom(tmp_path, monkeypatch):
     assert (work / "export" / "models.config").is_file()
     # The serving signature answered for an odd-sized image (37 x 35).
     assert "(1, 37, 35, 1)" in text
+    # Level 1 ran in the TFLite interpreter, float32 and int8.
+    assert "TFLite model_float32.tflite" in text and "TFLite model_int8.tflite" in text
+    assert (work / "edge" / "quickstart_l1" / "1" / "model_int8.tflite").is_file()
     # Figures were drawn (training curves, predictions, trade-off plot).
     images = [
         output

@@ -1,5 +1,6 @@
-"""TF Serving export of pruned UNet++ models (one SavedModel per depth)."""
+"""Export of pruned UNet++ models: SavedModels for TF Serving, TFLite, ONNX."""
 
+from keras_unetpp.export.edge_runtime import load_runner
 from keras_unetpp.export.metadata import load_metadata
 from keras_unetpp.export.saved_model import export_pruned
 from keras_unetpp.export.serving_config import serving_config_text, versions
@@ -10,6 +11,7 @@ __all__ = [
     "SizePolicy",
     "export_pruned",
     "load_metadata",
+    "load_runner",
     "make_serving_fn",
     "pad_to_stride",
     "serving_config_text",

@@ -27,8 +27,8 @@ import keras
 
 from keras_unetpp.description import ACCURATE_OUTPUT, describe, parse_head
 from keras_unetpp.errors import InputError
+from keras_unetpp.export import edge, serving_config, signatures, tiled_serving
 from keras_unetpp.export import metadata as metadata_lib
-from keras_unetpp.export import serving_config, signatures, tiled_serving
 from keras_unetpp.fused_batch_norm import fuse_batch_norm
 from keras_unetpp.pruning import inference_model, prune
 from keras_unetpp.size_policy import SizePolicy
@@ -64,6 +64,9 @@ def export_pruned(
     size_policy=None,
     accurate=False,
     tiling=None,
+    formats=(edge.SAVEDMODEL,),
+    input_size=None,
+    calibration_images=None,
 ):
     """Exports each pruned level of a UNet++ as a SavedModel for TF Serving.
 
@@ -164,6 +167,23 @@ def export_pruned(
             level's stride (`2**depth` with `accurate`). Native size policy
             only (a resize-mode run needs no tiles), no `jit_compile`.
             Recorded in the metadata under `"tiling"`. Defaults to `None`.
+        formats: iterable of `"savedmodel"`, `"tflite"` and `"onnx"` (or
+            one comma-separated str), what to write into each version
+            folder: the SavedModel, the three TFLite files
+            (`model_float32.tflite`, `model_dynamic_range.tflite`,
+            `model_int8.tflite`) and `model.onnx` (see
+            `keras_unetpp.export.edge` for their inputs and outputs). The
+            metadata's `"edge"` section describes every file. A version
+            folder without a SavedModel is not listed in `models.config`.
+            Defaults to `("savedmodel",)`.
+        input_size: `(height, width)`, the fixed input size of the TFLite
+            files of a native-scale model; `None` for a resize-mode model,
+            whose files take its training size. Defaults to `None`.
+        calibration_images: iterable of `(height, width, channels)` arrays
+            in the `input_dtype` range, the representative set of the int8
+            TFLite files (resized or centre-cropped to the input size, see
+            `edge.calibration_set`); needed with `"tflite"`. Defaults to
+            `None`.
 
     Returns:
         dict mapping each level to the `pathlib.Path` of its version folder,
@@ -191,6 +211,22 @@ def export_pruned(
     info = describe(model)  # A clear error for models not built by keras_unetpp.
     levels = _check_levels(info, levels)
     size_policy = _check_size_policy(size_policy, levels, info)
+    formats = edge.check_formats(formats)
+    edge_options = None
+    if set(formats) - {edge.SAVEDMODEL}:
+        edge_size = edge.edge_input_size(size_policy, input_size)
+        calibration = None
+        if edge.TFLITE in formats:
+            if calibration_images is None:
+                raise InputError(
+                    "The int8 TFLite files need a representative set: pass "
+                    "calibration_images (training images). "
+                    "Received: calibration_images=None"
+                )
+            calibration = edge.calibration_set(
+                calibration_images, edge_size, input_dtype, size_policy
+            )
+        edge_options = {"input_size": edge_size, "calibration": calibration}
     if not isinstance(accurate, bool):
         raise InputError(
             f"`accurate` must be True or False. Received: accurate={accurate!r}"
@@ -247,6 +283,8 @@ def export_pruned(
                 jit_compile=jit_compile,
                 size_policy=size_policy,
                 tiled=tiled,
+                formats=formats,
+                edge_options=edge_options,
             )
         paths = {}
         for key in keys:
@@ -286,6 +324,8 @@ def _write_level(
     jit_compile,
     size_policy,
     tiled=None,
+    formats=(edge.SAVEDMODEL,),
+    edge_options=None,
 ):
     """Writes the SavedModel and metadata of one level (or accurate) into `folder`."""
     sub_model, stride = _sub_model(model, level)
@@ -303,28 +343,44 @@ def _write_level(
         tiled=tiled,
     )
     spec = signatures.input_signature(pruned.inputs[0].shape[-1], input_dtype)
-    archive = keras.export.ExportArchive()
-    archive.add_endpoint("serving_default", serve, input_signature=spec)
-    archive.write_out(str(folder), verbose=False)
-    metadata_lib.write_metadata(
-        folder,
-        metadata_lib.build_metadata(
-            pruned,
-            level,
-            model_name=model_name,
-            version=version,
-            source_model=model,
-            input_dtype=input_dtype,
-            threshold=threshold,
-            compute_dtype=_conv_compute_dtype(pruned),
-            output_activation=output_activation,
-            training_info=training_info,
-            pixel_scaling=pixel_scaling,
-            jit_compile=jit_compile,
-            size_policy=size_policy,
-            tiled=tiled,
-        ),
+    if edge.SAVEDMODEL in formats:
+        archive = keras.export.ExportArchive()
+        archive.add_endpoint("serving_default", serve, input_signature=spec)
+        archive.write_out(str(folder), verbose=False)
+    else:
+        folder.mkdir()
+    metadata = metadata_lib.build_metadata(
+        pruned,
+        level,
+        model_name=model_name,
+        version=version,
+        source_model=model,
+        input_dtype=input_dtype,
+        threshold=threshold,
+        compute_dtype=_conv_compute_dtype(pruned),
+        output_activation=output_activation,
+        training_info=training_info,
+        pixel_scaling=pixel_scaling,
+        jit_compile=jit_compile,
+        size_policy=size_policy,
+        tiled=tiled,
     )
+    metadata["formats"] = list(formats)
+    if edge_options is not None:
+        metadata["edge"] = edge.write_edge_files(
+            _serving_model(sub_model, "float32"),
+            folder,
+            formats,
+            stride=stride,
+            input_dtype=input_dtype,
+            pixel_scaling=pixel_scaling,
+            threshold=threshold,
+            output_activation=output_activation,
+            size_policy=size_policy,
+            input_size=edge_options["input_size"],
+            calibration=edge_options["calibration"],
+        )
+    metadata_lib.write_metadata(folder, metadata)
 
 
 def _conv_compute_dtype(model):
@@ -465,6 +521,7 @@ def _choose_version(model_dirs, version, overwrite):
         number: model_dir
         for model_dir in model_dirs
         for number in serving_config.versions(model_dir)
+        + _edge_only_versions(model_dir)
     }
     if version is None:
         return max(existing, default=0) + 1
@@ -484,6 +541,19 @@ def _choose_version(model_dirs, version, overwrite):
                     f"version={version}"
                 )
     return version
+
+
+def _edge_only_versions(model_dir):
+    """Version numbers of folders holding edge files but no SavedModel."""
+    if not model_dir.is_dir():
+        return []
+    return [
+        int(child.name)
+        for child in model_dir.iterdir()
+        if child.name.isdigit()
+        and (child / metadata_lib.METADATA_FILE).is_file()
+        and not (child / "saved_model.pb").is_file()
+    ]
 
 
 class _Transaction:

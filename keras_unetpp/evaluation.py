@@ -47,11 +47,10 @@ COLUMNS = (
     "ms_per_image",
     "images",
     "scored_at",
-    "inference",
-    "tta",
-    "iou_tta",
-    "dice_tta",
 )
+# How native evaluation predicted (`"whole image"` or the tiles) and, with
+# test-time augmentation, its IoU and Dice next to those without.
+INFERENCE_COLUMNS = ("inference", "tta", "iou_tta", "dice_tta")
 # The field's scores (`keras_unetpp.field_metrics`) that native evaluation of
 # a one-class model adds to each row: the per-image Dice, the UNet++
 # authors' Keras `mean_iou` (two classes, thresholds 0.5-0.95: not the
@@ -66,7 +65,7 @@ FIELD_COLUMNS = (
 )
 _FIELD_HEADERS = ("Dice/img", "mIoU(K)", "DSB-AP", "DSB-AP(ws)")
 BASE_COLUMNS = COLUMNS
-COLUMNS = BASE_COLUMNS + FIELD_COLUMNS
+COLUMNS = BASE_COLUMNS + INFERENCE_COLUMNS + FIELD_COLUMNS
 
 # `scored_at` of rows scored on the masks as stored, at each image's size.
 NATIVE = "native"
@@ -573,12 +572,13 @@ def write_table(rows, output_dir, stem="levels"):
         writer.writeheader()
         for row in rows:
             writer.writerow({k: row.get(k, "") for k in COLUMNS})
-    # JSON: every base column, and the field's columns of the rows that have
-    # them (so that tables written before them read back the same).
+    # JSON: every base column, and the inference and field columns of the
+    # rows that have them (so that tables written before them read back the
+    # same).
     records = [
         {
             **{k: row.get(k) for k in BASE_COLUMNS},
-            **{k: row[k] for k in FIELD_COLUMNS if k in row},
+            **{k: row[k] for k in INFERENCE_COLUMNS + FIELD_COLUMNS if k in row},
         }
         for row in rows
     ]

@@ -866,6 +866,20 @@ def _run_synthetic(args):
     )
 
 
+def _model_arguments(args):
+    """The model keyword arguments of a training run, 2D or volumes."""
+    deep_supervision = args.deep_supervision
+    if deep_supervision is None:
+        deep_supervision = args.architecture == "unetpp"
+    return dict(
+        architecture=args.architecture,
+        depth=args.depth,
+        filters=_filters(args.filters),
+        deep_supervision=deep_supervision,
+        normalization=args.normalization,
+    )
+
+
 def _run_train(args):
     from keras_unetpp import runs, sources
     from keras_unetpp.volumes import runs as volume_runs
@@ -898,17 +912,10 @@ def _run_train(args):
         val_fraction=args.val_fraction,
         seed=args.seed,
     )
-    deep_supervision = args.deep_supervision
-    if deep_supervision is None:
-        deep_supervision = args.architecture == "unetpp"
     result = runs.train_run(
         args.output,
         source,
-        architecture=args.architecture,
-        depth=args.depth,
-        filters=_filters(args.filters),
-        deep_supervision=deep_supervision,
-        normalization=args.normalization,
+        **_model_arguments(args),
         pixel_scaling=args.pixel_scaling,
         image_size=tuple(args.image_size),
         channels=args.channels,
@@ -1136,17 +1143,10 @@ def _run_train_volumes(args):
         no_val=args.no_val,
         seed=args.seed,
     )
-    deep_supervision = args.deep_supervision
-    if deep_supervision is None:
-        deep_supervision = args.architecture == "unetpp"
     result = volume_runs.train_volume_run(
         args.output,
         source,
-        architecture=args.architecture,
-        depth=args.depth,
-        filters=_filters(args.filters),
-        deep_supervision=deep_supervision,
-        normalization=args.normalization,
+        **_model_arguments(args),
         patch_size=_triple(args.patch_size, "--patch-size") or (32, 32, 32),
         channels=args.channels,
         num_classes=args.num_classes,

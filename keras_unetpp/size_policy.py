@@ -265,8 +265,13 @@ class SizePolicy:
         return self.to_image_size(outputs, size)
 
 
-def _pad_indices(size, padded_size, reflect):
-    """Source indices along one axis for reflect or edge padding."""
+def pad_indices(size, padded_size, reflect):
+    """Source indices along one axis for reflect or edge padding, in-graph.
+
+    Gathering them pads an axis of `size` at its end to `padded_size`:
+    mirrored (without repeating the last pixel) where `reflect`, else the
+    last pixel repeated.
+    """
     positions = tf.range(padded_size)
     reflected = tf.where(positions < size, positions, 2 * (size - 1) - positions)
     edge = tf.minimum(positions, size - 1)
@@ -296,7 +301,7 @@ def pad_to_stride(images, stride):
     reflect = tf.logical_and(
         padded_height - height < height, padded_width - width < width
     )
-    rows = _pad_indices(height, padded_height, reflect)
-    columns = _pad_indices(width, padded_width, reflect)
+    rows = pad_indices(height, padded_height, reflect)
+    columns = pad_indices(width, padded_width, reflect)
     padded = tf.gather(tf.gather(images, rows, axis=1), columns, axis=2)
     return padded, height, width

@@ -19,6 +19,7 @@ import tensorflow as tf
 
 from keras_unetpp import tiling
 from keras_unetpp.errors import InputError
+from keras_unetpp.size_policy import pad_indices
 from keras_unetpp.validation import check_choice, check_int, check_number, is_int
 
 
@@ -122,10 +123,7 @@ class TiledServing:
 def _pad_axis(images, axis, target):
     """Pads `axis` at its end to `target`: reflect, or edge if too short."""
     size = tf.shape(images)[axis]
-    positions = tf.range(target)
-    reflected = tf.where(positions < size, positions, 2 * (size - 1) - positions)
-    edge = tf.minimum(positions, size - 1)
-    indices = tf.where(target - size < size, reflected, edge)
+    indices = pad_indices(size, target, target - size < size)
     return tf.gather(images, indices, axis=axis)
 
 
@@ -146,10 +144,6 @@ def _positions(padded, tile, overlap, stride):
     mirrored = last - tf.gather(even, count - 1 - index)
     units_at = tf.where(2 * index < count, even, mirrored)
     return tf.where(last > 0, units_at, tf.zeros_like(units_at)) * stride
-
-
-def _transforms(tta):
-    return tiling.transforms(2, tta)
 
 
 def _apply(batch, transform):
@@ -228,7 +222,7 @@ def tiled_probabilities(network, images, settings, stride, output_activation):
     def pixel_indices(corner):
         return corner[None, None, :] + offsets
 
-    transforms = _transforms(settings.tta)
+    transforms = tiling.transforms(2, settings.tta)
     classes = network.outputs[0].shape[-1]
     size = settings.batch_size
 

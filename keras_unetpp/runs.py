@@ -118,6 +118,44 @@ def _check_resume(run_dir, config):
         )
 
 
+def model_settings(architecture, depth, filters, deep_supervision, normalization):
+    """The `model` section of a run's `run.json` (2D and volume runs)."""
+    return {
+        "architecture": architecture,
+        "depth": int(depth),
+        "filters": (
+            filters if filters is None or isinstance(filters, int) else list(filters)
+        ),
+        "deep_supervision": bool(deep_supervision),
+        "normalization": normalization,
+    }
+
+
+def training_settings(
+    epochs,
+    steps_per_epoch,
+    learning_rate,
+    lr_schedule,
+    loss_weights,
+    monitor,
+    precision,
+    recompute,
+    save_every,
+):
+    """The settings of a run's `run.json` `training` section that every run has."""
+    return {
+        "epochs": int(epochs),
+        "steps_per_epoch": steps_per_epoch,
+        "learning_rate": float(learning_rate),
+        "lr_schedule": lr_schedule,
+        "loss_weights": None if loss_weights is None else list(loss_weights),
+        "monitor": monitor,
+        "precision": precision,
+        "recompute": bool(recompute),
+        "save_every": save_every,
+    }
+
+
 def train_run(
     output_dir,
     source,
@@ -276,28 +314,24 @@ def train_run(
             "seed": int(seed),
         },
         "model": {
-            "architecture": architecture,
-            "depth": int(depth),
-            "filters": (
-                filters
-                if filters is None or isinstance(filters, int)
-                else list(filters)
+            **model_settings(
+                architecture, depth, filters, deep_supervision, normalization
             ),
-            "deep_supervision": bool(deep_supervision),
-            "normalization": normalization,
             **encoder["model"],
         },
         "training": {
-            "epochs": int(epochs),
-            "steps_per_epoch": steps_per_epoch,
-            "learning_rate": float(learning_rate),
-            "lr_schedule": lr_schedule,
-            "loss_weights": None if loss_weights is None else list(loss_weights),
-            "monitor": monitor,
-            "precision": precision,
-            "recompute": bool(recompute),
+            **training_settings(
+                epochs,
+                steps_per_epoch,
+                learning_rate,
+                lr_schedule,
+                loss_weights,
+                monitor,
+                precision,
+                recompute,
+                save_every,
+            ),
             "strategy": strategy,
-            "save_every": save_every,
             **encoder["training"],
             "loss": normalize_loss(loss, json_only=True),
         },

@@ -29,7 +29,12 @@ from keras_unetpp.model import build, build_unet
 from keras_unetpp.precision import precision_scope
 from keras_unetpp.pruning import inference_model, prune
 from keras_unetpp.recompute import recompute_nodes
-from keras_unetpp.runs import load_run_model, read_run_config
+from keras_unetpp.runs import (
+    load_run_model,
+    model_settings,
+    read_run_config,
+    training_settings,
+)
 from keras_unetpp.schedule import check_positive
 from keras_unetpp.validation import check_int, check_number
 from keras_unetpp.version import __version__
@@ -319,28 +324,20 @@ def train_volume_run(
             "augment": bool(augment),
             "seed": int(seed),
         },
-        "model": {
-            "architecture": architecture,
-            "depth": depth,
-            "filters": (
-                filters
-                if filters is None or isinstance(filters, int)
-                else list(filters)
-            ),
-            "deep_supervision": bool(deep_supervision),
-            "normalization": normalization,
-        },
-        "training": {
-            "epochs": int(epochs),
-            "steps_per_epoch": steps_per_epoch,
-            "learning_rate": float(learning_rate),
-            "lr_schedule": lr_schedule,
-            "loss_weights": None if loss_weights is None else list(loss_weights),
-            "monitor": monitor,
-            "precision": precision,
-            "recompute": bool(recompute),
-            "save_every": save_every,
-        },
+        "model": model_settings(
+            architecture, depth, filters, deep_supervision, normalization
+        ),
+        "training": training_settings(
+            epochs,
+            steps_per_epoch,
+            learning_rate,
+            lr_schedule,
+            loss_weights,
+            monitor,
+            precision,
+            recompute,
+            save_every,
+        ),
     }
     output_dir = pathlib.Path(output_dir)
     if (output_dir / RUN_CONFIG).is_file() and training.read_state(output_dir):

@@ -759,7 +759,9 @@ def _add_export(commands):
         "mean of all heads, predict's default) of a deep-supervision model, "
         "and EXPORT_DIR/models.config for tensorflow_model_server "
         "--model_config_file. Every SavedModel applies the run's size "
-        "policy, so its masks are predict's.",
+        "policy, so its masks are predict's. A volume run's SavedModels take "
+        "(batch, depth, height, width, channels) voxels on the run's grid, "
+        "normalize them as training did and predict by sliding window.",
     )
     p.add_argument("run", metavar="RUN_DIR", help="a folder made by train")
     p.add_argument("--export-dir", metavar="DIR", help="(default: RUN_DIR/export)")
@@ -801,7 +803,9 @@ def _add_export(commands):
         "serve tile by tile inside the graph, as predict --tile-size does, "
         "with tiles of N (or H W) pixels, a multiple of 2**depth: a server "
         "takes images of any size with the memory of one tile batch; "
-        "crop-mode runs only (default: the whole image at once)",
+        "crop-mode runs only (default: the whole image at once); volume "
+        "runs: N or D H W voxels, always tiled (default: the run's "
+        "--patch-size, as predict)",
     )
     p.add_argument(
         "--format",
@@ -1053,9 +1057,55 @@ def _run_predict(args):
 
 
 def _run_export(args):
+    from keras_unetpp.volumes import runs as volume_runs
+
+    if volume_runs.is_volume_run(args.run):
+        paths = _export_volumes(args)
+    else:
+        paths = _export_images(args)
+    _report_export(paths)
+
+
+def _export_volumes(args):
+    from keras_unetpp.export import edge
+    from keras_unetpp.volumes import runs as volume_runs
+
+    if edge.check_formats(args.format) != (edge.SAVEDMODEL,):
+        raise UsageError("volume runs are exported as SavedModels only (--format)")
+    tiling = None
+    if args.tile_size:
+        tiling = {"tile_size": _triple(args.tile_size, "--tile-size")}
+    if args.tta or args.tile_size or args.overlap != 0.5:
+        tiling = tiling or {"tile_size": tuple(_run_patch(args.run))}
+        tiling["overlap"] = args.overlap
+        if args.tta:
+            tiling["tta"] = args.tta
+    return volume_runs.export_volume_run(
+        args.run,
+        export_dir=args.export_dir,
+        levels=args.levels,
+        model=args.model,
+        version=args.version,
+        model_name=args.model_name,
+        input_dtype=args.input_dtype,
+        threshold=args.threshold,
+        overwrite=args.overwrite,
+        accurate=args.accurate,
+        record_paths=args.record_paths,
+        tiling=tiling,
+    )
+
+
+def _run_patch(run_dir):
+    from keras_unetpp.runs import read_run_config
+
+    return read_run_config(run_dir)["data"]["patch_size"]
+
+
+def _export_images(args):
     from keras_unetpp import runs
 
-    paths = runs.export_run(
+    return runs.export_run(
         args.run,
         export_dir=args.export_dir,
         levels=args.levels,
@@ -1071,6 +1121,9 @@ def _run_export(args):
         formats=args.format,
         calibration_images=args.calibration_images,
     )
+
+
+def _report_export(paths):
     for key, path in paths.items():
         label = "accurate" if key == "accurate" else f"L{key}"
         print(f"{label}: {path}")

@@ -940,7 +940,10 @@ def export_run(
         tiling: `None`, or a dict of `predict_tiled` arguments (`tile_size`,
             `overlap`, `tta`, ...): serve tile by tile inside the graph
             (`export_pruned(tiling=...)`), as `predict_run(tiling=...)`
-            predicts; crop-mode runs only. Defaults to `None`.
+            predicts; crop-mode runs only. A volume run is always served
+            by sliding window: `None` is its patch size, overlap 0.5
+            (`keras_unetpp.volumes.runs.export_volume_run`). Defaults to
+            `None`.
         formats: what each version folder holds: any of `"savedmodel"`,
             `"tflite"` (float32, dynamic-range and int8 files) and
             `"onnx"`, as for `export_pruned`. The TFLite and ONNX files
@@ -955,6 +958,28 @@ def export_run(
         dict level -> version folder, and `"accurate"` -> its folder (see
         `export_pruned`).
     """
+    from keras_unetpp.volumes import runs as volume_runs
+
+    if volume_runs.is_volume_run(run_dir):
+        if tuple(edge.check_formats(formats)) != (edge.SAVEDMODEL,):
+            raise InputError(
+                "A volume run is exported as SavedModels only (the TFLite and "
+                f"ONNX files are for 2D images). Received: formats={formats!r}"
+            )
+        return volume_runs.export_volume_run(
+            run_dir,
+            export_dir=export_dir,
+            levels=levels,
+            model=model,
+            version=version,
+            model_name=model_name,
+            input_dtype=input_dtype,
+            threshold=threshold,
+            overwrite=overwrite,
+            accurate=accurate,
+            record_paths=record_paths,
+            tiling=tiling,
+        )
     config = read_run_config(run_dir)
     keras_model = load_run_model(run_dir, model)
     history = training.read_history(run_dir)

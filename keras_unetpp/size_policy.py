@@ -203,15 +203,17 @@ class SizePolicy:
 
         Args:
             images: float32 tensor `(batch, height, width, channels)` in
-                [0, 1], any height and width.
+                [0, 1], any height and width (or a batch of volumes,
+                `(batch, depth, height, width, channels)`, native mode).
             stride: int, the multiple the network needs (`2**level`).
 
         Returns:
             `(inputs, size)`: the network input and the images' own
-            `(height, width)` as an int32 tensor, for `to_image_size`.
+            spatial size (`(height, width)`) as an int32 tensor, for
+            `to_image_size`.
         """
         images = tf.convert_to_tensor(images, tf.float32)
-        size = tf.shape(images)[1:3]
+        size = tf.shape(images)[1:-1]
         if self.mode == RESIZE:
             self.check_stride(stride)
             resized = tf.image.resize(
@@ -233,7 +235,8 @@ class SizePolicy:
         """
         if self.mode == RESIZE:
             return tf.image.resize(outputs, size, method="bilinear")
-        return outputs[:, : size[0], : size[1], :]
+        spatial = tuple(slice(0, size[axis]) for axis in range(outputs.shape.rank - 2))
+        return outputs[(slice(None), *spatial, slice(None))]
 
     def probabilities(self, model, images, stride, output_activation="sigmoid"):
         """Probabilities of a batch of images at their own size.
@@ -279,29 +282,34 @@ def pad_indices(size, padded_size, reflect):
 
 
 def pad_to_stride(images, stride):
-    """Pads a batch at the bottom and right to a multiple of `stride`, in-graph.
+    """Pads a batch at the end of each spatial axis to a multiple of `stride`, in-graph.
 
     The same rule as `keras_unetpp.pad_to_multiple`: reflect padding, or edge
-    padding when the padding of either axis is not smaller than that axis
+    padding when the padding of any axis is not smaller than that axis
     (a reflection needs that many pixels to mirror). Written with gathers of
     computed indices, so it traces with unknown sizes and compiles with XLA.
+    Images `(batch, height, width, channels)` are padded at the bottom and
+    right; volumes `(batch, depth, height, width, channels)` at the end of
+    all three axes.
 
     Args:
-        images: float tensor `(batch, height, width, channels)`.
+        images: float tensor `(batch, height, width, channels)`, or
+            `(batch, depth, height, width, channels)`.
         stride: int, e.g. `2**level`.
 
     Returns:
-        `(padded, height, width)` with the original height and width as
-        scalar int32 tensors.
+        `(padded, *sizes)`: the padded batch, then the original length of
+        each spatial axis as a scalar int32 tensor (`height, width` for
+        images).
     """
     shape = tf.shape(images)
-    height, width = shape[1], shape[2]
-    padded_height = (height + stride - 1) // stride * stride
-    padded_width = (width + stride - 1) // stride * stride
-    reflect = tf.logical_and(
-        padded_height - height < height, padded_width - width < width
+    rank = images.shape.rank - 2
+    sizes = [shape[axis] for axis in range(1, rank + 1)]
+    targets = [(size + stride - 1) // stride * stride for size in sizes]
+    reflect = tf.reduce_all(
+        tf.stack([target - size < size for size, target in zip(sizes, targets)])
     )
-    rows = pad_indices(height, padded_height, reflect)
-    columns = pad_indices(width, padded_width, reflect)
-    padded = tf.gather(tf.gather(images, rows, axis=1), columns, axis=2)
-    return padded, height, width
+    padded = images
+    for axis, (size, target) in enumerate(zip(sizes, targets), start=1):
+        padded = tf.gather(padded, pad_indices(size, target, reflect), axis=axis)
+    return (padded, *sizes)

@@ -26,6 +26,8 @@ METADATA_FORMAT = "keras_unetpp.export/1"
 # FLOPs are reported for one image of this size (a multiple of 2**6, the
 # deepest supported network's stride); they grow linearly with the pixels.
 FLOPS_SIZE = 256
+# ... and for one volume of this size along each axis (3D models).
+FLOPS_VOLUME_SIZE = 64
 
 
 def build_metadata(
@@ -43,6 +45,7 @@ def build_metadata(
     jit_compile=False,
     size_policy=None,
     tiled=None,
+    volume=None,
 ):
     """The metadata dict of one exported level (or of the accurate mode).
 
@@ -70,6 +73,9 @@ def build_metadata(
             for native. Defaults to `None`.
         tiled: the `TiledServing` of a tiled serving function, or `None`.
             Defaults to `None`.
+        volume: for a 3D model, `{"intensity": ..., "ct_window": ...}`, the
+            in-graph volume normalization (see `export_pruned`); `None` for
+            2D. Defaults to `None`.
 
     Returns:
         A JSON-serialisable dict.
@@ -80,9 +86,28 @@ def build_metadata(
     stride = info.stride
     channels = info.channels
     num_classes = info.num_classes
-    flops = count_flops(model, FLOPS_SIZE, FLOPS_SIZE)
+    rank = info.rank
+    if rank == 3:
+        side = FLOPS_VOLUME_SIZE
+        flops = count_flops(model, side, side, depth=side)
+        flops_info = {"per_volume": flops, "depth": side, "height": side}
+        flops_info.update(width=side, per_voxel=flops / side**3)
+    else:
+        flops = count_flops(model, FLOPS_SIZE, FLOPS_SIZE)
+        flops_info = {"per_image": flops, "height": FLOPS_SIZE}
+        flops_info.update(width=FLOPS_SIZE, per_pixel=flops / FLOPS_SIZE**2)
+    layout = signatures.input_layout(rank)
+    spatial = [None] * rank
     divisor = signatures.INPUT_DTYPES[input_dtype]
-    if pixel_scaling == "minmax":
+    intensity = (volume or {}).get("intensity")
+    if intensity is not None:
+        scaling = (
+            f"cast to float32 as stored and normalized per volume in the graph "
+            f"(intensity={intensity!r}"
+            + (f", ct_window={list(volume['ct_window'])}" if intensity == "ct" else "")
+            + "), as the volume pipeline did in training"
+        )
+    elif pixel_scaling == "minmax":
         scaling = "each image's own range mapped to [0, 1] (constant image: 0)"
     elif divisor is None:
         scaling = "used as is: float pixels in [0, 1], as in training"
@@ -125,21 +150,21 @@ def build_metadata(
         "source_model": _source_info(source_model),
         "version": version,
         "parameters": int(model.count_params()),
-        "flops": {
-            "per_image": flops,
-            "height": FLOPS_SIZE,
-            "width": FLOPS_SIZE,
-            "per_pixel": flops / FLOPS_SIZE**2,
-        },
+        "flops": flops_info,
         "signature": "serving_default",
         "input": {
             "name": signatures.INPUT_NAME,
             "dtype": input_dtype,
-            "shape": [None, None, None, channels],
-            "layout": "NHWC (batch, height, width, channels); any height and width",
+            "shape": [None, *spatial, channels],
+            "layout": (
+                "NHWC (batch, height, width, channels); any height and width"
+                if rank == 2
+                else "NDHWC (batch, depth, height, width, channels); any depth, "
+                "height and width, on the training voxel grid"
+            ),
             "check": (
                 "inside the graph: another rank or channel count fails with "
-                f"'image must be (batch, height, width, {channels}): received "
+                f"'image must be ({layout}, {channels}): received "
                 "rank R / C channels'"
             ),
         },
@@ -148,9 +173,10 @@ def build_metadata(
         "preprocessing": {
             "scaling": scaling,
             "pixel_scaling": pixel_scaling,
+            "intensity": volume,
             "size": f"inside the graph: {policy.description(stride)}",
             "padding": (
-                f"inside the graph: reflect-padded at the bottom and right to "
+                f"inside the graph: reflect-padded at the end of each axis to "
                 f"a multiple of {stride} (edge padding when the image is "
                 "smaller than the padding), predictions cropped back"
                 if policy.mode == "native"
@@ -161,18 +187,22 @@ def build_metadata(
         "outputs": {
             signatures.PROBABILITIES: {
                 "dtype": "float32",
-                "shape": [None, None, None, num_classes],
+                "shape": [None, *spatial, num_classes],
                 "meaning": (
                     "sigmoid probability of the foreground"
                     if binary
                     else "softmax probability of each class"
                 )
                 + activation
-                + ", at the input's height and width",
+                + (
+                    ", at the input's height and width"
+                    if rank == 2
+                    else ", at the input's depth, height and width"
+                ),
             },
             signatures.MASK: {
                 "dtype": signatures.mask_dtype(num_classes),
-                "shape": [None, None, None, 1],
+                "shape": [None, *spatial, 1],
                 "meaning": (
                     f"1 where probabilities >= {threshold}, else 0"
                     if binary

@@ -18,6 +18,7 @@ back, the temporary folders are deleted and any version that `overwrite=True`
 replaced is put back, so the folder is as it was before.
 """
 
+import dataclasses
 import os
 import pathlib
 import shutil
@@ -27,15 +28,32 @@ import keras
 
 from keras_unetpp.description import ACCURATE_OUTPUT, describe, parse_head
 from keras_unetpp.errors import InputError
-from keras_unetpp.export import edge, serving_config, signatures, tiled_serving
+from keras_unetpp.export import (
+    edge,
+    serving_config,
+    signatures,
+    tiled_serving,
+    volume_intensity,
+)
 from keras_unetpp.export import metadata as metadata_lib
 from keras_unetpp.fused_batch_norm import fuse_batch_norm
 from keras_unetpp.pruning import inference_model, prune
 from keras_unetpp.size_policy import SizePolicy
-from keras_unetpp.validation import check_threshold, is_int
+from keras_unetpp.validation import check_choice, check_threshold, is_int
+from keras_unetpp.volumes.processing import check_ct_window
 
 COMPUTE_DTYPES = (None, "float32", "bfloat16", "float16")
 ACCURATE = "accurate"
+# The convolution layers whose compute dtype the metadata reports.
+CONVOLUTIONS = (
+    keras.layers.Conv2D,
+    keras.layers.Conv2DTranspose,
+    keras.layers.Conv3D,
+    keras.layers.Conv3DTranspose,
+)
+# Tiles per network call of a tiled 3D serving function, unless `tiling`
+# says otherwise: a 64**3 tile holds as many voxels as a 512**2 image.
+VOLUME_TILE_BATCH = 2
 # The keys of `export_pruned(tiling=...)`: `predict_tiled`'s arguments.
 TILING_ARGUMENTS = (
     "tile_size",
@@ -67,6 +85,8 @@ def export_pruned(
     formats=(edge.SAVEDMODEL,),
     input_size=None,
     calibration_images=None,
+    intensity=None,
+    ct_window=None,
 ):
     """Exports each pruned level of a UNet++ as a SavedModel for TF Serving.
 
@@ -95,6 +115,17 @@ def export_pruned(
     - output `probabilities`: float32 `(batch, height, width, classes)`.
     - output `mask`: `(batch, height, width, 1)`; `probabilities >=
       threshold` as uint8 for one-class models, the arg-max class otherwise.
+
+    A 3D model (built with `input_shape=(None, None, None, C)`) is exported
+    the same way, with a depth axis after the batch everywhere:
+    `(batch, depth, height, width, channels)` in, probabilities and labels
+    of the same size out, each axis padded to `2**L` in the graph (or
+    tiled, `tiling={"tile_size": (d, h, w)}`). Its voxels are normalized
+    in the graph as the volume pipeline normalized them in training
+    (`intensity`); they must be on the training voxel grid (resampling
+    to a spacing needs the file's header and stays with the client, see
+    `keras_unetpp.volumes`). Volumes take the native size policy and the
+    SavedModel format only.
 
     Batch normalization is served by TensorFlow's fused kernel, in a clone
     of each pruned model: `model` itself is left untouched.
@@ -184,6 +215,14 @@ def export_pruned(
             TFLite files (resized or centre-cropped to the input size, see
             `edge.calibration_set`); needed with `"tflite"`. Defaults to
             `None`.
+        intensity: for a 3D model, its training's volume normalization,
+            applied per volume in the graph to the voxels as stored:
+            `"zscore"`, `"zscore-nonzero"`, `"ct"` or `"none"` (see
+            `keras_unetpp.volumes.normalize_intensity`); `None` scales
+            them as `pixel_scaling` says. 2D models: `None` only.
+            Defaults to `None`.
+        ct_window: `(low, high)` in Hounsfield units for `intensity="ct"`;
+            `None` is the volume pipeline's default. Defaults to `None`.
 
     Returns:
         dict mapping each level to the `pathlib.Path` of its version folder,
@@ -206,12 +245,19 @@ def export_pruned(
     export_pruned(model, "exported", model_name="nuclei",
                   size_policy=SizePolicy.resize((96, 96)), accurate=True)
     # ... and exported/nuclei_accurate/2/
+
+    # A 3D model of MRI volumes, z-scored per volume in training:
+    volume_model = keras_unetpp.build(3, (None, None, None, 1), num_classes=3,
+                                      deep_supervision=True)
+    export_pruned(volume_model, "exported", model_name="hippocampus",
+                  intensity="zscore", tiling={"tile_size": (32, 32, 32)})
     ```
     """
     info = describe(model)  # A clear error for models not built by keras_unetpp.
     levels = _check_levels(info, levels)
     size_policy = _check_size_policy(size_policy, levels, info)
     formats = edge.check_formats(formats)
+    volume = _check_volume_options(info, size_policy, formats, intensity, ct_window)
     edge_options = None
     if set(formats) - {edge.SAVEDMODEL}:
         edge_size = edge.edge_input_size(size_policy, input_size)
@@ -253,6 +299,8 @@ def export_pruned(
         )
     serving_config.check_base_path(base_path)
     tiled = _check_tiling(tiling, size_policy, jit_compile, info, levels, accurate)
+    if volume is not None and tiled is not None and "batch_size" not in tiling:
+        tiled = dataclasses.replace(tiled, batch_size=VOLUME_TILE_BATCH)
     export_dir = pathlib.Path(export_dir)
     if export_dir.exists() and not export_dir.is_dir():
         raise InputError(
@@ -285,6 +333,7 @@ def export_pruned(
                 tiled=tiled,
                 formats=formats,
                 edge_options=edge_options,
+                volume=volume,
             )
         paths = {}
         for key in keys:
@@ -326,11 +375,13 @@ def _write_level(
     tiled=None,
     formats=(edge.SAVEDMODEL,),
     edge_options=None,
+    volume=None,
 ):
     """Writes the SavedModel and metadata of one level (or accurate) into `folder`."""
     sub_model, stride = _sub_model(model, level)
     pruned = _serving_model(sub_model, compute_dtype)
     output_activation = describe(model).head_activation
+    volume = volume or {}
     serve = signatures.make_serving_fn(
         pruned,
         stride=stride,
@@ -341,6 +392,8 @@ def _write_level(
         size_policy=size_policy,
         jit_compile=jit_compile,
         tiled=tiled,
+        intensity=volume.get("intensity"),
+        ct_window=volume.get("ct_window"),
     )
     spec = signatures.input_signature(pruned.inputs[0].shape[-1], input_dtype)
     if edge.SAVEDMODEL in formats:
@@ -364,6 +417,7 @@ def _write_level(
         jit_compile=jit_compile,
         size_policy=size_policy,
         tiled=tiled,
+        volume=volume or None,
     )
     metadata["formats"] = list(formats)
     if edge_options is not None:
@@ -389,7 +443,7 @@ def _conv_compute_dtype(model):
         {
             layer.dtype_policy.compute_dtype
             for layer in model.layers
-            if isinstance(layer, (keras.layers.Conv2D, keras.layers.Conv2DTranspose))
+            if isinstance(layer, CONVOLUTIONS)
         }
     )
     return "+".join(dtypes)
@@ -399,7 +453,8 @@ def _serving_model(pruned, compute_dtype):
     """A clone of the pruned model for serving: any size, `compute_dtype`.
 
     The clone (same weight values, new layers, so that the caller's model is
-    left untouched) takes any height and width, its layers compute in
+    left untouched) takes any height and width (any depth, height and width
+    for a 3D model), its layers compute in
     `compute_dtype`, and its batch normalization runs TensorFlow's fused
     kernel. The float32 output activations of the heads (and the accurate
     mode's mean) are kept in float32.
@@ -417,7 +472,8 @@ def _serving_model(pruned, compute_dtype):
             config["dtype"] = keras.DTypePolicy(policy)
         return layer.__class__.from_config(config)
 
-    inputs = keras.Input((None, None, image.shape[-1]), name=image.name)
+    spatial = (None,) * (len(image.shape) - 2)
+    inputs = keras.Input((*spatial, image.shape[-1]), name=image.name)
     clone = keras.models.clone_model(
         pruned, input_tensors=inputs, clone_function=clone_layer
     )
@@ -470,6 +526,48 @@ def _check_size_policy(size_policy, levels, info):
     return size_policy
 
 
+def _check_volume_options(info, size_policy, formats, intensity, ct_window):
+    """The volume settings of a 3D export (`None` for 2D), checked."""
+    if info.rank != 3:
+        if intensity is not None or ct_window is not None:
+            raise InputError(
+                "`intensity` and `ct_window` are the normalization of volumes; "
+                f"this model takes {info.rank}D images (use pixel_scaling). "
+                f"Received: intensity={intensity!r}, ct_window={ct_window!r}"
+            )
+        return None
+    if size_policy.mode != "native":
+        raise InputError(
+            "A 3D model is served at the volumes' own voxel grid (native size "
+            "policy): a resize policy is for 2D images. Received: "
+            f"size_policy={size_policy.short_description()}"
+        )
+    if set(formats) != {edge.SAVEDMODEL}:
+        raise InputError(
+            "Volumes are exported as SavedModels only (the TFLite and ONNX "
+            "files are for 2D images). Received: formats="
+            f"{list(formats)}"
+        )
+    if intensity is None and ct_window is not None:
+        raise InputError(
+            "`ct_window` goes with intensity='ct'. Received: intensity=None, "
+            f"ct_window={ct_window!r}"
+        )
+    window = None
+    if intensity is not None:
+        check_choice(intensity, "intensity", volume_intensity.INTENSITIES)
+        if intensity == "ct":
+            window = check_ct_window(
+                volume_intensity.DEFAULT_CT_WINDOW if ct_window is None else ct_window
+            )
+        elif ct_window is not None:
+            raise InputError(
+                "`ct_window` goes with intensity='ct'. Received: "
+                f"intensity={intensity!r}, ct_window={ct_window!r}"
+            )
+    return {"intensity": intensity, "ct_window": window}
+
+
 def _check_tiling(tiling, size_policy, jit_compile, info, levels, accurate):
     """The `TiledServing` of `tiling` (a dict or `None`), checked."""
     if tiling is None:
@@ -495,7 +593,7 @@ def _check_tiling(tiling, size_policy, jit_compile, info, levels, accurate):
             "Tiled serving is not compiled with XLA (its tile loop has a "
             "size known only per request). Received: jit_compile=True with tiling"
         )
-    tiled = tiled_serving.TiledServing.create(**tiling)
+    tiled = tiled_serving.TiledServing.create(**tiling, rank=info.rank)
     strides = [2**level for level in levels]
     if accurate:
         strides.append(info.stride)

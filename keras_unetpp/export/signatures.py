@@ -25,7 +25,7 @@ import tensorflow as tf
 
 from keras_unetpp import validation
 from keras_unetpp.errors import InputError
-from keras_unetpp.export import tiled_serving
+from keras_unetpp.export import tiled_serving, volume_intensity
 from keras_unetpp.size_policy import SizePolicy, pad_to_stride
 from keras_unetpp.validation import PIXEL_SCALINGS, check_pixel_scaling  # noqa: F401
 
@@ -34,6 +34,7 @@ __all__ = [
     "MASK",
     "PROBABILITIES",
     "check_input",
+    "input_layout",
     "input_signature",
     "make_serving_fn",
     "normalize",
@@ -82,40 +83,57 @@ def input_signature(channels, input_dtype="float32"):
     return [tf.TensorSpec(None, tf.as_dtype(input_dtype), name=INPUT_NAME)]
 
 
-def check_input(image, channels):
+def input_layout(rank=2):
+    """The names of the `image` input's axes before the channels.
+
+    Args:
+        rank: int, 2 for images, 3 for volumes. Defaults to `2`.
+
+    Returns:
+        str, `"batch, height, width"` or `"batch, depth, height, width"`.
+    """
+    return "batch, height, width" if rank == 2 else "batch, depth, height, width"
+
+
+def check_input(image, channels, rank=2):
     """Checks in the graph that `image` is `(batch, height, width, channels)`.
 
     Args:
         image: the `image` tensor as received, of any rank.
         channels: int, the channels the model takes.
+        rank: int, the model's spatial rank: 2 for images, 3 for volumes
+            (`(batch, depth, height, width, channels)`). Defaults to `2`.
 
     Returns:
-        `image` with the static shape `(None, None, None, channels)`; the
+        `image` with the static shape `(None, ..., None, channels)`; the
         graph fails with an `InvalidArgumentError` such as "image must be
         (batch, height, width, 1): received rank 3 / 3 channels (shape
         [520 696 3])" for any other shape.
     """
     shape = tf.shape(image)
-    rank = tf.size(shape)
+    received_rank = tf.size(shape)
     # The last axis (-1 for a scalar), without indexing out of range.
-    received = tf.gather(tf.concat([[-1], shape], 0), rank)
-    valid = tf.logical_and(tf.equal(rank, 4), tf.equal(received, channels))
+    received = tf.gather(tf.concat([[-1], shape], 0), received_rank)
+    valid = tf.logical_and(
+        tf.equal(received_rank, rank + 2), tf.equal(received, channels)
+    )
     message = tf.strings.format(
-        f"{INPUT_NAME} must be (batch, height, width, {channels}): received "
+        f"{INPUT_NAME} must be ({input_layout(rank)}, {channels}): received "
         "rank {} / {} channels (shape {})",
-        (rank, received, shape),
+        (received_rank, received, shape),
     )
     check = tf.debugging.Assert(valid, [message])
     with tf.control_dependencies([check]):
         image = tf.identity(image)
-    return tf.ensure_shape(image, (None, None, None, channels))
+    return tf.ensure_shape(image, (None,) * (rank + 1) + (channels,))
 
 
 def normalize(image, input_dtype="float32", pixel_scaling="dtype"):
     """Maps a batch of `input_dtype` pixels to the model's float32 input.
 
     Args:
-        image: tensor `(batch, height, width, channels)` of `input_dtype`.
+        image: tensor `(batch, height, width, channels)` (or a batch of
+            volumes) of `input_dtype`.
         input_dtype: one of `INPUT_DTYPES`. Defaults to `"float32"`.
         pixel_scaling: `"dtype"` (integers divided by 255 or 65535, floats
             unchanged) or `"minmax"` (each image's range mapped to [0, 1]).
@@ -126,8 +144,9 @@ def normalize(image, input_dtype="float32", pixel_scaling="dtype"):
     """
     x = tf.cast(image, tf.float32)
     if pixel_scaling == "minmax":
-        low = tf.reduce_min(x, axis=(1, 2, 3), keepdims=True)
-        span = tf.reduce_max(x, axis=(1, 2, 3), keepdims=True) - low
+        axes = list(range(1, x.shape.rank))
+        low = tf.reduce_min(x, axis=axes, keepdims=True)
+        span = tf.reduce_max(x, axis=axes, keepdims=True) - low
         safe = tf.where(span > 0.0, span, tf.ones_like(span))
         return tf.where(span > 0.0, (x - low) / safe, tf.zeros_like(x))
     divisor = INPUT_DTYPES[input_dtype]
@@ -159,6 +178,8 @@ def make_serving_fn(
     size_policy=None,
     jit_compile=False,
     tiled=None,
+    intensity=None,
+    ct_window=None,
 ):
     """The function exported as `serving_default` for one pruned model.
 
@@ -191,7 +212,8 @@ def make_serving_fn(
     Returns:
         A Python function `serve(image)` returning
         `{"probabilities": float32 (batch, height, width, classes),
-        "mask": (batch, height, width, 1)}`; the mask is
+        "mask": (batch, height, width, 1)}` (volumes: with a depth axis
+        after the batch); the mask is
         `probabilities >= threshold` (uint8 0 or 1) for one class and the
         arg-max class index for several (`mask_dtype(num_classes)`).
     """
@@ -201,7 +223,17 @@ def make_serving_fn(
     policy.check_stride(stride)
     num_classes = model.outputs[0].shape[-1]
     channels = model.inputs[0].shape[-1]
+    rank = len(model.inputs[0].shape) - 2
     dtype = tf.as_dtype(mask_dtype(num_classes))
+    if intensity is not None:
+        if rank != 3:
+            raise InputError(
+                "`intensity` is the normalization of volumes; this model takes "
+                f"{rank}D images (use pixel_scaling). Received: intensity="
+                f"{intensity!r}"
+            )
+        window = volume_intensity.DEFAULT_CT_WINDOW if ct_window is None else ct_window
+        volume_intensity.normalize_volumes(tf.zeros((1, 1, 1, 1, 1)), intensity, window)
 
     if tiled is not None:
         if policy.mode != "native" or jit_compile:
@@ -223,7 +255,12 @@ def make_serving_fn(
             return compiled(x)
 
     def predict(image):
-        x = normalize(image, input_dtype, pixel_scaling)
+        if intensity is None:
+            x = normalize(image, input_dtype, pixel_scaling)
+        else:
+            x = volume_intensity.normalize_volumes(
+                tf.cast(image, tf.float32), intensity, window
+            )
         if tiled is None:
             outputs = policy.probabilities(network, x, stride, output_activation)
         else:
@@ -240,6 +277,6 @@ def make_serving_fn(
         predict = tf.function(predict, jit_compile=True, autograph=False)
 
     def serve(image):
-        return predict(check_input(image, channels))
+        return predict(check_input(image, channels, rank))
 
     return serve

@@ -28,8 +28,8 @@ class TiledServing:
     """How a serving graph tiles its requests (the `predict_tiled` arguments).
 
     Attributes:
-        tile_size: `(height, width)` of a tile, multiples of the stride of
-            every exported level.
+        tile_size: `(height, width)` of a tile (`(depth, height, width)`
+            for volumes), multiples of the stride of every exported level.
         overlap: float in [0, 1), as in `predict_tiled`.
         blending: `"gaussian"` or `"constant"`.
         tta: `None`, `"flips"` or `"flips+rot90"`.
@@ -60,16 +60,22 @@ class TiledServing:
         tta=None,
         batch_size=8,
         sigma_scale=0.125,
+        rank=2,
     ):
-        """A checked `TiledServing`; `tile_size` an int or `(height, width)`."""
-        tile = (tile_size, tile_size) if is_int(tile_size) else tile_size
+        """A checked `TiledServing`.
+
+        `tile_size` is an int or `(height, width)`; for volumes (`rank=3`)
+        an int or `(depth, height, width)`.
+        """
+        tile = (tile_size,) * rank if is_int(tile_size) else tile_size
         try:
             tile = tuple(tile)
         except TypeError:
             tile = ()
-        if len(tile) != 2 or not all(is_int(t) and t > 0 for t in tile):
+        if len(tile) != rank or not all(is_int(t) and t > 0 for t in tile):
+            axes = "(height, width)" if rank == 2 else "(depth, height, width)"
             raise InputError(
-                "`tile_size` must be a positive int or (height, width). "
+                f"`tile_size` must be a positive int or {axes}. "
                 f"Received: tile_size={tile_size!r}"
             )
         check_choice(blending, "blending", tiling.BLENDINGS)
@@ -146,19 +152,26 @@ def _positions(padded, tile, overlap, stride):
     return tf.where(last > 0, units_at, tf.zeros_like(units_at)) * stride
 
 
-def _apply(batch, transform):
+def _rotation(rank):
+    """The axis order that swaps the last two spatial axes of a batch."""
+    order = list(range(rank + 2))
+    order[rank - 1], order[rank] = rank, rank - 1
+    return order
+
+
+def _apply(batch, transform, rank):
     flip, rotate = transform
     if flip:
         batch = tf.reverse(batch, axis=list(flip))
-    if rotate:  # np.rot90(batch, 1, axes=(1, 2)): flip the width, swap the axes.
-        batch = tf.transpose(tf.reverse(batch, axis=[2]), (0, 2, 1, 3))
+    if rotate:  # np.rot90(batch, 1, axes=(rank - 1, rank)): flip, then swap.
+        batch = tf.transpose(tf.reverse(batch, axis=[rank]), _rotation(rank))
     return batch
 
 
-def _invert(batch, transform):
+def _invert(batch, transform, rank):
     flip, rotate = transform
-    if rotate:  # np.rot90(batch, -1, axes=(1, 2)): swap the axes, flip the width.
-        batch = tf.reverse(tf.transpose(batch, (0, 2, 1, 3)), axis=[2])
+    if rotate:  # np.rot90(batch, -1, axes=(rank - 1, rank)): swap, then flip.
+        batch = tf.reverse(tf.transpose(batch, _rotation(rank)), axis=[rank])
     if flip:
         batch = tf.reverse(batch, axis=list(flip))
     return batch
@@ -179,10 +192,12 @@ def tiled_probabilities(network, images, settings, stride, output_activation):
 
     Args:
         network: a single-output Keras model that maps
-            `(batch, th, tw, channels)` tiles to `(batch, th, tw, classes)`.
+            `(batch, th, tw, channels)` tiles to `(batch, th, tw, classes)`
+            (or tiles of volumes to their probabilities).
         images: float32 tensor `(batch, height, width, channels)` in [0, 1],
-            any height and width (also smaller than a tile).
-        settings: `TiledServing`.
+            any height and width (also smaller than a tile); or a batch of
+            volumes `(batch, depth, height, width, channels)`.
+        settings: `TiledServing`, with a tile of the images' rank.
         stride: int, the multiple the network needs (`2**level`).
         output_activation: what `network` returns: `"sigmoid"` or
             `"softmax"` probabilities, or `None` for logits (then a sigmoid
@@ -190,41 +205,51 @@ def tiled_probabilities(network, images, settings, stride, output_activation):
             blending, as `predict_tiled` does).
 
     Returns:
-        float32 tensor `(batch, height, width, classes)`, what
-        `predict_tiled(network, images, **settings.predict_tiled_arguments())`
-        returns for a keras_unetpp sub-network.
+        float32 tensor `(batch, height, width, classes)` (or of the
+        volumes' size), what `predict_tiled(network, images,
+        **settings.predict_tiled_arguments())` returns for a keras_unetpp
+        sub-network.
     """
     settings.check_stride(stride)
-    tile_h, tile_w = settings.tile_size
+    tile = settings.tile_size
     images = tf.convert_to_tensor(images, tf.float32)
+    rank = images.shape.rank - 2
+    if len(tile) != rank:
+        raise InputError(
+            f"The tile {tile} is not of the inputs' spatial rank {rank}. "
+            f"Received: images of rank {images.shape.rank}"
+        )
     shape = tf.shape(images)
-    batch, height, width = shape[0], shape[1], shape[2]
-    padded_h = _padded_size(height, tile_h, stride)
-    padded_w = _padded_size(width, tile_w, stride)
-    padded = _pad_axis(_pad_axis(images, 1, padded_h), 2, padded_w)
+    batch = shape[0]
+    sizes = [shape[axis] for axis in range(1, rank + 1)]
+    padded_sizes = [_padded_size(n, t, stride) for n, t in zip(sizes, tile)]
+    padded = images
+    for axis, target in enumerate(padded_sizes, start=1):
+        padded = _pad_axis(padded, axis, target)
 
-    rows = _positions(padded_h, tile_h, settings.overlap, stride)
-    columns = _positions(padded_w, tile_w, settings.overlap, stride)
-    corner_rows, corner_columns = tf.meshgrid(rows, columns, indexing="ij")
-    corners = tf.stack(
-        [tf.reshape(corner_rows, [-1]), tf.reshape(corner_columns, [-1])], axis=1
-    )
+    starts_per_axis = [
+        _positions(n, t, settings.overlap, stride) for n, t in zip(padded_sizes, tile)
+    ]
+    grid = tf.meshgrid(*starts_per_axis, indexing="ij")
+    corners = tf.stack([tf.reshape(axis, [-1]) for axis in grid], axis=1)
     tiles_per_image = tf.shape(corners)[0]
     jobs = batch * tiles_per_image  # Image-major, as predict_tiled orders them.
 
     weights = tf.constant(
-        tiling.tile_weights(settings.tile_size, settings.blending, settings.sigma_scale)
+        tiling.tile_weights(tile, settings.blending, settings.sigma_scale)
     )
     offsets = tf.stack(
-        tf.meshgrid(tf.range(tile_h), tf.range(tile_w), indexing="ij"), axis=-1
-    )  # (tile_h, tile_w, 2)
+        tf.meshgrid(*(tf.range(t) for t in tile), indexing="ij"), axis=-1
+    )  # (*tile, rank)
+    corner_shape = [1] * rank + [rank]
 
     def pixel_indices(corner):
-        return corner[None, None, :] + offsets
+        return tf.reshape(corner, corner_shape) + offsets
 
-    transforms = tiling.transforms(2, settings.tta)
+    transforms = tiling.transforms(rank, settings.tta)
     classes = network.outputs[0].shape[-1]
     size = settings.batch_size
+    channels = images.shape[-1]
 
     def predict_chunk(start):
         job = tf.range(start, tf.minimum(start + size, jobs))
@@ -236,31 +261,34 @@ def tiled_probabilities(network, images, settings, stride, output_activation):
             return tf.slice(
                 padded,
                 tf.concat([begin, [0]], 0),
-                tf.stack([1, tile_h, tile_w, tf.shape(padded)[3]]),
+                tf.stack([1, *tile, tf.shape(padded)[-1]]),
             )[0]
 
         tiles = tf.map_fn(
             cut, starts, fn_output_signature=tf.TensorSpec(None, tf.float32)
         )
-        tiles = tf.ensure_shape(tiles, (None, tile_h, tile_w, images.shape[-1]))
+        tiles = tf.ensure_shape(tiles, (None, *tile, channels))
         total = None
         for transform in transforms:
-            output = network(_apply(tiles, transform), training=False)
-            output = _invert(_to_probabilities(output, output_activation), transform)
+            output = network(_apply(tiles, transform, rank), training=False)
+            output = _invert(
+                _to_probabilities(output, output_activation), transform, rank
+            )
             total = output if total is None else total + output
         if len(transforms) > 1:
             total = total / len(transforms)
         # The weights ride along as one more channel: their sum per pixel
         # is the normalization, with no image-sized index tensor.
         tile_weights = tf.broadcast_to(
-            weights[None, :, :, None], tf.concat([tf.shape(total)[:3], [1]], 0)
+            weights[None, ..., None], tf.concat([tf.shape(total)[:-1], [1]], 0)
         )
         total = tf.concat([total * tile_weights, tile_weights], axis=-1)
         pixels = tf.map_fn(
             pixel_indices, corner, fn_output_signature=tf.TensorSpec(None, tf.int32)
         )
         image_axis = tf.broadcast_to(
-            image_index[:, None, None, None], tf.concat([tf.shape(pixels)[:3], [1]], 0)
+            tf.reshape(image_index, [-1] + [1] * (rank + 1)),
+            tf.concat([tf.shape(pixels)[:-1], [1]], 0),
         )
         return tf.concat([image_axis, pixels], axis=-1), total
 
@@ -268,15 +296,16 @@ def tiled_probabilities(network, images, settings, stride, output_activation):
         indices, values = predict_chunk(start)
         return start + size, tf.tensor_scatter_nd_add(result, indices, values)
 
-    result = tf.zeros(tf.stack([batch, padded_h, padded_w, classes + 1]))
+    result = tf.zeros(tf.stack([batch, *padded_sizes, classes + 1]))
     _, result = tf.while_loop(
         lambda start, _: start < jobs,
         body,
         (tf.constant(0), result),
         shape_invariants=(
             tf.TensorShape([]),
-            tf.TensorShape([None, None, None, classes + 1]),
+            tf.TensorShape([None] * (rank + 1) + [classes + 1]),
         ),
     )
-    result = result[:, :height, :width, :]
+    crop = tuple(slice(0, n) for n in sizes)
+    result = result[(slice(None), *crop, slice(None))]
     return result[..., :classes] / result[..., classes:]

@@ -26,7 +26,7 @@ from keras_unetpp.validation import check_choice
 INTENSITIES = ("zscore", "zscore-nonzero", "ct", "none")
 # A soft-tissue-to-bone CT window, in Hounsfield units (lung: -1000 to 400).
 DEFAULT_CT_WINDOW = (-1000.0, 1000.0)
-_MIN_STD = 1e-8
+MIN_STD = 1e-8
 
 
 def check_ct_window(window):
@@ -80,7 +80,7 @@ def normalize_intensity(image, intensity="zscore", ct_window=DEFAULT_CT_WINDOW):
         inside = None
         chosen = values
     mean = chosen.mean(axis=0)
-    std = np.maximum(chosen.std(axis=0), _MIN_STD)
+    std = np.maximum(chosen.std(axis=0), MIN_STD)
     result = (values - mean) / std
     if inside is not None:
         result[~inside] = 0.0

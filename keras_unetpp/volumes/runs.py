@@ -587,3 +587,102 @@ def predict_volume_run(
         overwrite=overwrite,
     )
     return {"labels": written, "output_dir": output_dir, "model": used, "tile": tile}
+
+
+def export_volume_run(
+    run_dir,
+    export_dir=None,
+    levels=None,
+    model="best",
+    version=None,
+    model_name=None,
+    input_dtype="float32",
+    threshold=0.5,
+    overwrite=False,
+    accurate=None,
+    record_paths=False,
+    tiling=None,
+):
+    """Exports the pruned levels of a volume run as 3D SavedModels for TF Serving.
+
+    Each SavedModel (`export_pruned` with the run's settings) takes a batch
+    of volumes `(batch, depth, height, width, channels)` of any size on the
+    run's voxel grid, normalizes each one in the graph as training did (the
+    run's `intensity` and CT window), predicts it by sliding window with
+    Gaussian blending (the run's patch, overlap 0.5, as
+    `keras-unetpp predict` does, unless `tiling` says otherwise) and returns
+    `probabilities` and the label map `mask`: what `predict_volume_run`
+    computes for a volume that needs no resampling.
+
+    Args:
+        run_dir: the volume run's folder.
+        export_dir: target folder; `None` is `<run_dir>/export`. Defaults
+            to `None`.
+        levels: ints, the levels to export; `None` exports every head.
+            Defaults to `None`.
+        model: `"best"`, `"last"` or a `.keras` path. Defaults to `"best"`.
+        version: int, the version folder; `None` for the next free one.
+            Defaults to `None`.
+        model_name: served name prefix; `None` uses the model's name.
+            Defaults to `None`.
+        input_dtype: `"float32"`, `"uint8"` or `"uint16"`, the dtype of the
+            voxels a client sends (cast to float32 as stored, then
+            normalized). Defaults to `"float32"`.
+        threshold: float, for one-class runs. Defaults to `0.5`.
+        overwrite: bool. Defaults to `False`.
+        accurate: bool, also export the accurate mode; `None` does so for a
+            deep-supervision model. Defaults to `None`.
+        record_paths: bool, record the absolute data paths in the metadata.
+            Defaults to `False`.
+        tiling: `None` (tiles of the run's patch size, overlap 0.5), or a
+            dict of `predict_tiled` arguments (`tile_size` as N or
+            `(d, h, w)`, `overlap`, `tta`, ...). Defaults to `None`.
+
+    Returns:
+        dict level -> version folder, and `"accurate"` -> its folder.
+
+    Example:
+
+    ```python
+    paths = export_volume_run("runs/hippocampus", model_name="hippocampus")
+    # runs/hippocampus/export/hippocampus_l1/1/ ... and models.config
+    ```
+    """
+    from keras_unetpp.export import export_pruned
+    from keras_unetpp.runs import EXPORT_DIR, source_summary
+
+    config, data, _ = _run_settings(run_dir)
+    keras_model = load_run_model(run_dir, model)
+    history = training.read_history(run_dir)
+    info = {
+        "data": source_summary(data["source"], record_paths),
+        "kind": KIND,
+        "patch_size": data["patch_size"],
+        "intensity": data["intensity"],
+        "spacing": data["spacing"],
+        "epochs": len(history),
+        "architecture": config["model"]["architecture"],
+    }
+    monitor = training.monitor_name(keras_model, config["training"]["monitor"])
+    scores = [row[monitor] for row in history if monitor in row]
+    if scores:
+        info[monitor] = max(scores)
+    if accurate is None:
+        accurate = len(describe(keras_model).heads) > 1
+    if tiling is None:
+        tiling = {"tile_size": tuple(data["patch_size"]), "overlap": 0.5}
+    return export_pruned(
+        keras_model,
+        export_dir or pathlib.Path(run_dir) / EXPORT_DIR,
+        levels=levels,
+        version=version,
+        model_name=model_name,
+        input_dtype=input_dtype,
+        threshold=threshold,
+        overwrite=overwrite,
+        training_info=info,
+        accurate=accurate,
+        tiling=tiling,
+        intensity=data["intensity"],
+        ct_window=tuple(data["ct_window"]) if data["intensity"] == "ct" else None,
+    )

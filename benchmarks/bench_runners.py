@@ -25,11 +25,16 @@ import numpy as np
 # the convolutions and transposed convolutions, plus the bias additions.
 
 
+def _spatial(config):
+    """The spatial shape of one input: a square image or a cubic volume."""
+    return (config["size"],) * config.get("spatial_dims", 2)
+
+
 def _batch(config):
     rng = np.random.default_rng(0)
-    size, batch = config["size"], config["batch"]
-    x = rng.standard_normal((batch, size, size, 1)).astype("float32")
-    y = (rng.random((batch, size, size, 1)) < 0.3).astype("float32")
+    shape = (config["batch"], *_spatial(config), 1)
+    x = rng.standard_normal(shape).astype("float32")
+    y = (rng.random(shape) < 0.3).astype("float32")
     return x, y
 
 
@@ -86,10 +91,10 @@ class KerasRunner:
 
             import keras_unetpp
 
-            size, depth = config["size"], config["depth"]
+            depth = config["depth"]
             model = keras_unetpp.build(
                 depth,
-                (size, size, 1),
+                (*_spatial(config), 1),
                 deep_supervision=config["deep_supervision"],
                 **config.get("build_kwargs", {}),
             )
@@ -134,7 +139,9 @@ class KerasRunner:
         if config["impl"] == "keras_unetpp":
             import keras_unetpp
 
-            return keras_unetpp.count_flops(model, config["size"], config["size"])
+            size = config["size"]
+            depth = size if config.get("spatial_dims", 2) == 3 else None
+            return keras_unetpp.count_flops(model, size, size, depth=depth)
         return keras_conv_flops(model)
 
     def _predictor(self, model, xla):
@@ -145,7 +152,7 @@ class KerasRunner:
             out = call(self.x)
             # Block until computed: fetch one value of the (first) output.
             first = out if tf.is_tensor(out) else tf.nest.flatten(out)[0]
-            return float(first[0, 0, 0, 0])
+            return float(tf.reshape(first, [-1])[0])
 
         return run
 
@@ -214,7 +221,11 @@ def keras_conv_flops(model):
 
 
 class TorchRunner:
-    """MONAI's BasicUNetPlusPlus on PyTorch (CPU), widths as keras_unetpp's."""
+    """MONAI's BasicUNetPlusPlus on PyTorch (CPU), widths as keras_unetpp's.
+
+    2D or 3D (`config["spatial_dims"]`), batch norm, transposed-convolution
+    up-sampling, as keras_unetpp's default build.
+    """
 
     def __init__(self, config):
         import torch
@@ -227,8 +238,9 @@ class TorchRunner:
             )
         self.torch = torch
         torch.manual_seed(0)
+        dims = config.get("spatial_dims", 2)
         model = BasicUNetPlusPlus(
-            spatial_dims=2,
+            spatial_dims=dims,
             in_channels=1,
             out_channels=1,
             features=(32, 64, 128, 256, 512, 32),
@@ -238,9 +250,10 @@ class TorchRunner:
             upsample="deconv",
         )
         x, y = _batch(config)
-        # PyTorch convolutions take NCHW.
-        self.x = torch.from_numpy(np.ascontiguousarray(x.transpose(0, 3, 1, 2)))
-        self.y = torch.from_numpy(np.ascontiguousarray(y.transpose(0, 3, 1, 2)))
+        # PyTorch convolutions take channels first (NCHW, NCDHW).
+        order = (0, dims + 1, *range(1, dims + 1))
+        self.x = torch.from_numpy(np.ascontiguousarray(x.transpose(order)))
+        self.y = torch.from_numpy(np.ascontiguousarray(y.transpose(order)))
         self.model = model
         self.optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
         self.loss = torch.nn.BCEWithLogitsLoss()
@@ -259,20 +272,24 @@ class TorchRunner:
         torch = self.torch
         flops = []
 
+        transposed = (torch.nn.ConvTranspose2d, torch.nn.ConvTranspose3d)
+
         def hook(module, inputs, output):
             w = module.weight
-            if isinstance(module, torch.nn.ConvTranspose2d):
-                positions = inputs[0].shape[2] * inputs[0].shape[3]
+            taps = int(np.prod(w.shape[2:]))
+            out_positions = int(np.prod(output.shape[2:]))
+            if isinstance(module, transposed):
+                positions = int(np.prod(inputs[0].shape[2:]))
                 cin, cout = w.shape[0], w.shape[1]
             else:
-                positions = output.shape[2] * output.shape[3]
+                positions = out_positions
                 cout, cin = w.shape[0], w.shape[1]
-            total = 2 * w.shape[2] * w.shape[3] * cin * cout * positions
+            total = 2 * taps * cin * cout * positions
             if module.bias is not None:
-                total += output.shape[2] * output.shape[3] * cout
+                total += out_positions * cout
             flops.append(int(total))
 
-        kinds = (torch.nn.Conv2d, torch.nn.ConvTranspose2d)
+        kinds = (torch.nn.Conv2d, torch.nn.Conv3d, *transposed)
         handles = [
             m.register_forward_hook(hook)
             for m in self.model.modules()
@@ -303,7 +320,7 @@ class TorchRunner:
             torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.autocast),
         ):
             out = self.model(self.x)
-        return float(out[-1][0, 0, 0, 0])
+        return float(out[-1].reshape(-1)[0])
 
     def reference(self):
         if self._ref_flops:

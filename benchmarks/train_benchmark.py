@@ -93,6 +93,7 @@ def _config(impl, depth, ds, precision, args, **extra):
         "deep_supervision": ds,
         "precision": precision,
         "size": args.size,
+        "spatial_dims": args.spatial_dims,
         "batch": args.batch,
         "warmup": args.warmup,
         "ref_size": args.ref_size,
@@ -102,7 +103,9 @@ def _config(impl, depth, ds, precision, args, **extra):
         suffix = f"-{extra['lever']}"
     else:
         suffix = "".join(f"-{k}={v}" for k, v in sorted(extra.items()))
-    config["name"] = f"{impl}-d{depth}-{'ds' if ds else 'nods'}-{precision}{suffix}"
+    dims = "-3d" if args.spatial_dims == 3 else ""
+    mode = "ds" if ds else "nods"
+    config["name"] = f"{impl}{dims}-d{depth}-{mode}-{precision}{suffix}"
     return config
 
 
@@ -336,6 +339,7 @@ def _base_record(config):
         "deep_supervision": config["deep_supervision"],
         "precision": config["precision"],
         "size": config["size"],
+        "spatial_dims": config.get("spatial_dims", 2),
         "batch": config["batch"],
         "xla": bool(config.get("xla", False)),
         "env": config.get("env", {}),
@@ -632,7 +636,7 @@ def memory_table(records):
             r["depth"],
             "yes" if r["deep_supervision"] else "no",
             r["precision"],
-            f"{r['size']}x{r['size']}",
+            "x".join([str(r["size"])] * r.get("spatial_dims", 2)),
             r["batch"],
             _fmt(r.get("allocator_peak_mb"), ".0f"),
             _fmt(r.get("max_rss_mb"), ".0f"),
@@ -691,6 +695,14 @@ def build_parser():
         "--size", type=int, default=128, help="square image size of the speed runs"
     )
     parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument(
+        "--spatial-dims",
+        type=int,
+        choices=(2, 3),
+        default=2,
+        help="2: size x size images; 3: size^3 volumes (3x3x3 convolutions; "
+        "the peer is MONAI's BasicUNetPlusPlus with spatial_dims=3)",
+    )
     parser.add_argument(
         "--steps", type=int, default=20, help="timed steps per configuration (median)"
     )
@@ -773,6 +785,9 @@ def parse_args(argv=None):
         args.memory_size, args.memory_batch, args.memory_steps = 32, 2, 1
     if args.depths is None:
         args.depths = [2] if args.quick else [4, 3, 2, 1]
+    if args.spatial_dims == 3:
+        # keras-unet-collection builds 2D networks only.
+        args.peers = [peer for peer in args.peers if peer != "kuc"]
     return args
 
 
@@ -808,9 +823,12 @@ def main(argv=None):
             f"{machine['float32_matmul_gflops']:.0f} GFLOP/s, bfloat16 "
             f"{machine['bfloat16_matmul_gflops']:.0f} GFLOP/s"
         )
+    shape = "x".join([str(args.size)] * args.spatial_dims)
+    memory_shape = "x".join([str(args.memory_size)] * args.spatial_dims)
+    kind = "volumes" if args.spatial_dims == 3 else "images"
     if speed:
         print(
-            f"\nSpeed: {args.size}x{args.size}x1 images, batch {args.batch}, "
+            f"\nSpeed: {shape}x1 {kind}, batch {args.batch}, "
             f"medians of {args.steps} steps after {args.warmup} warm-up; a "
             "training step counts 3x the forward FLOPs; % peak = achieved / "
             f"float32 {args.ref_size}^2 matmul in the same process and round.\n"
@@ -818,8 +836,8 @@ def main(argv=None):
         print(speed_table(speed))
     if mem:
         print(
-            f"\nMemory: one training step, {args.memory_size}x{args.memory_size}"
-            f"x1, batch {args.memory_batch}, each configuration alone in a "
+            f"\nMemory: one training step, {memory_shape}"
+            f"x1 {kind}, batch {args.memory_batch}, each configuration alone in a "
             "fresh process.\n"
         )
         print(memory_table(mem))

@@ -25,7 +25,7 @@ from keras_unetpp.cli import main as cli_main
 from keras_unetpp.errors import InputError
 from keras_unetpp.export import export_pruned, load_metadata
 from keras_unetpp.export.volume_intensity import normalize_volumes
-from keras_unetpp.size_policy import SizePolicy
+from keras_unetpp.size_policy import SizePolicy, pad_to_stride
 
 ODD = (37, 41, 29)  # No axis a multiple of 4, the depth-2 stride.
 TILE = (16, 16, 16)
@@ -243,3 +243,14 @@ def test_cli_exports_a_volume_run_that_serves_predicts_labels(tmp_path, capsys):
     np.testing.assert_array_equal(served[0, ..., 0], predicted)
     with pytest.raises(SystemExit):
         cli_main(["export", str(out), "--format", "onnx", "--overwrite"])
+
+
+def test_in_graph_padding_of_volumes_is_pad_to_multiple():
+    rng = np.random.default_rng(2)
+    for shape in ((1, 5, 6, 7, 2), (2, 3, 9, 4, 1), (1, 1, 2, 3, 1)):
+        volume = rng.normal(size=shape).astype(np.float32)
+        for stride in (2, 4, 8):
+            padded, *sizes = pad_to_stride(tf.constant(volume), stride)
+            expected, expected_sizes = ku.pad_to_multiple(volume, stride)
+            np.testing.assert_array_equal(padded.numpy(), expected)
+            assert tuple(int(n) for n in sizes) == expected_sizes

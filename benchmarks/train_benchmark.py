@@ -56,6 +56,8 @@ PEERS = ("kuc", "monai")
 LEVERS = {
     "xla": {"xla": True},
     "interop1": {"env": {"TF_NUM_INTEROP_THREADS": "1"}},
+    # The two that helped training on oneDNN's AVX2 kernels, together.
+    "xla_interop1": {"xla": True, "env": {"TF_NUM_INTEROP_THREADS": "1"}},
     "no_onednn": {"env": {"TF_ENABLE_ONEDNN_OPTS": "0"}},
     "onednn": {"env": {"TF_ENABLE_ONEDNN_OPTS": "1"}},
     # oneDNN's AVX2 kernels on an AVX-512 machine: most of an AVX2 CPU.

@@ -1081,18 +1081,7 @@ def _export_volumes(args):
         if args.tta:
             tiling["tta"] = args.tta
     return volume_runs.export_volume_run(
-        args.run,
-        export_dir=args.export_dir,
-        levels=args.levels,
-        model=args.model,
-        version=args.version,
-        model_name=args.model_name,
-        input_dtype=args.input_dtype,
-        threshold=args.threshold,
-        overwrite=args.overwrite,
-        accurate=args.accurate,
-        record_paths=args.record_paths,
-        tiling=tiling,
+        args.run, tiling=tiling, **_export_options(args)
     )
 
 
@@ -1107,20 +1096,28 @@ def _export_images(args):
 
     return runs.export_run(
         args.run,
-        export_dir=args.export_dir,
-        levels=args.levels,
-        model=args.model,
-        version=args.version,
-        model_name=args.model_name,
-        input_dtype=args.input_dtype,
-        threshold=args.threshold,
-        overwrite=args.overwrite,
-        accurate=args.accurate,
-        record_paths=args.record_paths,
         tiling=_tiling(args),
         formats=args.format,
         calibration_images=args.calibration_images,
+        **_export_options(args),
     )
+
+
+def _export_options(args):
+    """The `export` flags that 2D and volume runs take alike, as keywords."""
+    names = (
+        "export_dir",
+        "levels",
+        "model",
+        "version",
+        "model_name",
+        "input_dtype",
+        "threshold",
+        "overwrite",
+        "accurate",
+        "record_paths",
+    )
+    return {name: getattr(args, name) for name in names}
 
 
 def _report_export(paths):

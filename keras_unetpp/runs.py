@@ -892,6 +892,45 @@ def _shorten_paths(value, key=None):
     return value
 
 
+def export_training_info(run_dir, config, keras_model, record_paths, **fields):
+    """What an export records of the run it came from (`training_info`).
+
+    Args:
+        run_dir: the run folder (its `history.csv` gives the epochs and the
+            best monitored score).
+        config: the run's `run.json` settings (`read_run_config`).
+        keras_model: the exported Keras model (it names the monitored
+            score).
+        record_paths: bool, record the data's absolute paths; otherwise
+            only their last two components (`source_summary`).
+        **fields: what the kind of run adds after `data`: the image size
+            and resize mode of a 2D run, the patch size and intensity of a
+            volume run.
+
+    Returns:
+        dict: `data`, the `fields`, `epochs`, `architecture` and, once
+        validation ran, the best value of the monitored score under its
+        name.
+    """
+    history = training.read_history(run_dir)
+    info = {
+        "data": source_summary(config["data"]["source"], record_paths),
+        **fields,
+        "epochs": len(history),
+        "architecture": config["model"]["architecture"],
+    }
+    monitor = training.monitor_name(keras_model, config["training"]["monitor"])
+    scores = [row[monitor] for row in history if monitor in row]
+    if scores:
+        info[monitor] = max(scores)
+    return info
+
+
+def has_several_heads(keras_model):
+    """Whether a model has deep-supervision heads (an accurate mode to export)."""
+    return len(describe(keras_model).heads) > 1
+
+
 def export_run(
     run_dir,
     export_dir=None,
@@ -982,21 +1021,17 @@ def export_run(
         )
     config = read_run_config(run_dir)
     keras_model = load_run_model(run_dir, model)
-    history = training.read_history(run_dir)
     policy = SizePolicy.from_run_config(config)
-    info = {
-        "data": source_summary(config["data"]["source"], record_paths),
-        "image_size": config["data"]["image_size"],
-        "resize_mode": config["data"].get("resize_mode", "resize"),
-        "epochs": len(history),
-        "architecture": config["model"]["architecture"],
-    }
-    monitor = training.monitor_name(keras_model, config["training"]["monitor"])
-    scores = [row[monitor] for row in history if monitor in row]
-    if scores:
-        info[monitor] = max(scores)
+    info = export_training_info(
+        run_dir,
+        config,
+        keras_model,
+        record_paths,
+        image_size=config["data"]["image_size"],
+        resize_mode=config["data"].get("resize_mode", "resize"),
+    )
     if accurate is None:
-        accurate = len(describe(keras_model).heads) > 1
+        accurate = has_several_heads(keras_model)
     formats = edge.check_formats(formats)
     calibration = None
     if edge.TFLITE in formats:

@@ -649,26 +649,22 @@ def export_volume_run(
     ```
     """
     from keras_unetpp.export import export_pruned
-    from keras_unetpp.runs import EXPORT_DIR, source_summary
+    from keras_unetpp.runs import EXPORT_DIR, export_training_info, has_several_heads
 
     config, data, _ = _run_settings(run_dir)
     keras_model = load_run_model(run_dir, model)
-    history = training.read_history(run_dir)
-    info = {
-        "data": source_summary(data["source"], record_paths),
-        "kind": KIND,
-        "patch_size": data["patch_size"],
-        "intensity": data["intensity"],
-        "spacing": data["spacing"],
-        "epochs": len(history),
-        "architecture": config["model"]["architecture"],
-    }
-    monitor = training.monitor_name(keras_model, config["training"]["monitor"])
-    scores = [row[monitor] for row in history if monitor in row]
-    if scores:
-        info[monitor] = max(scores)
+    info = export_training_info(
+        run_dir,
+        config,
+        keras_model,
+        record_paths,
+        kind=KIND,
+        patch_size=data["patch_size"],
+        intensity=data["intensity"],
+        spacing=data["spacing"],
+    )
     if accurate is None:
-        accurate = len(describe(keras_model).heads) > 1
+        accurate = has_several_heads(keras_model)
     if tiling is None:
         tiling = {"tile_size": tuple(data["patch_size"]), "overlap": 0.5}
     return export_pruned(

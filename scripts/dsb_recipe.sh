@@ -1,0 +1,55 @@
+#!/usr/bin/env bash
+# The DSB 2018 recipe: UNet++ (depth 4, deep supervision) trained on random
+# crops at the images' native scale (no resizing), scored on the manifest's
+# val split (86 images) whole, at their own resolution (256x256, 320x256),
+# with and without flips+rot90 test-time augmentation, with every metric of
+# keras_unetpp.field_metrics (pooled IoU/Dice, per image, the authors' Keras
+# mean_iou, the DSB 2018 average precision).
+#
+# Usage: bash scripts/dsb_recipe.sh                     (the recipe, 45 min)
+#        BUDGET=6 OUT=runs/dsb_lever CROP=192 bash scripts/dsb_recipe.sh
+#
+# Settings (environment): BUDGET minutes of training (the cosine schedule
+# decays over the epochs that fit), CROP training crop, FILTERS level-0
+# width, BATCH, LR, LOSS (bce-dice, tversky, focal-tversky, focal), MODE
+# (crop = native scale; resize = scale every image to CROP x CROP, the
+# older 96x96 protocol), AUGMENT (1 = flips, quarter turns, scale 0.8-1.25,
+# intensity; 0 = none), ARCH (unetpp, unet), DSB_INSTANCES (both,
+# components, watershed, none). Run the same command again to continue a
+# budget-stopped or interrupted run.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export TF_CPP_MIN_LOG_LEVEL=${TF_CPP_MIN_LOG_LEVEL:-2}
+if [ -z "${VIRTUAL_ENV:-}" ] && [ -x .venv/bin/python ]; then
+  . .venv/bin/activate
+fi
+
+DATA=${DATA:-../shared/data/dsb2018_nuclei}
+OUT=${OUT:-runs/dsb_recipe}
+BUDGET=${BUDGET:-45}
+CROP=${CROP:-128}
+FILTERS=${FILTERS:-16}
+BATCH=${BATCH:-8}
+LR=${LR:-0.002}
+LOSS=${LOSS:-bce-dice}
+MODE=${MODE:-crop}
+AUGMENT=${AUGMENT:-1}
+ARCH=${ARCH:-unetpp}
+DSB_INSTANCES=${DSB_INSTANCES:-both}
+augment=--augment
+[ "$AUGMENT" = 1 ] || augment=--no-augment
+supervision=--deep-supervision
+[ "$ARCH" = unetpp ] || supervision=--no-deep-supervision
+
+start=$(date +%s)
+keras-unetpp train --data "$DATA" --output "$OUT" --architecture "$ARCH" \
+  $supervision --channels 3 --filters "$FILTERS" \
+  --resize-mode "$MODE" --image-size "$CROP" "$CROP" $augment \
+  --loss "$LOSS" --batch-size "$BATCH" --learning-rate "$LR" \
+  --lr-schedule cosine --epochs 1000 --time-budget "$BUDGET" \
+  --save-every 100 --verbose 2 --no-tensorboard
+trained=$(date +%s)
+keras-unetpp evaluate "$OUT" --tta flips+rot90 --dsb-instances "$DSB_INSTANCES" \
+  --latency-batch-size 1 --latency-runs 5
+end=$(date +%s)
+echo "wall time: training $(( (trained - start) / 60 )) min, evaluation $(( (end - trained) / 60 )) min ($(nproc) CPU cores)"

@@ -1,0 +1,72 @@
+"""scripts/lever_table.py: one row per evaluated run, from its own files."""
+
+import csv
+import importlib.util
+import json
+import pathlib
+
+import pytest
+
+from keras_unetpp import evaluation
+
+SCRIPT = pathlib.Path(__file__).resolve().parent.parent / "scripts" / "lever_table.py"
+
+
+def _lever_table():
+    spec = importlib.util.spec_from_file_location("lever_table", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _run(folder, ious, mode="crop", loss=None, epochs=3):
+    folder.mkdir()
+    config = {
+        "data": {"image_size": [128, 128], "resize_mode": mode, "augment": True},
+        "model": {"architecture": "unetpp", "filters": 16},
+        "training": {"loss": loss},
+    }
+    (folder / "run.json").write_text(json.dumps(config))
+    with open(folder / "history.csv", "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["epoch", "loss"])
+        writer.writerows([i, 1.0 / (i + 1)] for i in range(epochs))
+    rows = [
+        {"model": "unetpp", "level": level, "iou": iou, "dice": 2 * iou / (1 + iou)}
+        for level, iou in ious.items()
+    ]
+    rows[-1].update(iou_tta=ious[rows[-1]["level"]] + 0.01, dsb_ap=0.5)
+    evaluation.write_table(rows, folder / "evaluation")
+    return folder
+
+
+def test_rows_hold_each_runs_settings_levels_and_best(tmp_path):
+    lever_table = _lever_table()
+    first = _run(tmp_path / "recipe", {"L1": 0.7, "L2": 0.8, "accurate": 0.79})
+    second = _run(
+        tmp_path / "focal",
+        {"L1": 0.6, "L2": 0.75, "accurate": 0.76},
+        mode="resize",
+        loss={"name": "focal-tversky", "alpha": 0.7},
+        epochs=5,
+    )
+    out = tmp_path / "levers.md"
+    assert lever_table.main([str(first), str(second), "--output", str(out)]) == 0
+    lines = out.read_text().splitlines()
+    assert lines[0].split(" | ")[3:6] == ["L1", "L2", "accurate"]
+    recipe, focal = lines[2], lines[3]
+    settings = "unetpp, crop 128x128, f16, bce-dice, augment on"
+    assert recipe.startswith(f"| recipe | {settings} | 3 |")
+    assert "| L2 0.8000 |" in recipe and "| 0.7000 | 0.8000 | 0.7900 |" in recipe
+    # TTA and DSB AP are those of the best level's row; this one has none.
+    assert recipe.endswith("|  |  |")
+    assert focal.startswith("| focal | unetpp, resize 128x128, f16, focal-tversky,")
+    assert focal.endswith("| accurate 0.7600 | 0.7700 | 0.5000 |")
+
+
+def test_a_run_without_evaluation_is_named(tmp_path):
+    lever_table = _lever_table()
+    folder = tmp_path / "plain"
+    folder.mkdir()
+    with pytest.raises(SystemExit, match="keras-unetpp evaluate .*plain"):
+        lever_table.main([str(folder)])

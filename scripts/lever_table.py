@@ -12,20 +12,11 @@ scripts/dsb_levers.sh.
 """
 
 import argparse
-import csv
 import pathlib
 import sys
 
-from keras_unetpp import evaluation
+from keras_unetpp import evaluation, training
 from keras_unetpp.runs import EVALUATION_DIR, read_run_config
-
-
-def _epochs(run):
-    history = pathlib.Path(run) / "history.csv"
-    if not history.is_file():
-        return 0
-    with open(history, newline="") as f:
-        return sum(1 for _ in csv.DictReader(f))
 
 
 def _settings(config):
@@ -55,7 +46,7 @@ def lever_row(run):
     return {
         "lever": pathlib.Path(run).name,
         "settings": _settings(read_run_config(run)),
-        "epochs": _epochs(run),
+        "epochs": len(training.read_history(run)),
         "levels": {level: row["iou"] for level, row in by_level.items()},
         "best": str(best["level"]),
         "best_iou": best["iou"],

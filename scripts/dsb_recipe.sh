@@ -8,12 +8,15 @@
 #
 # Usage: bash scripts/dsb_recipe.sh                     (the recipe, 45 min)
 #        BUDGET=6 OUT=runs/dsb_lever CROP=192 bash scripts/dsb_recipe.sh
+#        DATA=../shared/data/isbi2012_em_membrane CHANNELS=1 DSB_INSTANCES=none \
+#          BUDGET=15 OUT=runs/isbi_recipe bash scripts/dsb_recipe.sh   (EM slices)
 #
-# Settings (environment): BUDGET minutes of training (the cosine schedule
-# decays over the epochs that fit), CROP training crop, FILTERS level-0
-# width, BATCH, LR, LOSS (bce-dice, tversky, focal-tversky, focal), MODE
-# (crop = native scale; resize = scale every image to CROP x CROP, the
-# older 96x96 protocol), AUGMENT (1 = flips, quarter turns, scale 0.8-1.25,
+# Settings (environment): DATA the image/mask folder, BUDGET minutes of
+# training (the cosine schedule decays over the epochs that fit), CROP
+# training crop, FILTERS level-0 width, CHANNELS (3; 1 for grayscale such
+# as the ISBI 2012 EM slices), BATCH, LR, LOSS (bce-dice, tversky,
+# focal-tversky, focal), MODE (crop = native scale; resize = scale every
+# image to CROP x CROP, the older 96x96 protocol), AUGMENT (1 = flips, quarter turns, scale 0.8-1.25,
 # intensity; 0 = none), ARCH (unetpp, unet), DSB_INSTANCES (both,
 # components, watershed, none). Run the same command again to continue a
 # budget-stopped or interrupted run.
@@ -29,6 +32,7 @@ OUT=${OUT:-runs/dsb_recipe}
 BUDGET=${BUDGET:-45}
 CROP=${CROP:-128}
 FILTERS=${FILTERS:-16}
+CHANNELS=${CHANNELS:-3}
 BATCH=${BATCH:-8}
 LR=${LR:-0.002}
 LOSS=${LOSS:-bce-dice}
@@ -43,7 +47,7 @@ supervision=--deep-supervision
 
 start=$(date +%s)
 keras-unetpp train --data "$DATA" --output "$OUT" --architecture "$ARCH" \
-  $supervision --channels 3 --filters "$FILTERS" \
+  $supervision --channels "$CHANNELS" --filters "$FILTERS" \
   --resize-mode "$MODE" --image-size "$CROP" "$CROP" $augment \
   --loss "$LOSS" --batch-size "$BATCH" --learning-rate "$LR" \
   --lr-schedule cosine --epochs 1000 --time-budget "$BUDGET" \

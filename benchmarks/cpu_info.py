@@ -63,6 +63,36 @@ def cpu_kind(flags, max_isa=None):
     return "other"
 
 
+def cap_xla_like_onednn(environ):
+    """XLA's code generation capped to the ISA `ONEDNN_MAX_CPU_ISA` caps oneDNN to.
+
+    `ONEDNN_MAX_CPU_ISA=AVX2` reproduces an AVX2 CPU for oneDNN's kernels
+    only: XLA (`jit_compile=True`) does not use oneDNN, and its LLVM code
+    generator targets every extension of the host (AVX-512 here) unless told
+    otherwise. So that an XLA figure under the cap is an AVX2 figure too,
+    this adds XLA's own cap, `--xla_cpu_max_isa=AVX2`, to `XLA_FLAGS` where
+    oneDNN is capped to AVX2 and `XLA_FLAGS` does not set it already.
+
+    Args:
+        environ: a dict of environment variables, changed in place.
+
+    Returns:
+        The same dict.
+
+    Example:
+
+    ```python
+    cap_xla_like_onednn({"ONEDNN_MAX_CPU_ISA": "AVX2"})["XLA_FLAGS"]
+    # "--xla_cpu_max_isa=AVX2"
+    ```
+    """
+    cap = environ.get("ONEDNN_MAX_CPU_ISA", "").upper()
+    flags = environ.get("XLA_FLAGS", "")
+    if cap.startswith("AVX2") and "xla_cpu_max_isa" not in flags:
+        environ["XLA_FLAGS"] = f"{flags} --xla_cpu_max_isa=AVX2".strip()
+    return environ
+
+
 def onednn_state():
     """`(enabled, how)`: whether TensorFlow's oneDNN kernels are on, and why.
 
@@ -105,6 +135,7 @@ def describe_cpu(cpuinfo="/proc/cpuinfo"):
         "onednn": enabled,
         "onednn_how": how,
         "onednn_max_cpu_isa": max_isa,
+        "xla_flags": os.environ.get("XLA_FLAGS"),
     }
 
 
@@ -118,4 +149,9 @@ def summary(description):
         f"{description['kind']}; oneDNN {onednn} ({description['onednn_how']}"
         + (f", ONEDNN_MAX_CPU_ISA={isa}" if isa else "")
         + ")"
+        + (
+            f"; XLA_FLAGS={description['xla_flags']}"
+            if description.get("xla_flags")
+            else ""
+        )
     )

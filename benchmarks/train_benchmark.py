@@ -214,6 +214,8 @@ class Worker:
     def __init__(self, config, python):
         self.config = config
         env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", **config.get("env", {}))
+        # An AVX2 reproduction caps XLA's code generation too.
+        cpu_info.cap_xla_like_onednn(env)
         self.process = subprocess.Popen(
             [python, str(WORKER), json.dumps(config)],
             stdin=subprocess.PIPE,

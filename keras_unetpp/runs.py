@@ -64,9 +64,10 @@ PREDICTION_DIR = "predictions"
 
 # Settings that may change when a run is continued (more epochs, quieter
 # output); anything else must match the recorded run.
-# Settings a resumed run may change: how long, how often to save, and
-# recomputation (the same training with less memory, e.g. after running out).
-_RESUMABLE_CHANGES = ("epochs", "save_every", "recompute")
+# Settings a resumed run may change: how long, how often to save,
+# recomputation (the same training with less memory, e.g. after running out)
+# and XLA (the same training, compiled another way).
+_RESUMABLE_CHANGES = ("epochs", "save_every", "recompute", "xla")
 # Recorded facts, not settings.
 _DERIVED = ("train_images", "val_images", "precision_policy", "split", "split_counts")
 
@@ -112,8 +113,9 @@ def _check_resume(run_dir, config):
     if changed:
         raise InputError(
             f"{str(run_dir)!r} holds a run made with other settings; run the "
-            "same command to resume it (only --epochs, --save-every and "
-            "--recompute may change), or choose a new --output folder. "
+            "same command to resume it (only --epochs, --save-every, "
+            "--recompute and --xla may change), or choose a new --output "
+            "folder. "
             f"Received: {'; '.join(changed)}"
         )
 
@@ -141,6 +143,7 @@ def training_settings(
     precision,
     recompute,
     save_every,
+    xla=False,
 ):
     """The settings of a run's `run.json` `training` section that every run has."""
     return {
@@ -153,6 +156,7 @@ def training_settings(
         "precision": precision,
         "recompute": bool(recompute),
         "save_every": save_every,
+        "xla": bool(xla),
     }
 
 
@@ -179,6 +183,7 @@ def train_run(
     pixel_scaling="dtype",
     precision="float32",
     recompute=False,
+    xla=False,
     strategy="default",
     save_every=None,
     seed=0,
@@ -238,6 +243,8 @@ def train_run(
         recompute: bool, recompute each node's activations in the
             backward pass (`keras_unetpp.recompute_nodes`): less memory per
             training step, more compute. Defaults to `False`.
+        xla: bool, compile the training step with XLA
+            (`training.train(jit_compile=True)`). Defaults to `False`.
         strategy: `"default"`, `"mirrored"`, `"multi_worker"` or `"tpu"`.
             Defaults to `"default"`.
         save_every: int, save the resumable state every this many batches
@@ -330,6 +337,7 @@ def train_run(
                 precision,
                 recompute,
                 save_every,
+                xla,
             ),
             "strategy": strategy,
             **encoder["training"],
@@ -433,6 +441,7 @@ def train_run(
             freeze_encoder_epochs=freeze_encoder_epochs,
             unfreeze_lr_factor=unfreeze_lr_factor,
             loss=config["training"]["loss"],
+            jit_compile=xla,
         )
     result["run_dir"] = output_dir
     return result

@@ -664,6 +664,7 @@ def train(
     freeze_encoder_epochs=0,
     unfreeze_lr_factor=0.1,
     loss=None,
+    jit_compile=False,
 ):
     """Trains a keras_unetpp model, resumably, with checkpoints and logs.
 
@@ -744,6 +745,11 @@ def train(
             `{"name": "tversky", "alpha": 0.8}`, a `keras.losses.Loss`, or
             a dict by head name of those (one loss per head; see
             `imbalance_losses.head_losses`). Defaults to `None`.
+        jit_compile: bool, compile the training step with XLA
+            (`compile(jit_compile=True)`). On CPUs it pays where
+            TensorFlow's convolutions run on oneDNN's AVX2 kernels (measured
+            1.08-1.13x per training step, docs/performance.md), not on
+            AVX-512; the saved models are the same. Defaults to `False`.
 
     Returns:
         dict: `history` (list of per-epoch log dicts, all epochs of the run
@@ -830,7 +836,12 @@ def train(
             plan = tuning.scale_plan(plan)
         learning_rate = plan(start_epoch * steps + start_batch)
     compile_model(
-        model, learning_rate, loss_weights, optimizer, loss=head_losses(model, loss)
+        model,
+        learning_rate,
+        loss_weights,
+        optimizer,
+        jit_compile=bool(jit_compile),
+        loss=head_losses(model, loss),
     )
     if plan is not None:
         try:

@@ -1,6 +1,7 @@
 """Smoke test of benchmarks/train_benchmark.py in its --quick mode."""
 
 import json
+import os
 import pathlib
 import subprocess
 import sys
@@ -184,6 +185,44 @@ def test_cpu_description_reads_cpuinfo(tmp_path, monkeypatch):
     line = cpu_info.summary(cpu_info.describe_cpu(str(fake)))
     assert line.startswith("CPU: AMD EPYC 7B13, ")
     assert "ONEDNN_MAX_CPU_ISA=AVX2" in line
+
+
+def test_an_avx2_reproduction_caps_xla_too():
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    import cpu_info
+
+    env = cpu_info.cap_xla_like_onednn({"ONEDNN_MAX_CPU_ISA": "avx2"})
+    assert env["XLA_FLAGS"] == "--xla_cpu_max_isa=AVX2"
+    kept = {"ONEDNN_MAX_CPU_ISA": "AVX2", "XLA_FLAGS": "--xla_cpu_max_isa=AVX"}
+    assert cpu_info.cap_xla_like_onednn(dict(kept)) == kept  # the user's cap
+    other = {"ONEDNN_MAX_CPU_ISA": "AVX2", "XLA_FLAGS": "--xla_dump_to=/tmp/d"}
+    assert cpu_info.cap_xla_like_onednn(other)["XLA_FLAGS"] == (
+        "--xla_dump_to=/tmp/d --xla_cpu_max_isa=AVX2"
+    )
+    assert cpu_info.cap_xla_like_onednn({}) == {}  # no cap, nothing added
+    line = cpu_info.summary(dict(cpu_info.describe_cpu(), xla_flags=env["XLA_FLAGS"]))
+    assert line.endswith("; XLA_FLAGS=--xla_cpu_max_isa=AVX2")
+    # XLA of this TensorFlow knows the flag (it aborts on unknown ones) and
+    # compiles under it, with the same result as without.
+    code = (
+        "import numpy as np, tensorflow as tf;"
+        "f = tf.function(lambda x: tf.nn.relu(x @ x) + 1.0, jit_compile=True);"
+        "x = tf.constant(np.arange(16, dtype='float32').reshape(4, 4) / 8 - 1);"
+        "print('SUM', float(tf.reduce_sum(f(x))))"
+    )
+    sums = []
+    for flags in (env, {}):
+        completed = subprocess.run(
+            [sys.executable, "-c", code],
+            env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", **flags},
+            capture_output=True,
+            text=True,
+            timeout=300,
+            check=False,
+        )
+        assert completed.returncode == 0, completed.stderr[-2000:]
+        sums.append(completed.stdout.split("SUM")[-1].strip())
+    assert sums[0] == sums[1]
 
 
 def test_op_profile_sums_a_real_trace(tmp_path):

@@ -370,6 +370,30 @@ def test_train_with_recomputed_nodes(synthetic_dir, tmp_path):
     assert "call" not in vars(model)
 
 
+def test_train_with_xla(synthetic_dir, tmp_path, monkeypatch):
+    compiled = []
+    original = training.compile_model
+
+    def spy(model, *args, **kwargs):
+        original(model, *args, **kwargs)
+        compiled.append(model.jit_compile)  # Keras' own record of the choice
+
+    monkeypatch.setattr(training, "compile_model", spy)
+    run = tmp_path / "xla"
+    argv = ["train", "--data", str(synthetic_dir), "--output", str(run), *TINY]
+    _run([*argv, "--epochs", "1", "--xla"])
+    assert json.loads((run / "run.json").read_text())["training"]["xla"]
+    # The same run may go on without XLA (and back): it trains the same model.
+    _run([*argv, "--epochs", "2"])
+    assert not json.loads((run / "run.json").read_text())["training"]["xla"]
+    assert compiled == [True, False]
+    history = list(csv.DictReader((run / "history.csv").open()))
+    assert len(history) == 2
+    assert all(np.isfinite(float(row["loss"])) for row in history)
+    model = keras.saving.load_model(run / "last.keras", compile=False, safe_mode=True)
+    assert model.count_params() > 0
+
+
 @pytest.mark.parametrize(
     "error, code",
     [

@@ -48,7 +48,7 @@ EVALUATION_DIR = "evaluation"
 PREDICTION_DIR = "predictions"
 TABLE_STEM = "volume_levels"
 # Settings a resumed run may change (as in 2D).
-_RESUMABLE_CHANGES = ("epochs", "save_every", "recompute")
+_RESUMABLE_CHANGES = ("epochs", "save_every", "recompute", "xla")
 _DERIVED = ("train_volumes", "val_volumes", "precision_policy")
 
 
@@ -194,8 +194,9 @@ def _check_resume(run_dir, config):
     if changed:
         raise InputError(
             f"{str(run_dir)!r} holds a run made with other settings; run the "
-            "same command to resume it (only --epochs, --save-every and "
-            "--recompute may change), or choose a new --output folder. "
+            "same command to resume it (only --epochs, --save-every, "
+            "--recompute and --xla may change), or choose a new --output "
+            "folder. "
             f"Received: {'; '.join(changed)}"
         )
 
@@ -225,6 +226,7 @@ def train_volume_run(
     augment=True,
     precision="float32",
     recompute=False,
+    xla=False,
     save_every=None,
     seed=0,
     tensorboard=True,
@@ -270,6 +272,7 @@ def train_volume_run(
         precision: a Keras dtype policy name or `"auto"`. Defaults to
             `"float32"`.
         recompute: bool. Defaults to `False`.
+        xla: bool, compile the training step with XLA. Defaults to `False`.
         save_every: int or `None`. Defaults to `None`.
         seed: int. Defaults to `0`.
         tensorboard: bool. Defaults to `True`.
@@ -337,6 +340,7 @@ def train_volume_run(
             precision,
             recompute,
             save_every,
+            xla,
         ),
     }
     output_dir = pathlib.Path(output_dir)
@@ -413,6 +417,7 @@ def train_volume_run(
             tensorboard=tensorboard,
             time_budget=time_budget,
             verbose=verbose,
+            jit_compile=xla,
         )
     result["run_dir"] = output_dir
     return result

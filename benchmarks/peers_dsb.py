@@ -1,7 +1,7 @@
 """keras_unetpp against peer UNet++ packages on the DSB 2018 nuclei, one protocol.
 
-Every model is trained and scored the same way, in one process on one
-machine:
+Every model is trained and scored the same way, on one machine, each in a
+process of its own (one after the other; a crash costs its row only):
 
 - data: the shared DSB 2018 subset, split by the package's own split
   definition (`keras_unetpp.sources`: the manifest's `suggested_split`),
@@ -45,6 +45,7 @@ import csv
 import json
 import os
 import pathlib
+import subprocess
 import sys
 import time
 
@@ -387,66 +388,128 @@ def main(argv=None):
     parser.add_argument(
         "--output", default="runs/peers_dsb", help="folder for peers.csv / peers.json"
     )
+    parser.add_argument("--worker", choices=MODELS, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)  # fmt: skip
     sys.path.insert(0, str(ROOT))
     if not pathlib.Path(args.data).is_dir():
         parser.error(f"no DSB data folder at {args.data!r} (give --data)")
     methods = {"both": ("components", "watershed"), "components": ("components",),
                "none": ()}[args.dsb_instances]  # fmt: skip
-    train_set = _load(args.data, "train")
-    val = _load(args.data, "val")
-    images, masks = _resize_set(train_set, args.size)
+    out = pathlib.Path(args.output)
+    out.mkdir(parents=True, exist_ok=True)
+    if args.worker:
+        # One model in this process; its rows go to the parent as JSON.
+        rows = train_and_score(args.worker, args, methods)
+        atomic_write_json(out / f".rows_{args.worker}.json", rows)
+        return 0
     print(
-        f"DSB 2018: {len(train_set)} train / {len(val)} val images (the manifest's "
-        f"split); training at {args.size}x{args.size}, {args.minutes:g} min per "
-        f"model, batch {args.batch}, Adam {args.lr:g}; {os.cpu_count()} CPU cores.",
+        f"DSB 2018 peers: training at {args.size}x{args.size}, {args.minutes:g} "
+        f"min per model, batch {args.batch}, Adam {args.lr:g}, one process per "
+        f"model; {os.cpu_count()} CPU cores.",
         flush=True,
     )
     rows = []
     for name in args.models:
-        try:
-            model = build(name, args.size, args.filters, args.lr, args.seed)
-        except ImportError as error:
-            rows.append({"model": name, "error": f"not installed: {error}"})
-            print(f"{name}: not installed ({error})", flush=True)
-            continue
-        batches = Batches(images, masks, args.batch, args.seed)
-        steps, seconds, first = train(model, batches, 60.0 * args.minutes)
-        start = time.perf_counter()
-        results = score(model, val, args.size, methods)
-        print(
-            f"{name}: {model.params:,} parameters, first step {first:.0f} s, then "
-            f"{steps - 1} steps in {seconds:.0f} s, scored in "
-            f"{time.perf_counter() - start:.0f} s",
-            flush=True,
-        )
-        for label, result in results.items():
-            rows.append(
-                {
-                    "model": name,
-                    "level": label,
-                    "params": int(model.params),
-                    "steps": steps,
-                    "epochs": steps * args.batch / len(images),
-                    "train_s": seconds,
-                    "first_step_s": first,
-                    **result,
-                }
-            )
+        # Each model in a process of its own: a model's package cannot harm
+        # another's run (MONAI imported after keras_unetpp segfaulted), the
+        # threads of TensorFlow and PyTorch do not compete, and a crash
+        # costs one row only.
+        command = [sys.executable, str(pathlib.Path(__file__).resolve()),
+                   *(argv if argv is not None else sys.argv[1:]),
+                   "--worker", name]  # fmt: skip
+        rows.extend(run_worker(command, out / f".rows_{name}.json", name))
+        write_results(out, args, rows)  # what has been measured so far
     print()
     print(format_rows(rows))
-    out = pathlib.Path(args.output)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "peers.json").write_text(
-        json.dumps({"args": vars(args), "rows": rows}, indent=2)
+    print(f"\nWrote {out / 'peers.csv'} and {out / 'peers.json'}.")
+    return 0
+
+
+def train_and_score(name, args, methods):
+    """Trains model `name` for the budget and scores it: its table rows."""
+    # The model's package is imported before keras_unetpp loads the data:
+    # MONAI's import crashes (segfault, MONAI 1.6 / TensorFlow 2.21) in a
+    # process where keras_unetpp is imported already.
+    try:
+        model = build(name, args.size, args.filters, args.lr, args.seed)
+    except ImportError as error:
+        print(f"{name}: not installed ({error})", flush=True)
+        return [{"model": name, "error": f"not installed: {error}"}]
+    train_set = _load(args.data, "train")
+    val = _load(args.data, "val")
+    images, masks = _resize_set(train_set, args.size)
+    print(
+        f"{name}: {len(train_set)} train / {len(val)} val images (the manifest's "
+        "split)",
+        flush=True,
     )
-    with open(out / "peers.csv", "w", newline="") as f:
+    batches = Batches(images, masks, args.batch, args.seed)
+    steps, seconds, first = train(model, batches, 60.0 * args.minutes)
+    start = time.perf_counter()
+    results = score(model, val, args.size, methods)
+    print(
+        f"{name}: {model.params:,} parameters, first step {first:.0f} s, then "
+        f"{steps - 1} steps in {seconds:.0f} s, scored in "
+        f"{time.perf_counter() - start:.0f} s",
+        flush=True,
+    )
+    return [
+        {
+            "model": name,
+            "level": label,
+            "params": int(model.params),
+            "steps": steps,
+            "epochs": steps * args.batch / len(images),
+            "train_s": seconds,
+            "first_step_s": first,
+            **result,
+        }
+        for label, result in results.items()
+    ]
+
+
+def run_worker(command, rows_path, name):
+    """Runs one model's worker process; its rows, or one row saying it failed.
+
+    Args:
+        command: the worker's command line; it writes its rows as JSON to
+            `rows_path` and exits 0.
+        rows_path: `pathlib.Path` of that JSON (removed once read).
+        name: the model's name, for the row of a failed worker.
+
+    Returns:
+        list of row dicts.
+    """
+    rows_path.unlink(missing_ok=True)
+    completed = subprocess.run(command, check=False)
+    if completed.returncode == 0 and rows_path.is_file():
+        rows = json.loads(rows_path.read_text())
+        rows_path.unlink()
+        return rows
+    code = completed.returncode
+    how = f"killed by signal {-code}" if code < 0 else f"exit status {code}"
+    print(f"{name}: the worker failed ({how}); no row for it", flush=True)
+    return [{"model": name, "error": f"worker failed: {how}"}]
+
+
+def atomic_write_json(path, data):
+    """Writes JSON to `path` through a temporary file: all of it or nothing."""
+    temporary = path.with_name(f".{path.name}.tmp")
+    temporary.write_text(json.dumps(data, indent=2))
+    os.replace(temporary, path)
+
+
+def write_results(out, args, rows):
+    """`peers.json` (settings and rows) and `peers.csv` in `out`."""
+    settings = {k: v for k, v in vars(args).items() if k != "worker"}
+    atomic_write_json(out / "peers.json", {"args": settings, "rows": rows})
+    temporary = out / ".peers.csv.tmp"
+    with open(temporary, "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=[*COLUMNS, "error"])
         writer.writeheader()
         for row in rows:
             writer.writerow({k: row.get(k, "") for k in [*COLUMNS, "error"]})
-    print(f"\nWrote {out / 'peers.csv'} and {out / 'peers.json'}.")
-    return 0
+    os.replace(temporary, out / "peers.csv")
 
 
 if __name__ == "__main__":

@@ -1,5 +1,6 @@
-"""The peers script's shared protocol: batches and scoring (no training)."""
+"""The peers script: its shared protocol (batches, scoring) and its workers."""
 
+import json
 import pathlib
 import sys
 
@@ -59,3 +60,36 @@ def test_score_resizes_back_to_native_size_and_uses_field_metrics():
     )  # fmt: skip
     assert text.splitlines()[1].split()[:3] == ["m", "L4", "10"]
     assert "(not installed: x)" in text.splitlines()[2]
+
+
+def test_a_crashed_worker_costs_its_row_only(tmp_path):
+    rows_path = tmp_path / ".rows_m.json"
+    crash = "import os, signal; os.kill(os.getpid(), signal.SIGSEGV)"
+    rows = peers_dsb.run_worker([sys.executable, "-c", crash], rows_path, "m")
+    assert rows == [{"model": "m", "error": "worker failed: killed by signal 11"}]
+    rows_path.write_text("[]")  # a stale file of an earlier run is not read
+    rows = peers_dsb.run_worker([sys.executable, "-c", "exit(3)"], rows_path, "m")
+    assert rows == [{"model": "m", "error": "worker failed: exit status 3"}]
+    write = f"open({str(rows_path)!r}, 'w').write('[{{\"model\": \"m\"}}]')"
+    rows = peers_dsb.run_worker([sys.executable, "-c", write], rows_path, "m")
+    assert rows == [{"model": "m"}] and not rows_path.exists()
+
+
+def test_peers_run_each_model_in_a_worker_and_write_as_they_go(tmp_path, capsys):
+    import cli_helpers
+
+    data = tmp_path / "data"
+    cli_helpers.run(["synthetic", str(data), "--num-images", "12"]
+                    + ["--image-size", "32", "32"])  # fmt: skip
+    out = tmp_path / "peers"
+    argv = ["--data", str(data), "--minutes", "0.01", "--size", "32",
+            "--filters", "4", "--models", "keras_unetpp_unet",
+            "--dsb-instances", "components", "--output", str(out)]  # fmt: skip
+    assert peers_dsb.main(argv) == 0
+    rows = json.loads((out / "peers.json").read_text())["rows"]
+    assert [(r["model"], r["level"]) for r in rows] == [("keras_unetpp_unet", "L4")]
+    assert rows[0]["steps"] >= 2 and 0.0 <= rows[0]["iou"] <= 1.0
+    assert "worker" not in json.loads((out / "peers.json").read_text())["args"]
+    csv_rows = (out / "peers.csv").read_text().splitlines()
+    assert csv_rows[1].startswith("keras_unetpp_unet,L4,")
+    assert not list(out.glob(".rows_*"))  # the worker's hand-over is read

@@ -384,10 +384,9 @@ def _add_train(commands):
     t.add_argument(
         "--xla",
         action="store_true",
-        help="compile the training step with XLA: 1.08-1.13x faster "
-        "training where TensorFlow runs oneDNN's AVX2 kernels (CPUs "
-        "without AVX-512), no gain on AVX-512; a one-off compile first "
-        "(default: off)",
+        help="compile the training step with XLA (a one-off compile "
+        "first; on CPUs measured 1.03x on oneDNN's AVX2 kernels, no gain "
+        "on AVX-512: docs/performance.md) (default: off)",
     )
     t.add_argument(
         "--strategy",

@@ -746,10 +746,10 @@ def train(
             a dict by head name of those (one loss per head; see
             `imbalance_losses.head_losses`). Defaults to `None`.
         jit_compile: bool, compile the training step with XLA
-            (`compile(jit_compile=True)`). On CPUs it pays where
-            TensorFlow's convolutions run on oneDNN's AVX2 kernels (measured
-            1.08-1.13x per training step, docs/performance.md), not on
-            AVX-512; the saved models are the same. Defaults to `False`.
+            (`compile(jit_compile=True)`); the saved models are the same.
+            On CPUs it gains little: 1.03x per training step against
+            oneDNN's AVX2 kernels, none against its AVX-512 ones
+            (docs/performance.md). Defaults to `False`.
 
     Returns:
         dict: `history` (list of per-epoch log dicts, all epochs of the run

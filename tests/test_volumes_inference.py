@@ -179,8 +179,11 @@ def test_cli_trains_evaluates_and_predicts_volumes(tmp_path, capsys):
     assert (out / "best.keras").is_file() and (out / "history.csv").is_file()
     splits = (out / "splits.csv").read_text().splitlines()
     assert len(splits) == 6 and sum(",val," in s for s in splits) == 1
-    run(argv[:-3] + ["--epochs", "3", "--verbose", "0", "--no-tensorboard"])  # resume
+    assert not config["training"]["xla"]
+    # Resumed with the training step compiled by XLA (a change a resume may make).
+    run(argv[:-3] + ["--epochs", "3", "--xla", "--verbose", "0", "--no-tensorboard"])
     assert len((out / "history.csv").read_text().splitlines()) == 4
+    assert json.loads((out / "run.json").read_text())["training"]["xla"]
     capsys.readouterr()
     run(["evaluate", str(out)])
     printed = capsys.readouterr().out

@@ -493,23 +493,28 @@ def run_worker(command, rows_path, name):
 
 
 def atomic_write_json(path, data):
-    """Writes JSON to `path` through a temporary file: all of it or nothing."""
-    temporary = path.with_name(f".{path.name}.tmp")
-    temporary.write_text(json.dumps(data, indent=2))
-    os.replace(temporary, path)
+    """Writes JSON to `path` with `keras_unetpp.atomic`: all of it or nothing.
+
+    Imported here, not at the top: a worker imports its model's package
+    before keras_unetpp (see `train_and_score`).
+    """
+    from keras_unetpp import atomic
+
+    atomic.write_text(path, json.dumps(data, indent=2))
 
 
 def write_results(out, args, rows):
     """`peers.json` (settings and rows) and `peers.csv` in `out`."""
+    from keras_unetpp import atomic
+
     settings = {k: v for k, v in vars(args).items() if k != "worker"}
     atomic_write_json(out / "peers.json", {"args": settings, "rows": rows})
-    temporary = out / ".peers.csv.tmp"
-    with open(temporary, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=[*COLUMNS, "error"])
-        writer.writeheader()
-        for row in rows:
-            writer.writerow({k: row.get(k, "") for k in [*COLUMNS, "error"]})
-    os.replace(temporary, out / "peers.csv")
+    with atomic.replacing(out / "peers.csv") as temporary:
+        with open(temporary, "w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=[*COLUMNS, "error"])
+            writer.writeheader()
+            for row in rows:
+                writer.writerow({k: row.get(k, "") for k in [*COLUMNS, "error"]})
 
 
 if __name__ == "__main__":

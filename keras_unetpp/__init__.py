@@ -28,8 +28,10 @@ from keras_unetpp.flops import count_flops
 from keras_unetpp.imbalance_losses import (
     FocalLoss,
     FocalTverskyLoss,
+    LovaszLoss,
     TverskyLoss,
     focal,
+    lovasz,
     tversky,
 )
 from keras_unetpp.losses import (
@@ -103,6 +105,7 @@ __all__ = [
     "FocalTverskyLoss",
     "InputError",
     "IoUScore",
+    "LovaszLoss",
     "ModelDescription",
     "SamplePair",
     "SizePolicy",
@@ -137,6 +140,7 @@ __all__ = [
     "inference_model",
     "is_chief",
     "load_metadata",
+    "lovasz",
     "make_dataset",
     "manifest_stems",
     "model_depth",

@@ -22,7 +22,7 @@ PROG = "keras-unetpp"
 EXIT_DIVERGED = 3
 # `imbalance_losses.LOSS_NAMES`, written out so that `--help` loads no Keras
 # (tests/test_train_loss.py checks that they agree).
-LOSS_NAMES = ("bce-dice", "tversky", "focal-tversky", "focal")
+LOSS_NAMES = ("bce-dice", "tversky", "focal-tversky", "focal", "lovasz")
 # `evaluate --dsb-instances`: the `field_metrics.INSTANCE_METHODS` scored.
 DSB_INSTANCES = {
     "both": ("components", "watershed"),
@@ -110,6 +110,7 @@ def _loss(args):
         beta=args.loss_beta,
         gamma=args.loss_gamma,
         smooth=args.loss_smooth,
+        ce_weight=args.loss_ce_weight,
     )
     if args.loss == "bce-dice" and all(v is None for v in parameters.values()):
         return None
@@ -335,7 +336,8 @@ def _add_train(commands):
         choices=LOSS_NAMES,
         default="bce-dice",
         help="loss of every head: the paper's BCE-Dice, Tversky, focal "
-        "Tversky or focal (for class imbalance; recorded in run.json) "
+        "Tversky or focal (for class imbalance), or Lovasz (the IoU's convex "
+        "surrogate) (recorded in run.json) "
         "(default: bce-dice)",
     )
     t.add_argument(
@@ -359,6 +361,11 @@ def _add_train(commands):
         "--loss-smooth",
         type=_weight,
         help="bce-dice/tversky/focal-tversky: additive smoothing (default 1)",
+    )
+    t.add_argument(
+        "--loss-ce-weight",
+        type=_weight,
+        help="lovasz: weight of the cross-entropy added to it (default 0)",
     )
     t.add_argument(
         "--monitor",
@@ -622,6 +629,12 @@ def _add_evaluate(commands):
         help="with --at-training-size (default: the run's)",
     )
     p.add_argument("--threshold", type=_fraction, default=0.5, help="(default: 0.5)")
+    p.add_argument(
+        "--per-image",
+        action="store_true",
+        help="also write per_image.csv: each image's IoU, Dice, precision and "
+        "recall at every level (native resolution, one-class runs)",
+    )
     p.add_argument(
         "--dsb-instances",
         choices=tuple(DSB_INSTANCES),
@@ -1013,6 +1026,7 @@ def _run_evaluate(args):
         tiling=_tiling(args, tta_needs_tiles=False, with_tta=False),
         tta=args.tta,
         instance_methods=DSB_INSTANCES[args.dsb_instances],
+        per_image=args.per_image,
     )
     print(
         f"Scored {args.model} on {result['what']}: {result['images']} images, "
@@ -1022,6 +1036,25 @@ def _run_evaluate(args):
     print(
         f"Wrote {result['csv']}, {result['json']}, {result['plot']} and "
         f"{result['scored']}."
+    )
+    if result["per_image"] is not None:
+        worst = _worst_images(result["per_image"])
+        print(f"Per-image scores: {result['per_image']}; {worst}")
+
+
+def _worst_images(path, count=3):
+    """The images with the lowest IoU at the deepest level, in words."""
+    import csv
+
+    with open(path, newline="") as f:
+        rows = list(csv.DictReader(f))
+    levels = [r["level"] for r in rows if r["level"] != "accurate"]
+    deepest = max(levels, key=lambda label: int(label[1:])) if levels else "accurate"
+    chosen = sorted(
+        (r for r in rows if r["level"] == deepest), key=lambda r: float(r["iou"])
+    )[:count]
+    return f"lowest IoU at {deepest}: " + ", ".join(
+        f"{r['image']} {float(r['iou']):.3f}" for r in chosen
     )
 
 
@@ -1252,6 +1285,11 @@ def _run_evaluate_volumes(args):
     for flag in ("images", "masks", "manifest", "dsb2018", "batch_size"):
         if getattr(args, flag, None) is not None:
             raise UsageError(f"--{flag.replace('_', '-')} is not for volume runs")
+    if args.per_image:
+        raise UsageError(
+            "--per-image is for 2D runs (image by image); a volume run is "
+            "scored volume by volume already"
+        )
     source = None
     if args.data is not None:
         source = volume_runs.volume_source(data_dir=args.data)

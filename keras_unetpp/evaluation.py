@@ -64,6 +64,19 @@ FIELD_COLUMNS = (
     "dsb_ap_watershed",
 )
 _FIELD_HEADERS = ("Dice/img", "mIoU(K)", "DSB-AP", "DSB-AP(ws)")
+# One image at one level (`evaluate_levels_native(per_image=...)`,
+# `keras-unetpp evaluate --per-image`): where the score is lost.
+PER_IMAGE_COLUMNS = (
+    "image",
+    "level",
+    "iou",
+    "dice",
+    "precision",
+    "recall",
+    "true_pixels",
+    "predicted_pixels",
+    "iou_tta",
+)
 BASE_COLUMNS = COLUMNS
 COLUMNS = BASE_COLUMNS + INFERENCE_COLUMNS + FIELD_COLUMNS
 
@@ -337,6 +350,7 @@ def evaluate_levels_native(
     tta=None,
     instance_methods=field_metrics.INSTANCE_METHODS,
     instances=None,
+    per_image=None,
 ):
     """`evaluate_levels` on whole images, at the masks' own resolution.
 
@@ -399,6 +413,11 @@ def evaluate_levels_native(
             per sample in order (e.g. `field_metrics.pair_instances` of
             the DSB per-nucleus masks), or `None` to take the connected
             components of each mask. Defaults to `None`.
+        per_image: `None`, or a list that receives, for a one-class model,
+            one dict per image and level with the keys of
+            `PER_IMAGE_COLUMNS` (`image` is the sample's index; `iou_tta`
+            is `None` without `tta`): where a data set's score is lost.
+            Defaults to `None`.
 
     Returns:
         list of dicts with the keys of `COLUMNS` (the field's columns for
@@ -490,6 +509,15 @@ def evaluate_levels_native(
         return (total / len(transforms))[:height, :width]
 
     classes = info.num_classes
+    if per_image is not None and classes != 1:
+        raise InputError(
+            "Per-image scores are of one-class models (foreground against "
+            f"background); this model has {classes} classes."
+        )
+    level_labels = [
+        key if key == "accurate" else f"L{level}"
+        for key, level in zip(keys, [*levels, None])
+    ]
     target_dtype = "float32" if classes == 1 else "int32"
     field_scores = None
     if classes == 1:
@@ -523,6 +551,16 @@ def evaluate_levels_native(
             labels = None if true_instances is None else next(true_instances)
             for k, key in enumerate(keys):
                 field_scores[key].update(mask[..., 0] > 0, plain[..., k], labels)
+        if per_image is not None:
+            truth = mask[..., 0] > 0
+            for k, label in enumerate(level_labels):
+                record = image_scores(truth, runs[0][0][..., k] > threshold)
+                record.update(image=count, level=label, iou_tta=None)
+                if tta is not None:
+                    record["iou_tta"] = image_scores(
+                        truth, runs[1][0][..., k] > threshold
+                    )["iou"]
+                per_image.append(record)
         count += 1
     if count == 0:
         raise InputError("There are no images to evaluate. Received: 0 images")
@@ -540,6 +578,37 @@ def evaluate_levels_native(
         scores_tta=scores_tta,
         field_scores=field_scores,
     )
+
+
+def image_scores(truth, prediction):
+    """IoU, Dice, precision and recall of one boolean mask against the truth.
+
+    An empty truth predicted empty scores 1 on every count; precision (or
+    recall) of an empty prediction (or truth) alone is `None`.
+
+    Args:
+        truth: bool array, the true foreground.
+        prediction: bool array of the same shape.
+
+    Returns:
+        dict: `iou`, `dice`, `precision`, `recall`, `true_pixels`,
+        `predicted_pixels`.
+    """
+    tp = int(np.count_nonzero(truth & prediction))
+    true_pixels = int(np.count_nonzero(truth))
+    predicted_pixels = int(np.count_nonzero(prediction))
+    union = true_pixels + predicted_pixels - tp
+    both_empty = union == 0
+    return {
+        "iou": 1.0 if both_empty else tp / union,
+        "dice": 1.0 if both_empty else 2 * tp / (true_pixels + predicted_pixels),
+        "precision": (
+            tp / predicted_pixels if predicted_pixels else (1.0 if both_empty else None)
+        ),
+        "recall": tp / true_pixels if true_pixels else (1.0 if both_empty else None),
+        "true_pixels": true_pixels,
+        "predicted_pixels": predicted_pixels,
+    }
 
 
 def _inference(tiling):

@@ -11,6 +11,11 @@ little to learn from the rare class. These losses weigh it up:
   keeps the gradient large when the index is already high.
 - focal (Lin et al., 2017): `-alpha_t (1 - p_t) ** gamma log(p_t)`, the
   cross-entropy with easy pixels weighed down.
+- Lovasz (Berman et al., 2018): the Lovasz extension of the Jaccard loss
+  `1 - IoU` of each image, a convex surrogate that is exactly `1 - IoU` on
+  hard predictions; it optimizes the score the field reports, so its
+  gradient is largest where the IoU is lost (object boundaries), with an
+  optional cross-entropy term beside it.
 
 Each works on one-class heads (sigmoid probabilities or logits, targets 0/1)
 and on multi-class heads (softmax, targets as class indices or one-hot; the
@@ -20,7 +25,7 @@ class is registered, so a `.keras` file that holds them reloads in safe
 mode.
 
 `head_loss()` turns a loss name (`"bce-dice"`, `"tversky"`,
-`"focal-tversky"`, `"focal"`) and its parameters into the loss of one head;
+`"focal-tversky"`, `"focal"`, `"lovasz"`) and its parameters into the loss of one head;
 `training.train(..., loss=...)` and `keras-unetpp train --loss` use it.
 """
 
@@ -32,7 +37,7 @@ from keras_unetpp.losses import BCEDiceLoss, CategoricalCEDiceLoss
 from keras_unetpp.validation import check_bool, check_number
 
 _EPSILON = 1e-7
-LOSS_NAMES = ("bce-dice", "tversky", "focal-tversky", "focal")
+LOSS_NAMES = ("bce-dice", "tversky", "focal-tversky", "focal", "lovasz")
 
 
 def _targets_and_probabilities(y_true, y_pred, from_logits):
@@ -183,6 +188,79 @@ def focal(y_true, y_pred, from_logits=False, alpha=0.25, gamma=2.0):
     term = -ops.sum(weights * target * modulation * log_prob, axis=-1)
     rank = len(term.shape)
     return ops.mean(term, axis=tuple(range(1, rank)))
+
+
+def _lovasz_gradient(sorted_targets):
+    """The Jaccard loss's increments along pixels sorted by error.
+
+    For targets `g` ordered by decreasing error, entry `k` is
+    `J(k + 1) - J(k)`, where `J(k)` is the Jaccard loss when the first `k`
+    pixels are wrong: `1 - (G - cumsum(g)) / (G + cumsum(1 - g))` with `G`
+    the foreground count (the union is never empty: either `G >= 1` or the
+    first pixel is a false alarm).
+    """
+    total = ops.sum(sorted_targets, axis=-1, keepdims=True)
+    intersection = total - ops.cumsum(sorted_targets, axis=-1)
+    union = total + ops.cumsum(1.0 - sorted_targets, axis=-1)
+    jaccard = 1.0 - intersection / union
+    return ops.concatenate(
+        [jaccard[..., :1], jaccard[..., 1:] - jaccard[..., :-1]], axis=-1
+    )
+
+
+def lovasz(y_true, y_pred, from_logits=False, per_image=True, ce_weight=0.0):
+    """Lovasz loss of each image: the convex extension of `1 - IoU`.
+
+    With errors `e = |y - p|` of one class sorted in decreasing order, the
+    loss is `sum_k e_k (J(k + 1) - J(k))`, `J(k)` the Jaccard loss when the
+    `k` largest errors are mistakes (`_lovasz_gradient`): the Lovasz
+    extension of the Jaccard loss, equal to `1 - IoU` when `p` is 0/1. A
+    one-class head scores its foreground (an empty mask makes every false
+    alarm count); a multi-class head averages the classes present in the
+    target. `ce_weight` adds that much of the mean cross-entropy.
+
+    Args:
+        y_true: 0/1 masks or class indices / one-hot targets.
+        y_pred: probabilities or logits.
+        from_logits: bool. Defaults to `False`.
+        per_image: bool, one extension per image (`True`) or one over the
+            whole batch (`False`, every image gets the batch's value).
+            Defaults to `True`.
+        ce_weight: float >= 0, weight of the cross-entropy term. Defaults
+            to `0.0`.
+
+    Returns:
+        Tensor `(batch,)` of loss values >= 0.
+    """
+    y_true, prob, (target, _, log_prob), binary = _targets_and_probabilities(
+        y_true, y_pred, from_logits
+    )
+    batch = ops.shape(prob)[0]
+    channels = prob.shape[-1]
+    rows = batch if per_image else 1
+    # (rows, channels, pixels): one sorted error list per image and class.
+    truth = ops.transpose(ops.reshape(y_true, (rows, -1, channels)), (0, 2, 1))
+    errors = ops.abs(
+        truth - ops.transpose(ops.reshape(prob, (rows, -1, channels)), (0, 2, 1))
+    )
+    order = ops.argsort(-errors, axis=-1)
+    sorted_errors = ops.take_along_axis(errors, order, axis=-1)
+    sorted_truth = ops.stop_gradient(ops.take_along_axis(truth, order, axis=-1))
+    per_class = ops.sum(sorted_errors * _lovasz_gradient(sorted_truth), axis=-1)
+    if binary:
+        loss = per_class[:, 0]
+    else:
+        present = ops.cast(ops.sum(truth, axis=-1) > 0, "float32")
+        loss = ops.sum(per_class * present, axis=-1) / ops.maximum(
+            ops.sum(present, axis=-1), 1.0
+        )
+    if not per_image:
+        loss = ops.broadcast_to(loss, (batch,))
+    if ce_weight:
+        term = -ops.sum(target * log_prob, axis=-1)
+        rank = len(term.shape)
+        loss = loss + ce_weight * ops.mean(term, axis=tuple(range(1, rank)))
+    return loss
 
 
 def _check_fraction_weights(**weights):
@@ -391,11 +469,73 @@ class FocalLoss(_ConfigLoss):
         )
 
 
+@keras.saving.register_keras_serializable(package="keras_unetpp")
+class LovaszLoss(_ConfigLoss):
+    """Lovasz loss: a convex surrogate of `1 - IoU`, optimized directly.
+
+    The Lovasz extension of the Jaccard loss of each image (`lovasz()`):
+    it equals `1 - IoU` on 0/1 predictions and is its tightest convex
+    extension in between, so training descends the score the evaluation
+    reports rather than a pixel-wise proxy. Boundary pixels, where a
+    segmentation of small objects loses most of its IoU, get the largest
+    weights. `ce_weight` adds the cross-entropy (a common pairing, which
+    steadies the first epochs).
+
+    Args:
+        from_logits: bool. Defaults to `False`.
+        per_image: bool, one IoU per image or one over the batch. Defaults
+            to `True`.
+        ce_weight: float >= 0, weight of the mean cross-entropy added.
+            Defaults to `0.0`.
+        reduction: Defaults to `"sum_over_batch_size"`.
+        name: str. Defaults to `"lovasz"`.
+        dtype: Defaults to `None`.
+
+    Example:
+
+    ```python
+    model.compile(optimizer="adam", loss=keras_unetpp.LovaszLoss(ce_weight=0.5))
+    ```
+
+    Reference:
+    - [Berman et al., 2018](https://arxiv.org/abs/1705.08790)
+    """
+
+    _ARGS = ("from_logits", "per_image", "ce_weight")
+
+    def __init__(
+        self,
+        from_logits=False,
+        per_image=True,
+        ce_weight=0.0,
+        reduction="sum_over_batch_size",
+        name="lovasz",
+        dtype=None,
+    ):
+        check_bool(from_logits, "from_logits")
+        check_bool(per_image, "per_image")
+        _check_fraction_weights(ce_weight=ce_weight)
+        super().__init__(name=name, reduction=reduction, dtype=dtype)
+        self.from_logits = from_logits
+        self.per_image = per_image
+        self.ce_weight = float(ce_weight)
+
+    def call(self, y_true, y_pred):
+        return lovasz(
+            y_true,
+            y_pred,
+            from_logits=self.from_logits,
+            per_image=self.per_image,
+            ce_weight=self.ce_weight,
+        )
+
+
 _PARAMETERS = {
     "bce-dice": ("smooth",),
     "tversky": ("alpha", "beta", "smooth"),
     "focal-tversky": ("alpha", "beta", "gamma", "smooth"),
     "focal": ("alpha", "gamma"),
+    "lovasz": ("ce_weight",),
 }
 
 
@@ -404,9 +544,9 @@ def loss_spec(name="bce-dice", **parameters):
 
     Args:
         name: one of `"bce-dice"`, `"tversky"`, `"focal-tversky"`,
-            `"focal"`. Defaults to `"bce-dice"`.
+            `"focal"`, `"lovasz"`. Defaults to `"bce-dice"`.
         **parameters: the loss's parameters (`alpha`, `beta`, `gamma`,
-            `smooth`, as the loss takes them); `None` values are left out.
+            `smooth`, `ce_weight`, as the loss takes them); `None` values are left out.
 
     Returns:
         dict, e.g. `{"name": "tversky", "alpha": 0.7}`.
@@ -460,6 +600,7 @@ def head_loss(spec, num_classes=1, from_logits=False):
             "tversky": TverskyLoss,
             "focal-tversky": FocalTverskyLoss,
             "focal": FocalLoss,
+            "lovasz": LovaszLoss,
         }[name]
     return cls(from_logits=from_logits, **parameters)
 

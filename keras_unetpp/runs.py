@@ -18,6 +18,8 @@ was made with (`run.json`), so that the later steps need only its path:
 side of `keras-unetpp train|evaluate|predict|export`.
 """
 
+import csv
+import io
 import json
 import pathlib
 
@@ -562,6 +564,7 @@ def evaluate_run(
     tiling=None,
     tta=None,
     instance_methods=field_metrics.INSTANCE_METHODS,
+    per_image=False,
 ):
     """Writes the per-level table of a run: IoU, Dice, params, FLOPs, ms.
 
@@ -606,9 +609,15 @@ def evaluate_run(
             `"watershed"`; `()` leaves it out. The true nuclei are the
             per-nucleus masks of a `dsb2018` source, else the connected
             components of the masks. Defaults to both.
+        per_image: bool, also write `per_image.csv`: every image's IoU,
+            Dice, precision and recall at every level (`image` is the file
+            name, or the example's index for TFDS), to find the images or
+            the kind of image where the score is lost (native resolution,
+            one-class models). Defaults to `False`.
 
     Returns:
-        dict: `rows` (one per level), `csv`, `json`, `plot`, `scored`
+        dict: `rows` (one per level), `csv`, `json`, `plot`, `scored`,
+        `per_image` (the CSV's path, or `None`)
         (paths), `table` (printable text), `what` (what was scored, in
         words), `images` (how many) and `resolution` (how, in words).
     """
@@ -639,6 +648,12 @@ def evaluate_run(
         what = f"the val split: {sources.describe_source(source['val_source'])}"
     else:
         what = f"the {split} split of {where} ({sources.describe_split(source)})"
+    if at_training_size and per_image:
+        raise InputError(
+            "Per-image scores are taken on whole images at their own "
+            "resolution; --at-training-size scores training-size batches. "
+            "Received: at_training_size=True with per_image=True"
+        )
     if at_training_size and (tiling is not None or tta is not None):
         raise InputError(
             "Tiles and test-time augmentation score whole images at their own "
@@ -686,6 +701,7 @@ def evaluate_run(
             settings["num_classes"],
             pixel_scaling=_pixel_scaling(settings),
         )
+        image_records = [] if per_image else None
         instances = None
         if source.get("kind") == "dsb2018" and instance_methods:
             # Per-nucleus truth: touching nuclei stay apart.
@@ -702,6 +718,7 @@ def evaluate_run(
             tta=tta,
             instance_methods=tuple(instance_methods),
             instances=instances,
+            per_image=image_records,
         )
         resolution = "at native resolution: whole images against the masks " + (
             f"as stored (each image resized to {height}x{width} for the "
@@ -723,6 +740,16 @@ def evaluate_run(
         + ("native resolution" if not at_training_size else f"{height}x{width}")
         + "): IoU vs inference time",
     )
+    per_image_csv = None
+    if per_image:
+        names = None
+        if source.get("kind") != "tfds" or (
+            split == "val" and source.get("val_source")
+        ):
+            names = [
+                pathlib.Path(pair.image).name for pair in source_pairs(source, split)
+            ]
+        per_image_csv = _write_per_image(image_records, names, output_dir)
     scored = output_dir / "scored.json"
     with open(scored, "w") as f:
         json.dump(
@@ -746,11 +773,33 @@ def evaluate_run(
         "json": json_path,
         "plot": plot,
         "scored": scored,
+        "per_image": per_image_csv,
         "table": evaluation.format_table(rows),
         "what": what,
         "images": count,
         "resolution": resolution,
     }
+
+
+def _write_per_image(records, names, output_dir):
+    """`per_image.csv` from `evaluate_levels_native(per_image=...)` records.
+
+    `image` becomes the file name when `names` (in sample order) are known.
+    """
+    path = pathlib.Path(output_dir) / "per_image.csv"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    lines = io.StringIO()
+    writer = csv.DictWriter(lines, fieldnames=list(evaluation.PER_IMAGE_COLUMNS))
+    writer.writeheader()
+    for record in records:
+        row = dict(record)
+        if names is not None:
+            row["image"] = names[row["image"]]
+        writer.writerow(
+            {k: "" if row[k] is None else row[k] for k in writer.fieldnames}
+        )
+    atomic.write_text(path, lines.getvalue())
+    return path
 
 
 def _single_output(keras_model, level=None, accurate=False):

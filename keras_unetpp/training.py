@@ -741,7 +741,7 @@ def train(
             its value). Defaults to `0.1`.
         loss: the loss of the heads: `None` (the paper's BCE-Dice), a name
             from `imbalance_losses.LOSS_NAMES` (`"tversky"`,
-            `"focal-tversky"`, `"focal"`, `"bce-dice"`), a dict such as
+            `"focal-tversky"`, `"focal"`, `"lovasz"`, `"bce-dice"`), a dict such as
             `{"name": "tversky", "alpha": 0.8}`, a `keras.losses.Loss`, or
             a dict by head name of those (one loss per head; see
             `imbalance_losses.head_losses`). Defaults to `None`.

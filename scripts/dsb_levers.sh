@@ -23,6 +23,10 @@ for lever in $LEVERS; do
     no_augment) settings=(AUGMENT=0) ;;
     focal_tversky) settings=(LOSS=focal-tversky) ;;
     tversky) settings=(LOSS=tversky) ;;
+    lovasz) settings=(LOSS=lovasz) ;;
+    lovasz_ce) settings=(LOSS=lovasz "TRAIN_ARGS=--loss-ce-weight 0.5") ;;
+    bfloat16) settings=(PRECISION=mixed_bfloat16) ;;
+    threshold0.6) settings=(THRESHOLD=0.6) ;;
     lr1e-3) settings=(LR=0.001) ;;
     unet) settings=(ARCH=unet) ;;
     *) echo "unknown lever: $lever" >&2; exit 2 ;;

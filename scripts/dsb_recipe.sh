@@ -15,10 +15,13 @@
 # training (the cosine schedule decays over the epochs that fit), CROP
 # training crop, FILTERS level-0 width, CHANNELS (3; 1 for grayscale such
 # as the ISBI 2012 EM slices), BATCH, LR, LOSS (bce-dice, tversky,
-# focal-tversky, focal), MODE (crop = native scale; resize = scale every
+# focal-tversky, focal, lovasz), MODE (crop = native scale; resize = scale every
 # image to CROP x CROP, the older 96x96 protocol), AUGMENT (1 = flips, quarter turns, scale 0.8-1.25,
 # intensity; 0 = none), ARCH (unetpp, unet), DSB_INSTANCES (both,
-# components, watershed, none). Run the same command again to continue a
+# components, watershed, none), PRECISION (float32, auto: mixed_bfloat16 on
+# a CPU with native bfloat16), THRESHOLD (of the scored masks),
+# TRAIN_ARGS (more `keras-unetpp train` flags). Run the same
+# command again to continue a
 # budget-stopped or interrupted run.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -40,6 +43,9 @@ MODE=${MODE:-crop}
 AUGMENT=${AUGMENT:-1}
 ARCH=${ARCH:-unetpp}
 DSB_INSTANCES=${DSB_INSTANCES:-both}
+PRECISION=${PRECISION:-float32}
+THRESHOLD=${THRESHOLD:-0.5}
+TRAIN_ARGS=${TRAIN_ARGS:-}
 augment=--augment
 [ "$AUGMENT" = 1 ] || augment=--no-augment
 supervision=--deep-supervision
@@ -49,11 +55,11 @@ start=$(date +%s)
 keras-unetpp train --data "$DATA" --output "$OUT" --architecture "$ARCH" \
   $supervision --channels "$CHANNELS" --filters "$FILTERS" \
   --resize-mode "$MODE" --image-size "$CROP" "$CROP" $augment \
-  --loss "$LOSS" --batch-size "$BATCH" --learning-rate "$LR" \
+  --loss "$LOSS" --precision "$PRECISION" --batch-size "$BATCH" --learning-rate "$LR" \
   --lr-schedule cosine --epochs 1000 --time-budget "$BUDGET" \
-  --save-every 100 --verbose 2 --no-tensorboard
+  --save-every 100 --verbose 2 --no-tensorboard $TRAIN_ARGS
 trained=$(date +%s)
-keras-unetpp evaluate "$OUT" --tta flips+rot90 --dsb-instances "$DSB_INSTANCES" \
+keras-unetpp evaluate "$OUT" --tta flips+rot90 --dsb-instances "$DSB_INSTANCES" --threshold "$THRESHOLD" \
   --latency-batch-size 1 --latency-runs 5
 end=$(date +%s)
 echo "wall time: training $(( (trained - start) / 60 )) min, evaluation $(( (end - trained) / 60 )) min ($(nproc) CPU cores)"

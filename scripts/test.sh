@@ -23,7 +23,7 @@ python -m pytest -q "$@"
 echo "== memory tests with TF_ENABLE_ONEDNN_OPTS=0"
 TF_ENABLE_ONEDNN_OPTS=0 python -m pytest -q -p no:cacheprovider \
   tests/test_recompute.py::test_training_step_needs_less_memory tests/test_benchmarks.py
-CORE_TESTS="tests/test_model.py tests/test_model3d.py tests/test_description.py tests/test_pruning.py tests/test_losses.py tests/test_imbalance_losses.py tests/test_metrics.py tests/test_serialization.py tests/test_api.py"
+CORE_TESTS="tests/test_model.py tests/test_model3d.py tests/test_description.py tests/test_pruning.py tests/test_losses.py tests/test_imbalance_losses.py tests/test_lovasz_loss.py tests/test_metrics.py tests/test_serialization.py tests/test_api.py"
 for backend in jax torch; do
   echo "== core tests under KERAS_BACKEND=$backend"
   # JAX on CPU: cheaper XLA compilation of the many tiny test programs.

@@ -173,6 +173,107 @@ def test_cli_evaluate_without_dsb_columns(dsb_run, tmp_path, capsys):
     assert "dsb_ap" not in table[0] and "mean_iou_keras" in table[0]
 
 
+def _own_predictions(model, folder):
+    """Each level's thresholded prediction and truth of every sample, by hand."""
+    subs = {
+        "L1": ku.prune(model, 1),
+        "L2": ku.prune(model, 2),
+        "accurate": ku.inference_model(model, "accurate"),
+    }
+    out = {}
+    for level, sub in subs.items():
+        for stem in sorted(SAMPLES):
+            image = cv2.imread(
+                str(folder / stem / "images" / f"{stem}.png"), cv2.IMREAD_UNCHANGED
+            )
+            image = image.astype(np.float32)[..., None] / 255.0
+            h, w = image.shape[:2]
+            padded, _ = ku.pad_to_multiple(image[None], 4)
+            prob = prediction.predict_probabilities(sub, padded[0], None)[:h, :w, 0]
+            truth = np.zeros((h, w), bool)
+            for path in (folder / stem / "masks").iterdir():
+                truth |= cv2.imread(str(path), cv2.IMREAD_UNCHANGED) > 0
+            out[(f"{stem}.png", level)] = (truth, prob >= 0.5)
+    return out
+
+
+def test_per_image_scores_are_each_images_own_and_add_up_to_the_table(
+    dsb_run, tmp_path
+):
+    folder, source, run = dsb_run
+    result = runs.evaluate_run(
+        run, split="all", source=source, latency_runs=1, per_image=True,
+        tta="flips", instance_methods=(), output_dir=tmp_path / "eval",
+    )  # fmt: skip
+    assert result["per_image"] == tmp_path / "eval" / "per_image.csv"
+    with open(result["per_image"], newline="") as f:
+        reader = csv.DictReader(f)
+        assert reader.fieldnames == list(evaluation.PER_IMAGE_COLUMNS)
+        records = list(reader)
+    assert len(records) == len(SAMPLES) * 3
+    expected = _own_predictions(runs.load_run_model(run), folder)
+    assert {(r["image"], r["level"]) for r in records} == set(expected)
+    for r in records:
+        truth, pred = expected[(r["image"], r["level"])]
+        tp = np.count_nonzero(truth & pred)
+        assert int(r["true_pixels"]) == truth.sum()
+        assert int(r["predicted_pixels"]) == pred.sum()
+        union = truth.sum() + pred.sum() - tp
+        assert float(r["iou"]) == pytest.approx(tp / union, abs=1e-9)
+        assert float(r["precision"]) == pytest.approx(tp / pred.sum(), abs=1e-9)
+        assert float(r["recall"]) == pytest.approx(tp / truth.sum(), abs=1e-9)
+        assert 0.0 <= float(r["iou_tta"]) <= 1.0
+    # The per-image counts pool into the table's global IoU.
+    for row in result["rows"]:
+        mine = [r for r in records if r["level"] == row["level"]]
+        tps = [
+            float(r["dice"]) * (int(r["true_pixels"]) + int(r["predicted_pixels"])) / 2
+            for r in mine
+        ]
+        unions = [
+            int(r["true_pixels"]) + int(r["predicted_pixels"]) - t
+            for r, t in zip(mine, tps)
+        ]
+        assert sum(tps) / sum(unions) == pytest.approx(row["iou"], abs=1e-6)
+
+
+def test_image_scores_on_hand_made_masks():
+    empty = np.zeros((4, 4), bool)
+    assert evaluation.image_scores(empty, empty) == {
+        "iou": 1.0, "dice": 1.0, "precision": 1.0, "recall": 1.0,
+        "true_pixels": 0, "predicted_pixels": 0,
+    }  # fmt: skip
+    one = empty.copy()
+    one[1, 1] = True
+    alarm = evaluation.image_scores(empty, one)
+    assert (alarm["iou"], alarm["precision"], alarm["recall"]) == (0.0, 0.0, None)
+    missed = evaluation.image_scores(one, empty)
+    assert (missed["iou"], missed["precision"], missed["recall"]) == (0.0, None, 0.0)
+    truth = empty.copy()
+    truth[:, :2] = True  # 8 pixels
+    pred = empty.copy()
+    pred[:, 1:3] = True  # 8 pixels, 4 of them right
+    scores = evaluation.image_scores(truth, pred)
+    assert scores["iou"] == pytest.approx(4 / 12)
+    assert scores["dice"] == pytest.approx(8 / 16)
+    assert scores["precision"] == scores["recall"] == 0.5
+
+
+def test_cli_evaluate_per_image_names_the_worst_images(dsb_run, tmp_path, capsys):
+    _, _, run = dsb_run
+    out_dir = tmp_path / "out"
+    cli_helpers.run(
+        ["evaluate", str(run), "--split", "all", "--dsb-instances", "none",
+         "--latency-runs", "1", "--output", str(out_dir), "--per-image"]
+    )  # fmt: skip
+    out = capsys.readouterr().out
+    line = [x for x in out.splitlines() if x.startswith("Per-image scores:")][0]
+    assert "lowest IoU at L2: " in line and "a0.png" in line and "b1.png" in line
+    assert (out_dir / "per_image.csv").is_file()
+    with pytest.raises(ku.InputError, match="Per-image scores are taken on whole"):
+        runs.evaluate_run(run, split="all", at_training_size=True, per_image=True)
+
+
 def test_tables_without_the_field_columns_read_back_unchanged(tmp_path):
     rows = [
         {

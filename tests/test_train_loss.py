@@ -151,3 +151,18 @@ def test_cli_rejects_a_parameter_the_loss_does_not_take(
     assert "The focal loss takes ['alpha', 'gamma']" in line
     assert "beta=0.3" in line
     assert not (tmp_path / "r" / "run.json").exists()
+
+
+def test_cli_train_with_the_lovasz_loss_and_its_cross_entropy(synthetic_dir, tmp_path):
+    run = tmp_path / "run"
+    cli_helpers.run(
+        ["train", "--data", str(synthetic_dir), "--output", str(run), "--epochs",
+         "1", "--loss", "lovasz", "--loss-ce-weight", "0.5", *cli_helpers.TINY]
+    )  # fmt: skip
+    config = json.loads((run / "run.json").read_text())
+    assert config["training"]["loss"] == {"name": "lovasz", "ce_weight": 0.5}
+    loaded = keras.saving.load_model(run / "best.keras", safe_mode=True)
+    heads = loaded.loss.values() if isinstance(loaded.loss, dict) else [loaded.loss]
+    assert all(isinstance(h, ku.LovaszLoss) and h.ce_weight == 0.5 for h in heads)
+    history = (run / "history.csv").read_text().splitlines()
+    assert len(history) == 2 and "nan" not in history[1].lower()

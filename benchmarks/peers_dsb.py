@@ -6,15 +6,20 @@ process of its own (one after the other; a crash costs its row only):
 - data: the shared DSB 2018 subset, split by the package's own split
   definition (`keras_unetpp.sources`: the manifest's `suggested_split`),
   decoded by the package's decoder (RGB in [0, 1], 0/1 masks);
-- training: the training images resized to `--size` (masks nearest
-  neighbour), batches of `--batch` drawn by one seeded generator with random
-  flips and quarter turns (the same batches for every model), Adam at
-  `--lr`, the paper's loss 0.5 BCE + (1 - soft Dice) on every output head,
-  for `--minutes` of wall-clock time each after one untimed first step
-  (graph tracing, reported apart);
-- scoring: each validation image resized to `--size`, its probabilities
-  resized back to the image's own size (bilinear) and thresholded at 0.5,
-  then `keras_unetpp.field_metrics.FieldScores` against the mask as stored:
+- training, `--protocol resize` (the older 96x96 protocol): the training
+  images resized to `--size` (masks nearest neighbour); `--protocol crop`
+  (the recipe's, `scripts/dsb_recipe.sh`): random `--size` crops at the
+  images' native scale. Batches of `--batch` are drawn by one seeded
+  generator with random flips and quarter turns (the same batches for every
+  model), Adam at `--lr` (`--schedule cosine`: decayed to 0 over the
+  wall-clock budget, by the share of it spent), the paper's loss 0.5 BCE +
+  (1 - soft Dice) on every output head, for `--minutes` of wall-clock time
+  each after one untimed first step (graph tracing, reported apart);
+- scoring: `resize`: each validation image resized to `--size`, its
+  probabilities resized back to the image's own size (bilinear); `crop`:
+  each image whole, zero-padded to a multiple of 32 and the probabilities
+  cropped back. Thresholded at 0.5, then
+  `keras_unetpp.field_metrics.FieldScores` against the mask as stored:
   the pooled foreground IoU and Dice (the authors' `compute_iou`), their
   per-image means, the authors' Keras `mean_iou` and the DSB 2018 average
   precision (connected components, and the distance watershed).
@@ -38,11 +43,14 @@ Usage:
 
     python benchmarks/peers_dsb.py --minutes 2          # short smoke run
     python benchmarks/peers_dsb.py --minutes 14 --output runs/peers
+    python benchmarks/peers_dsb.py --protocol crop --size 128 --schedule cosine \
+        --lr 2e-3 --minutes 8 --output runs/peers_crop    # the recipe's protocol
 """
 
 import argparse
 import csv
 import json
+import math
 import os
 import pathlib
 import subprocess
@@ -52,6 +60,9 @@ import time
 import numpy as np
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
+# Native-size scoring pads every image to this multiple (the deepest stride
+# of all models: smp's ResNet-18 encoder halves five times).
+STRIDE = 32
 MODELS = ("keras_unetpp", "keras_unetpp_unet", "kuc", "monai", "smp")
 COLUMNS = (
     "model",
@@ -101,15 +112,34 @@ def _resize_set(samples, size):
 
 
 class Batches:
-    """Seeded random batches with flips and quarter turns (image and mask alike)."""
+    """Seeded random batches with flips and quarter turns (image and mask alike).
 
-    def __init__(self, images, masks, batch, seed):
+    `images` and `masks` are arrays of one size, or, with `crop`, lists of
+    native-size arrays (each at least `crop` pixels on a side) from which a
+    random `crop` x `crop` window is cut.
+    """
+
+    def __init__(self, images, masks, batch, seed, crop=None):
         self.images, self.masks, self.batch = images, masks, batch
+        self.crop = crop
         self.rng = np.random.default_rng(seed)
+
+    def _cut(self, index):
+        if self.crop is None:
+            return self.images[index].copy(), self.masks[index].copy()
+        c = self.crop
+        xs, ys = [], []
+        for i in index:
+            h, w = self.images[i].shape[:2]
+            top = int(self.rng.integers(h - c + 1))
+            left = int(self.rng.integers(w - c + 1))
+            xs.append(self.images[i][top : top + c, left : left + c])
+            ys.append(self.masks[i][top : top + c, left : left + c])
+        return np.stack(xs), np.stack(ys)
 
     def __next__(self):
         index = self.rng.choice(len(self.images), self.batch, replace=False)
-        x, y = self.images[index].copy(), self.masks[index].copy()
+        x, y = self._cut(index)
         for k in range(self.batch):
             turns = int(self.rng.integers(4))
             flip = bool(self.rng.integers(2))
@@ -144,6 +174,9 @@ class KerasModel:
         # minutes): as keras_unetpp's own `compile_model` trains.
         model.compile(optimizer=keras.optimizers.Adam(lr), loss=loss, jit_compile=False)
         self.params = model.count_params()
+
+    def set_lr(self, value):
+        self.model.optimizer.learning_rate.assign(value)
 
     def _targets(self, y):
         if self.names is None:
@@ -181,6 +214,10 @@ class TorchModel:
         self.label = label
         self.optimizer = torch.optim.Adam(module.parameters(), lr=lr)
         self.params = sum(p.numel() for p in module.parameters())
+
+    def set_lr(self, value):
+        for group in self.optimizer.param_groups:
+            group["lr"] = value
 
     def _loss(self, logits, y):
         torch = self.torch
@@ -250,7 +287,7 @@ def _allow_torchvision_without_ops():
 
 
 def build(name, size, filters, lr, seed):
-    """The wrapped model `name`, seeded."""
+    """The wrapped model `name`, seeded; `size=None` takes any image size."""
     widths = [filters * 2**k for k in range(5)]
     if name in ("keras_unetpp", "keras_unetpp_unet", "kuc"):
         import keras
@@ -258,19 +295,18 @@ def build(name, size, filters, lr, seed):
         import keras_unetpp
 
         keras.utils.set_random_seed(seed)
+        shape = (size, size, 3)
         if name == "keras_unetpp":
-            model = keras_unetpp.build(
-                4, (size, size, 3), filters=widths, deep_supervision=True
-            )
+            model = keras_unetpp.build(4, shape, filters=widths, deep_supervision=True)
             labels = {f"L{k}": f"output_l{k}" for k in range(1, 5)}
             return KerasModel(model, lr, labels, "accurate")
         if name == "keras_unetpp_unet":
-            model = keras_unetpp.build_unet(4, (size, size, 3), filters=widths)
+            model = keras_unetpp.build_unet(4, shape, filters=widths)
             return KerasModel(model, lr, {}, "L4")
         from keras_unet_collection import models
 
         model = models.unet_plus_2d(
-            (size, size, 3), widths, n_labels=1, stack_num_down=2, stack_num_up=2,
+            shape, widths, n_labels=1, stack_num_down=2, stack_num_up=2,
             activation="ReLU", output_activation="Sigmoid", batch_norm=True,
             pool="max", unpool=False, deep_supervision=True, name="xnet",
         )  # fmt: skip
@@ -299,12 +335,19 @@ def build(name, size, filters, lr, seed):
     raise ValueError(f"Unknown model. Received: {name!r}")
 
 
-def train(model, batches, seconds):
+def cosine_lr(lr, spent):
+    """The cosine schedule at `spent` (the share of the budget used, 0-1)."""
+    return 0.5 * lr * (1.0 + math.cos(math.pi * min(max(spent, 0.0), 1.0)))
+
+
+def train(model, batches, seconds, lr=None):
     """One untimed first step, then steps until `seconds` have passed.
 
     The first step (graph tracing for Keras, none for PyTorch) is not
     counted in the budget, so that a loaded machine's tracing time does not
-    eat a short budget; it is reported.
+    eat a short budget; it is reported. With `lr`, every later step runs at
+    `cosine_lr(lr, share of the budget spent)`: each model's schedule ends
+    with its budget, whatever its speed.
 
     Returns:
         `(steps, seconds, first_step_seconds)`; `steps` counts the first.
@@ -314,27 +357,45 @@ def train(model, batches, seconds):
     first = time.perf_counter() - start
     start = time.perf_counter()
     steps = 1
-    while time.perf_counter() - start < seconds:
+    while (elapsed := time.perf_counter() - start) < seconds:
+        if lr is not None:
+            model.set_lr(cosine_lr(lr, elapsed / seconds))
         model.train_step(*next(batches))
         steps += 1
     return steps, time.perf_counter() - start, first
 
 
 def score(model, val, size, instance_methods):
-    """`FieldScores.result()` of each of the model's rows on the val images."""
+    """`FieldScores.result()` of each of the model's rows on the val images.
+
+    `size` is the side the images are resized to (and the probabilities
+    back), or `None` to predict each image at its own size, zero-padded to
+    a multiple of `STRIDE` and cropped back.
+    """
     import cv2
 
     from keras_unetpp.field_metrics import FieldScores
 
-    x = np.stack([_resize_image(image, size) for image, _ in val]).astype(np.float32)
-    outputs = model.predict(x)
+    if size is None:
+        from keras_unetpp.padding import pad_to_multiple
+
+        outputs = {}
+        for image, mask in val:
+            h, w = mask.shape
+            padded, _ = pad_to_multiple(image[None].astype(np.float32), STRIDE)
+            for label, prob in model.predict(padded).items():
+                outputs.setdefault(label, []).append(prob[0, :h, :w])
+    else:
+        x = np.stack([_resize_image(image, size) for image, _ in val])
+        outputs = model.predict(x.astype(np.float32))
     results = {}
     for label, probs in outputs.items():
         scores = FieldScores(instance_methods=instance_methods)
         for (_, mask), prob in zip(val, probs):
             h, w = mask.shape
-            native = cv2.resize(prob, (w, h), interpolation=cv2.INTER_LINEAR)
-            scores.update(mask, native)
+            if prob.shape != (h, w):
+                prob = cv2.resize(prob, (w, h), interpolation=cv2.INTER_LINEAR)
+            scores.update(mask, prob)
         results[label] = scores.result()
     return results
 
@@ -376,7 +437,24 @@ def main(argv=None):
         default=2.0,
         help="training wall time per model (default: 2)",
     )
-    parser.add_argument("--size", type=int, default=96, help="training size (96)")
+    parser.add_argument(
+        "--protocol",
+        choices=("resize", "crop"),
+        default="resize",
+        help="resize: train and score at --size x --size (the older protocol); "
+        "crop: train on native-scale --size crops, score whole images at "
+        "their own size (the recipe's) (default: resize)",
+    )
+    parser.add_argument(
+        "--schedule",
+        choices=("constant", "cosine"),
+        default="constant",
+        help="learning rate: constant, or cosine-decayed over each model's "
+        "wall-clock budget (default: constant)",
+    )
+    parser.add_argument(
+        "--size", type=int, default=96, help="training size or crop (96)"
+    )
     parser.add_argument("--filters", type=int, default=16, help="base width (16)")
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--lr", type=float, default=1e-3)
@@ -402,10 +480,11 @@ def main(argv=None):
         rows = train_and_score(args.worker, args, methods)
         atomic_write_json(out / f".rows_{args.worker}.json", rows)
         return 0
+    how = "resized to" if args.protocol == "resize" else "native-scale crops of"
     print(
-        f"DSB 2018 peers: training at {args.size}x{args.size}, {args.minutes:g} "
-        f"min per model, batch {args.batch}, Adam {args.lr:g}, one process per "
-        f"model; {os.cpu_count()} CPU cores.",
+        f"DSB 2018 peers: training on images {how} {args.size}x{args.size}, "
+        f"{args.minutes:g} min per model, batch {args.batch}, Adam {args.lr:g} "
+        f"({args.schedule}), one process per model; {os.cpu_count()} CPU cores.",
         flush=True,
     )
     rows = []
@@ -430,23 +509,40 @@ def train_and_score(name, args, methods):
     # The model's package is imported before keras_unetpp loads the data:
     # MONAI's import crashes (segfault, MONAI 1.6 / TensorFlow 2.21) in a
     # process where keras_unetpp is imported already.
+    crop = args.protocol == "crop"
     try:
-        model = build(name, args.size, args.filters, args.lr, args.seed)
+        model = build(
+            name, None if crop else args.size, args.filters, args.lr, args.seed
+        )
     except ImportError as error:
         print(f"{name}: not installed ({error})", flush=True)
         return [{"model": name, "error": f"not installed: {error}"}]
     train_set = _load(args.data, "train")
     val = _load(args.data, "val")
-    images, masks = _resize_set(train_set, args.size)
+    if crop:
+        images = [image.astype(np.float32) for image, _ in train_set]
+        masks = [mask[..., None].astype(np.float32) for _, mask in train_set]
+        small = [i for i, x in enumerate(images) if min(x.shape[:2]) < args.size]
+        if small:
+            raise SystemExit(
+                f"--protocol crop needs images of at least {args.size} pixels a "
+                f"side; train image {small[0]} is {images[small[0]].shape[1]}x"
+                f"{images[small[0]].shape[0]}"
+            )
+    else:
+        images, masks = _resize_set(train_set, args.size)
     print(
         f"{name}: {len(train_set)} train / {len(val)} val images (the manifest's "
         "split)",
         flush=True,
     )
-    batches = Batches(images, masks, args.batch, args.seed)
-    steps, seconds, first = train(model, batches, 60.0 * args.minutes)
+    batches = Batches(images, masks, args.batch, args.seed, args.size if crop else None)
+    steps, seconds, first = train(
+        model, batches, 60.0 * args.minutes,
+        args.lr if args.schedule == "cosine" else None,
+    )  # fmt: skip
     start = time.perf_counter()
-    results = score(model, val, args.size, methods)
+    results = score(model, val, None if crop else args.size, methods)
     print(
         f"{name}: {model.params:,} parameters, first step {first:.0f} s, then "
         f"{steps - 1} steps in {seconds:.0f} s, scored in "

@@ -93,3 +93,61 @@ def test_peers_run_each_model_in_a_worker_and_write_as_they_go(tmp_path, capsys)
     csv_rows = (out / "peers.csv").read_text().splitlines()
     assert csv_rows[1].startswith("keras_unetpp_unet,L4,")
     assert not list(out.glob(".rows_*"))  # the worker's hand-over is read
+
+
+def test_crop_batches_cut_native_windows_of_image_and_mask_alike():
+    rng = np.random.default_rng(3)
+    images, masks = [], []
+    for h, w in ((12, 20), (16, 10)):
+        mask = (rng.random((h, w, 1)) > 0.5).astype(np.float32)
+        images.append(np.concatenate([mask, rng.random((h, w, 2))], -1))
+        masks.append(mask)
+    batches = peers_dsb.Batches(images, masks, batch=2, seed=0, crop=8)
+    for _ in range(4):
+        x, y = next(batches)
+        assert x.shape == (2, 8, 8, 3) and y.shape == (2, 8, 8, 1)
+        np.testing.assert_array_equal(x[..., :1], y)
+        # Each window is a turned/flipped piece of one of the images.
+        for window in x[..., 1]:
+            found = False
+            for image in images:
+                h, w = image.shape[:2]
+                for turns in range(4):
+                    for flip in (False, True):
+                        piece = (
+                            np.rot90(window, -turns)
+                            if not flip
+                            else np.rot90(window[:, ::-1], -turns)
+                        )
+                        for top in range(h - 7):
+                            for left in range(w - 7):
+                                found |= np.array_equal(
+                                    image[top : top + 8, left : left + 8, 1], piece
+                                )
+            assert found
+
+
+def test_cosine_schedule_runs_from_the_rate_to_zero_over_the_budget():
+    assert peers_dsb.cosine_lr(2e-3, 0.0) == pytest.approx(2e-3)
+    assert peers_dsb.cosine_lr(2e-3, 0.5) == pytest.approx(1e-3)
+    assert peers_dsb.cosine_lr(2e-3, 1.0) == pytest.approx(0.0, abs=1e-12)
+    assert peers_dsb.cosine_lr(2e-3, 1.5) == pytest.approx(0.0, abs=1e-12)
+
+
+def test_peers_crop_protocol_scores_whole_images_at_their_size(tmp_path):
+    import cli_helpers
+
+    data = tmp_path / "data"
+    cli_helpers.run(["synthetic", str(data), "--num-images", "12"]
+                    + ["--image-size", "40", "48"])  # fmt: skip
+    out = tmp_path / "peers"
+    argv = ["--data", str(data), "--minutes", "0.01", "--size", "32",
+            "--protocol", "crop", "--schedule", "cosine", "--lr", "2e-3",
+            "--filters", "4", "--models", "keras_unetpp",
+            "--dsb-instances", "none", "--output", str(out)]  # fmt: skip
+    assert peers_dsb.main(argv) == 0
+    saved = json.loads((out / "peers.json").read_text())
+    assert saved["args"]["protocol"] == "crop"
+    rows = saved["rows"]
+    assert [r["level"] for r in rows] == ["L1", "L2", "L3", "L4", "accurate"]
+    assert all(0.0 <= r["iou"] <= 1.0 and r["steps"] >= 2 for r in rows)

@@ -27,9 +27,11 @@ def _settings(config):
     filters = model["filters"]
     width = filters[0] if isinstance(filters, (list, tuple)) else filters
     size = "x".join(str(s) for s in data["image_size"])
+    precision = config["training"].get("precision") or "float32"
     return (
         f"{model['architecture']}, {data['resize_mode']} {size}, f{width}, "
         f"{loss}, augment {'on' if data['augment'] else 'off'}"
+        + ("" if precision == "float32" else f", {precision}")
     )
 
 

@@ -19,12 +19,12 @@ def _lever_table():
     return module
 
 
-def _run(folder, ious, mode="crop", loss=None, epochs=3):
+def _run(folder, ious, mode="crop", loss=None, epochs=3, precision=None):
     folder.mkdir()
     config = {
         "data": {"image_size": [128, 128], "resize_mode": mode, "augment": True},
         "model": {"architecture": "unetpp", "filters": 16},
-        "training": {"loss": loss},
+        "training": {"loss": loss, "precision": precision},
     }
     (folder / "run.json").write_text(json.dumps(config))
     with open(folder / "history.csv", "w", newline="") as f:
@@ -49,6 +49,7 @@ def test_rows_hold_each_runs_settings_levels_and_best(tmp_path):
         mode="resize",
         loss={"name": "focal-tversky", "alpha": 0.7},
         epochs=5,
+        precision="mixed_bfloat16",
     )
     out = tmp_path / "levers.md"
     assert lever_table.main([str(first), str(second), "--output", str(out)]) == 0
@@ -60,7 +61,10 @@ def test_rows_hold_each_runs_settings_levels_and_best(tmp_path):
     assert "| L2 0.8000 |" in recipe and "| 0.7000 | 0.8000 | 0.7900 |" in recipe
     # TTA and DSB AP are those of the best level's row; this one has none.
     assert recipe.endswith("|  |  |")
-    assert focal.startswith("| focal | unetpp, resize 128x128, f16, focal-tversky,")
+    assert focal.startswith(
+        "| focal | unetpp, resize 128x128, f16, focal-tversky, augment on, "
+        "mixed_bfloat16 | 5 |"
+    )
     assert focal.endswith("| accurate 0.7600 | 0.7700 | 0.5000 |")
 
 

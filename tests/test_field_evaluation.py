@@ -55,16 +55,18 @@ def _model():
     return model
 
 
-def _expected(model, folder):
-    """Each level's field scores, from its own predictions, by hand."""
+def _level_probabilities(model, folder):
+    """`(level, stem, probabilities, nucleus masks)` of every sample and level.
+
+    Each level by its own pruned model (the accurate mode by the heads'
+    mean), the image zero-padded to the full model's stride and cropped back.
+    """
     subs = {
         "L1": ku.prune(model, 1),
         "L2": ku.prune(model, 2),
         "accurate": ku.inference_model(model, "accurate"),
     }
-    expected = {}
     for level, sub in subs.items():
-        truths, probs, aps, aps_ws = [], [], [], []
         for stem in sorted(SAMPLES):
             image = cv2.imread(
                 str(folder / stem / "images" / f"{stem}.png"), cv2.IMREAD_UNCHANGED
@@ -77,6 +79,18 @@ def _expected(model, folder):
                 cv2.imread(str(p), cv2.IMREAD_UNCHANGED) > 0
                 for p in sorted((folder / stem / "masks").iterdir())
             ]
+            yield level, stem, prob, masks
+
+
+def _expected(model, folder):
+    """Each level's field scores, from its own predictions, by hand."""
+    samples = {}
+    for level, _, prob, masks in _level_probabilities(model, folder):
+        samples.setdefault(level, []).append((prob, masks))
+    expected = {}
+    for level, level_samples in samples.items():
+        truths, probs, aps, aps_ws = [], [], [], []
+        for prob, masks in level_samples:
             truth_labels, _ = field_metrics.labels_from_masks(masks)
             truths.append(truth_labels > 0)
             probs.append(prob)
@@ -175,26 +189,10 @@ def test_cli_evaluate_without_dsb_columns(dsb_run, tmp_path, capsys):
 
 def _own_predictions(model, folder):
     """Each level's thresholded prediction and truth of every sample, by hand."""
-    subs = {
-        "L1": ku.prune(model, 1),
-        "L2": ku.prune(model, 2),
-        "accurate": ku.inference_model(model, "accurate"),
+    return {
+        (f"{stem}.png", level): (np.any(masks, axis=0), prob >= 0.5)
+        for level, stem, prob, masks in _level_probabilities(model, folder)
     }
-    out = {}
-    for level, sub in subs.items():
-        for stem in sorted(SAMPLES):
-            image = cv2.imread(
-                str(folder / stem / "images" / f"{stem}.png"), cv2.IMREAD_UNCHANGED
-            )
-            image = image.astype(np.float32)[..., None] / 255.0
-            h, w = image.shape[:2]
-            padded, _ = ku.pad_to_multiple(image[None], 4)
-            prob = prediction.predict_probabilities(sub, padded[0], None)[:h, :w, 0]
-            truth = np.zeros((h, w), bool)
-            for path in (folder / stem / "masks").iterdir():
-                truth |= cv2.imread(str(path), cv2.IMREAD_UNCHANGED) > 0
-            out[(f"{stem}.png", level)] = (truth, prob >= 0.5)
-    return out
 
 
 def test_per_image_scores_are_each_images_own_and_add_up_to_the_table(

@@ -7,6 +7,9 @@
 #
 # Usage: bash scripts/peers_dsb.sh                 (2 minutes per model)
 #        MINUTES=14 OUT=runs/peers bash scripts/peers_dsb.sh
+#        MINUTES=8 bash scripts/peers_dsb.sh --protocol crop --size 128 \
+#          --schedule cosine --lr 2e-3     (the recipe's protocol, 43 min)
+# Extra arguments go to benchmarks/peers_dsb.py.
 # Needs the bench extra: pip install -e ".[bench]"
 set -euo pipefail
 cd "$(dirname "$0")/.."

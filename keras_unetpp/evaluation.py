@@ -554,11 +554,12 @@ def evaluate_levels_native(
         if per_image is not None:
             truth = mask[..., 0] > 0
             for k, label in enumerate(level_labels):
-                record = image_scores(truth, runs[0][0][..., k] > threshold)
+                # The package's one rule, as the metrics: p >= threshold.
+                record = image_scores(truth, runs[0][0][..., k] >= threshold)
                 record.update(image=count, level=label, iou_tta=None)
                 if tta is not None:
                     record["iou_tta"] = image_scores(
-                        truth, runs[1][0][..., k] > threshold
+                        truth, runs[1][0][..., k] >= threshold
                     )["iou"]
                 per_image.append(record)
         count += 1

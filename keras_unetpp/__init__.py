@@ -92,6 +92,7 @@ _LAZY = {
     # NumPy/SciPy scores on predicted masks: loaded on first use.
     "field_metrics": "keras_unetpp.field_metrics",
     "FieldScores": "keras_unetpp.field_metrics",
+    "ThresholdSweep": "keras_unetpp.thresholds",
 }
 
 __all__ = [
@@ -109,6 +110,7 @@ __all__ = [
     "ModelDescription",
     "SamplePair",
     "SizePolicy",
+    "ThresholdSweep",
     "TrainingDiverged",
     "TverskyLoss",
     "__version__",

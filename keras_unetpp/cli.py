@@ -636,6 +636,16 @@ def _add_evaluate(commands):
         "recall at every level (native resolution, one-class runs)",
     )
     p.add_argument(
+        "--thresholds",
+        type=_fraction,
+        nargs="+",
+        metavar="T",
+        help="also write thresholds.csv: every level's pooled IoU and Dice "
+        "at each probability threshold T (native resolution, one-class runs) "
+        "and print the best; pick it with --split train, then report val "
+        "with --threshold",
+    )
+    p.add_argument(
         "--dsb-instances",
         choices=tuple(DSB_INSTANCES),
         default="both",
@@ -1027,6 +1037,7 @@ def _run_evaluate(args):
         tta=args.tta,
         instance_methods=DSB_INSTANCES[args.dsb_instances],
         per_image=args.per_image,
+        thresholds=args.thresholds,
     )
     print(
         f"Scored {args.model} on {result['what']}: {result['images']} images, "
@@ -1040,6 +1051,30 @@ def _run_evaluate(args):
     if result["per_image"] is not None:
         worst = _worst_images(result["per_image"])
         print(f"Per-image scores: {result['per_image']}; {worst}")
+    if result["thresholds"] is not None:
+        print(_threshold_summary(result, args.threshold, args.split))
+
+
+def _threshold_summary(result, threshold, split):
+    """Each level's best threshold of the sweep, in words."""
+    scored = {row["level"]: row for row in result["rows"]}
+    parts = []
+    for level, row in result["best_thresholds"].items():
+        at = scored.get(level, {}).get("iou")
+        than = "" if at is None else f" (at {threshold:g}: {at:.4f})"
+        parts.append(f"{level} {row['threshold']:g}: IoU {row['iou']:.4f}{than}")
+    text = (
+        f"Threshold sweep: {result['thresholds']}; best pooled IoU per level: "
+        + "; ".join(parts)
+        + "."
+    )
+    if split != "train":
+        text += (
+            " A threshold picked on the images it is then reported on "
+            "flatters their score: pick it with --split train, report the val "
+            "split with --threshold."
+        )
+    return text
 
 
 def _worst_images(path, count=3):
@@ -1289,6 +1324,10 @@ def _run_evaluate_volumes(args):
         raise UsageError(
             "--per-image is for 2D runs (image by image); a volume run is "
             "scored volume by volume already"
+        )
+    if args.thresholds:
+        raise UsageError(
+            "--thresholds is for 2D runs; a volume run is scored at --threshold"
         )
     source = None
     if args.data is not None:

@@ -351,6 +351,7 @@ def evaluate_levels_native(
     instance_methods=field_metrics.INSTANCE_METHODS,
     instances=None,
     per_image=None,
+    sweep=None,
 ):
     """`evaluate_levels` on whole images, at the masks' own resolution.
 
@@ -417,6 +418,11 @@ def evaluate_levels_native(
             one dict per image and level with the keys of
             `PER_IMAGE_COLUMNS` (`image` is the sample's index; `iou_tta`
             is `None` without `tta`): where a data set's score is lost.
+            Defaults to `None`.
+        sweep: `None`, or a `thresholds.ThresholdSweep` that receives, for
+            a one-class model, every image's probabilities at every level
+            (without TTA, as `predict` and the SavedModels return them):
+            the pooled IoU and Dice at each of its thresholds, to pick one.
             Defaults to `None`.
 
     Returns:
@@ -514,6 +520,12 @@ def evaluate_levels_native(
             "Per-image scores are of one-class models (foreground against "
             f"background); this model has {classes} classes."
         )
+    if sweep is not None and classes != 1:
+        raise InputError(
+            "A threshold sweep is for one-class models (a probability "
+            f"threshold); this model has {classes} classes, whose masks are "
+            "the arg-max."
+        )
     level_labels = [
         key if key == "accurate" else f"L{level}"
         for key, level in zip(keys, [*levels, None])
@@ -562,6 +574,10 @@ def evaluate_levels_native(
                         truth, runs[1][0][..., k] >= threshold
                     )["iou"]
                 per_image.append(record)
+        if sweep is not None:
+            truth = mask[..., 0] > 0
+            for k, label in enumerate(level_labels):
+                sweep.update(label, truth, runs[0][0][..., k])
         count += 1
     if count == 0:
         raise InputError("There are no images to evaluate. Received: 0 images")

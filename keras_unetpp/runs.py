@@ -54,6 +54,7 @@ from keras_unetpp.recompute import recompute_nodes
 from keras_unetpp.schedule import check_positive
 from keras_unetpp.size_policy import SizePolicy
 from keras_unetpp.sources import source_dataset, source_pairs
+from keras_unetpp.thresholds import SWEEP_COLUMNS, ThresholdSweep
 from keras_unetpp.validation import check_int, check_pixel_scaling, check_stride
 from keras_unetpp.version import __version__
 
@@ -565,6 +566,7 @@ def evaluate_run(
     tta=None,
     instance_methods=field_metrics.INSTANCE_METHODS,
     per_image=False,
+    thresholds=None,
 ):
     """Writes the per-level table of a run: IoU, Dice, params, FLOPs, ms.
 
@@ -614,10 +616,17 @@ def evaluate_run(
             name, or the example's index for TFDS), to find the images or
             the kind of image where the score is lost (native resolution,
             one-class models). Defaults to `False`.
+        thresholds: `None`, or a sequence of thresholds in [0, 1]: also
+            write `thresholds.csv`, every level's pooled IoU and Dice at
+            each of them (`thresholds.ThresholdSweep`; native resolution,
+            one-class models, predictions without TTA). Pick the threshold
+            on the train split, report it on val. Defaults to `None`.
 
     Returns:
         dict: `rows` (one per level), `csv`, `json`, `plot`, `scored`,
-        `per_image` (the CSV's path, or `None`)
+        `per_image` (the CSV's path, or `None`), `thresholds` (the sweep's
+        CSV, or `None`), `best_thresholds` (level -> the sweep's row of
+        its best threshold, or `None`)
         (paths), `table` (printable text), `what` (what was scored, in
         words), `images` (how many) and `resolution` (how, in words).
     """
@@ -648,6 +657,13 @@ def evaluate_run(
         what = f"the val split: {sources.describe_source(source['val_source'])}"
     else:
         what = f"the {split} split of {where} ({sources.describe_split(source)})"
+    if at_training_size and thresholds is not None:
+        raise InputError(
+            "A threshold sweep scores whole images at their own resolution; "
+            "--at-training-size scores training-size batches. Received: "
+            "at_training_size=True with thresholds"
+        )
+    sweep = None if thresholds is None else ThresholdSweep(thresholds)
     if at_training_size and per_image:
         raise InputError(
             "Per-image scores are taken on whole images at their own "
@@ -719,6 +735,7 @@ def evaluate_run(
             instance_methods=tuple(instance_methods),
             instances=instances,
             per_image=image_records,
+            sweep=sweep,
         )
         resolution = "at native resolution: whole images against the masks " + (
             f"as stored (each image resized to {height}x{width} for the "
@@ -750,6 +767,12 @@ def evaluate_run(
                 pathlib.Path(pair.image).name for pair in source_pairs(source, split)
             ]
         per_image_csv = _write_per_image(image_records, names, output_dir)
+    sweep_csv = best_thresholds = None
+    if sweep is not None:
+        sweep_csv = _write_rows(
+            sweep.rows(), SWEEP_COLUMNS, pathlib.Path(output_dir) / "thresholds.csv"
+        )
+        best_thresholds = sweep.best()
     scored = output_dir / "scored.json"
     with open(scored, "w") as f:
         json.dump(
@@ -762,6 +785,8 @@ def evaluate_run(
                 "images": count,
                 "resolution": resolution,
                 "flops_and_latency_at": [height, width],
+                "threshold": threshold,
+                "best_thresholds": best_thresholds,
             },
             f,
             indent=2,
@@ -774,6 +799,8 @@ def evaluate_run(
         "plot": plot,
         "scored": scored,
         "per_image": per_image_csv,
+        "thresholds": sweep_csv,
+        "best_thresholds": best_thresholds,
         "table": evaluation.format_table(rows),
         "what": what,
         "images": count,
@@ -781,25 +808,34 @@ def evaluate_run(
     }
 
 
+def _write_rows(rows, columns, path):
+    """Writes dicts as a CSV of `columns`, atomically; returns the path."""
+    path = pathlib.Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    lines = io.StringIO()
+    writer = csv.DictWriter(lines, fieldnames=list(columns))
+    writer.writeheader()
+    writer.writerows(rows)
+    atomic.write_text(path, lines.getvalue())
+    return path
+
+
 def _write_per_image(records, names, output_dir):
     """`per_image.csv` from `evaluate_levels_native(per_image=...)` records.
 
     `image` becomes the file name when `names` (in sample order) are known.
     """
-    path = pathlib.Path(output_dir) / "per_image.csv"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    lines = io.StringIO()
-    writer = csv.DictWriter(lines, fieldnames=list(evaluation.PER_IMAGE_COLUMNS))
-    writer.writeheader()
+    rows = []
     for record in records:
-        row = dict(record)
+        row = {k: "" if v is None else v for k, v in record.items()}
         if names is not None:
-            row["image"] = names[row["image"]]
-        writer.writerow(
-            {k: "" if row[k] is None else row[k] for k in writer.fieldnames}
-        )
-    atomic.write_text(path, lines.getvalue())
-    return path
+            row["image"] = names[record["image"]]
+        rows.append(row)
+    return _write_rows(
+        rows,
+        evaluation.PER_IMAGE_COLUMNS,
+        pathlib.Path(output_dir) / "per_image.csv",
+    )
 
 
 def _single_output(keras_model, level=None, accurate=False):

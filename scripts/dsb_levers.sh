@@ -27,6 +27,8 @@ for lever in $LEVERS; do
     lovasz_ce) settings=(LOSS=lovasz "TRAIN_ARGS=--loss-ce-weight 0.5") ;;
     bfloat16) settings=(PRECISION=mixed_bfloat16) ;;
     threshold0.6) settings=(THRESHOLD=0.6) ;;
+    threshold_train) settings=(THRESHOLD=train) ;;
+    minmax) settings=(PIXEL_SCALING=minmax) ;;
     lr1e-3) settings=(LR=0.001) ;;
     unet) settings=(ARCH=unet) ;;
     *) echo "unknown lever: $lever" >&2; exit 2 ;;

@@ -19,7 +19,10 @@
 # image to CROP x CROP, the older 96x96 protocol), AUGMENT (1 = flips, quarter turns, scale 0.8-1.25,
 # intensity; 0 = none), ARCH (unetpp, unet), DSB_INSTANCES (both,
 # components, watershed, none), PRECISION (float32, auto: mixed_bfloat16 on
-# a CPU with native bfloat16), THRESHOLD (of the scored masks),
+# a CPU with native bfloat16), THRESHOLD (of the scored masks; "train":
+# the deepest level's best on the train split, from a sweep of 0.3-0.7 that
+# `evaluate --split train --thresholds` writes to $OUT/threshold_sweep),
+# PIXEL_SCALING (dtype; minmax: each image's range to [0, 1]),
 # TRAIN_ARGS (more `keras-unetpp train` flags). Run the same
 # command again to continue a
 # budget-stopped or interrupted run.
@@ -45,6 +48,7 @@ ARCH=${ARCH:-unetpp}
 DSB_INSTANCES=${DSB_INSTANCES:-both}
 PRECISION=${PRECISION:-float32}
 THRESHOLD=${THRESHOLD:-0.5}
+PIXEL_SCALING=${PIXEL_SCALING:-dtype}
 TRAIN_ARGS=${TRAIN_ARGS:-}
 augment=--augment
 [ "$AUGMENT" = 1 ] || augment=--no-augment
@@ -55,10 +59,22 @@ start=$(date +%s)
 keras-unetpp train --data "$DATA" --output "$OUT" --architecture "$ARCH" \
   $supervision --channels "$CHANNELS" --filters "$FILTERS" \
   --resize-mode "$MODE" --image-size "$CROP" "$CROP" $augment \
-  --loss "$LOSS" --precision "$PRECISION" --batch-size "$BATCH" --learning-rate "$LR" \
+  --loss "$LOSS" --precision "$PRECISION" --pixel-scaling "$PIXEL_SCALING" --batch-size "$BATCH" --learning-rate "$LR" \
   --lr-schedule cosine --epochs 1000 --time-budget "$BUDGET" \
   --save-every 100 --verbose 2 --no-tensorboard $TRAIN_ARGS
 trained=$(date +%s)
+if [ "$THRESHOLD" = train ]; then
+  # Picked on the train split, never on the val split it is reported on.
+  keras-unetpp evaluate "$OUT" --split train --dsb-instances none \
+    --thresholds 0.3 0.35 0.4 0.45 0.5 0.55 0.6 0.65 0.7 \
+    --latency-runs 1 --output "$OUT/threshold_sweep"
+  # The deepest level's best threshold, as `evaluate` recorded it.
+  THRESHOLD=$(python -c 'import json, sys
+best = json.load(open(sys.argv[1]))["best_thresholds"]
+print(best[max((k for k in best if k != "accurate"), key=lambda k: int(k[1:]))]["threshold"])' \
+    "$OUT/threshold_sweep/scored.json")
+  echo "threshold picked on the train split: $THRESHOLD"
+fi
 keras-unetpp evaluate "$OUT" --tta flips+rot90 --dsb-instances "$DSB_INSTANCES" --threshold "$THRESHOLD" \
   --latency-batch-size 1 --latency-runs 5
 end=$(date +%s)

@@ -12,6 +12,7 @@ scripts/dsb_levers.sh.
 """
 
 import argparse
+import json
 import pathlib
 import sys
 
@@ -19,7 +20,7 @@ from keras_unetpp import evaluation, training
 from keras_unetpp.runs import EVALUATION_DIR, read_run_config
 
 
-def _settings(config):
+def _settings(config, threshold=0.5):
     data, model = config["data"], config["model"]
     loss = config["training"].get("loss") or "bce-dice"
     if isinstance(loss, dict):
@@ -28,10 +29,13 @@ def _settings(config):
     width = filters[0] if isinstance(filters, (list, tuple)) else filters
     size = "x".join(str(s) for s in data["image_size"])
     precision = config["training"].get("precision") or "float32"
+    scaling = data.get("pixel_scaling", "dtype")
     return (
         f"{model['architecture']}, {data['resize_mode']} {size}, f{width}, "
         f"{loss}, augment {'on' if data['augment'] else 'off'}"
         + ("" if precision == "float32" else f", {precision}")
+        + ("" if scaling == "dtype" else f", pixels {scaling}")
+        + ("" if threshold == 0.5 else f", threshold {threshold:g}")
     )
 
 
@@ -43,11 +47,16 @@ def lever_row(run):
             f"lever_table: error: no {table}; run `keras-unetpp evaluate {run}` first"
         )
     rows = evaluation.read_table(table)
+    scored = table.parent / "scored.json"
+    threshold = 0.5
+    if scored.is_file():
+        # Older evaluations did not record it: they scored at 0.5.
+        threshold = json.loads(scored.read_text()).get("threshold", 0.5)
     by_level = {str(row["level"]): row for row in rows}
     best = max(rows, key=lambda row: row["iou"])
     return {
         "lever": pathlib.Path(run).name,
-        "settings": _settings(read_run_config(run)),
+        "settings": _settings(read_run_config(run), threshold),
         "epochs": len(training.read_history(run)),
         "levels": {level: row["iou"] for level, row in by_level.items()},
         "best": str(best["level"]),

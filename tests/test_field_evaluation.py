@@ -10,7 +10,14 @@ import numpy as np
 import pytest
 
 import keras_unetpp as ku
-from keras_unetpp import evaluation, field_metrics, prediction, runs, sources
+from keras_unetpp import (
+    evaluation,
+    field_metrics,
+    prediction,
+    runs,
+    sources,
+    thresholds,
+)
 from keras_unetpp.description import logits_name
 
 TRAIN_SIZE = (32, 32)
@@ -283,3 +290,71 @@ def test_tables_without_the_field_columns_read_back_unchanged(tmp_path):
     _, json_path = evaluation.write_table(rows, tmp_path)
     assert evaluation.read_table(json_path) == rows
     assert evaluation.format_table(rows).splitlines()[0].split()[-1] == "ms/image"
+
+
+def test_threshold_sweep_scores_each_level_at_each_threshold(dsb_run, tmp_path):
+    folder, source, run = dsb_run
+    swept = [0.3, 0.5, 0.65]
+    result = runs.evaluate_run(
+        run, split="all", source=source, latency_runs=1, thresholds=swept,
+        instance_methods=(), output_dir=tmp_path / "eval",
+    )  # fmt: skip
+    assert result["thresholds"] == tmp_path / "eval" / "thresholds.csv"
+    with open(result["thresholds"], newline="") as f:
+        reader = csv.DictReader(f)
+        assert reader.fieldnames == list(thresholds.SWEEP_COLUMNS)
+        rows = list(reader)
+    assert len(rows) == 3 * len(swept)
+    own = {}
+    for level, _, prob, masks in _level_probabilities(runs.load_run_model(run), folder):
+        own.setdefault(level, []).append((np.any(masks, axis=0), prob))
+    for row in rows:
+        hits = union = 0
+        for truth, prob in own[row["level"]]:
+            pred = prob >= np.float32(float(row["threshold"]))
+            hits += np.count_nonzero(truth & pred)
+            union += np.count_nonzero(truth | pred)
+        assert float(row["iou"]) == pytest.approx(hits / union, abs=1e-6)
+    # At the evaluation's own threshold the sweep is the table.
+    for table_row in result["rows"]:
+        at = [r for r in rows if r["level"] == table_row["level"]]
+        at = [r for r in at if float(r["threshold"]) == pytest.approx(0.5)][0]
+        assert float(at["iou"]) == pytest.approx(table_row["iou"], abs=1e-6)
+        best = result["best_thresholds"][table_row["level"]]
+        assert best["iou"] == max(
+            float(r["iou"]) for r in rows if r["level"] == table_row["level"]
+        )
+    with pytest.raises(ku.InputError, match="A threshold sweep scores whole images"):
+        runs.evaluate_run(run, split="all", at_training_size=True, thresholds=[0.5])
+
+
+def test_cli_evaluate_threshold_sweep_prints_the_best(dsb_run, tmp_path, capsys):
+    _, _, run = dsb_run
+    out_dir = tmp_path / "out"
+    cli_helpers.run(
+        ["evaluate", str(run), "--split", "all", "--dsb-instances", "none",
+         "--latency-runs", "1", "--output", str(out_dir),
+         "--thresholds", "0.4", "0.6"]
+    )  # fmt: skip
+    out = capsys.readouterr().out
+    line = [x for x in out.splitlines() if x.startswith("Threshold sweep:")][0]
+    assert "thresholds.csv" in line and "L1 0." in line and "accurate 0." in line
+    assert "(at 0.5: 0." in line and "flatters" in line
+    with pytest.raises(SystemExit) as exit_info:
+        cli_helpers.run(["evaluate", str(run), "--thresholds", "1.5"])
+    assert exit_info.value.code == 2
+    assert "--thresholds" in capsys.readouterr().err
+
+
+def test_cli_refuses_per_image_and_sweeps_on_volume_runs(tmp_path, capsys):
+    from keras_unetpp.volumes import runs as volume_runs
+
+    run = tmp_path / "volume_run"
+    run.mkdir()
+    (run / "run.json").write_text(json.dumps({"data": {"kind": volume_runs.KIND}}))
+    for flags, message in (
+        (["--per-image"], "--per-image is for 2D runs"),
+        (["--thresholds", "0.4", "0.6"], "--thresholds is for 2D runs"),
+    ):
+        line = cli_helpers.error_line(capsys, ["evaluate", str(run), *flags])
+        assert message in line

@@ -19,10 +19,13 @@ def _lever_table():
     return module
 
 
-def _run(folder, ious, mode="crop", loss=None, epochs=3, precision=None):
+def _run(folder, ious, mode="crop", loss=None, epochs=3, precision=None, scoring=None):
     folder.mkdir()
+    data = {"image_size": [128, 128], "resize_mode": mode, "augment": True}
+    if scoring is not None:
+        data["pixel_scaling"] = scoring["pixel_scaling"]
     config = {
-        "data": {"image_size": [128, 128], "resize_mode": mode, "augment": True},
+        "data": data,
         "model": {"architecture": "unetpp", "filters": 16},
         "training": {"loss": loss, "precision": precision},
     }
@@ -37,6 +40,9 @@ def _run(folder, ious, mode="crop", loss=None, epochs=3, precision=None):
     ]
     rows[-1].update(iou_tta=ious[rows[-1]["level"]] + 0.01, dsb_ap=0.5)
     evaluation.write_table(rows, folder / "evaluation")
+    if scoring is not None:
+        scored = {"threshold": scoring["threshold"], "split": "val"}
+        (folder / "evaluation" / "scored.json").write_text(json.dumps(scored))
     return folder
 
 
@@ -50,6 +56,7 @@ def test_rows_hold_each_runs_settings_levels_and_best(tmp_path):
         loss={"name": "focal-tversky", "alpha": 0.7},
         epochs=5,
         precision="mixed_bfloat16",
+        scoring={"pixel_scaling": "minmax", "threshold": 0.55},
     )
     out = tmp_path / "levers.md"
     assert lever_table.main([str(first), str(second), "--output", str(out)]) == 0
@@ -63,7 +70,7 @@ def test_rows_hold_each_runs_settings_levels_and_best(tmp_path):
     assert recipe.endswith("|  |  |")
     assert focal.startswith(
         "| focal | unetpp, resize 128x128, f16, focal-tversky, augment on, "
-        "mixed_bfloat16 | 5 |"
+        "mixed_bfloat16, pixels minmax, threshold 0.55 | 5 |"
     )
     assert focal.endswith("| accurate 0.7600 | 0.7700 | 0.5000 |")
 

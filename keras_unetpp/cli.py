@@ -111,6 +111,8 @@ def _loss(args):
         gamma=args.loss_gamma,
         smooth=args.loss_smooth,
         ce_weight=args.loss_ce_weight,
+        boundary_weight=args.loss_boundary_weight,
+        boundary_width=args.loss_boundary_width,
     )
     if args.loss == "bce-dice" and all(v is None for v in parameters.values()):
         return None
@@ -366,6 +368,17 @@ def _add_train(commands):
         "--loss-ce-weight",
         type=_weight,
         help="lovasz: weight of the cross-entropy added to it (default 0)",
+    )
+    t.add_argument(
+        "--loss-boundary-weight",
+        type=_weight,
+        help="bce-dice: the cross-entropy's pixels within --loss-boundary-width "
+        "pixels of a mask boundary count 1 + this many times (default 0)",
+    )
+    t.add_argument(
+        "--loss-boundary-width",
+        type=_positive_int,
+        help="bce-dice: the boundary band's half-width in pixels (default 1)",
     )
     t.add_argument(
         "--monitor",

@@ -34,7 +34,7 @@ from keras import ops
 
 from keras_unetpp.errors import InputError
 from keras_unetpp.losses import BCEDiceLoss, CategoricalCEDiceLoss
-from keras_unetpp.validation import check_bool, check_number
+from keras_unetpp.validation import check_bool, check_int, check_number
 
 _EPSILON = 1e-7
 LOSS_NAMES = ("bce-dice", "tversky", "focal-tversky", "focal", "lovasz")
@@ -531,12 +531,16 @@ class LovaszLoss(_ConfigLoss):
 
 
 _PARAMETERS = {
-    "bce-dice": ("smooth",),
+    "bce-dice": ("smooth", "boundary_weight", "boundary_width"),
     "tversky": ("alpha", "beta", "smooth"),
     "focal-tversky": ("alpha", "beta", "gamma", "smooth"),
     "focal": ("alpha", "gamma"),
     "lovasz": ("ce_weight",),
 }
+
+
+# Parameters that are counts, kept as ints in `run.json`.
+_INT_PARAMETERS = ("boundary_width",)
 
 
 def loss_spec(name="bce-dice", **parameters):
@@ -546,7 +550,8 @@ def loss_spec(name="bce-dice", **parameters):
         name: one of `"bce-dice"`, `"tversky"`, `"focal-tversky"`,
             `"focal"`, `"lovasz"`. Defaults to `"bce-dice"`.
         **parameters: the loss's parameters (`alpha`, `beta`, `gamma`,
-            `smooth`, `ce_weight`, as the loss takes them); `None` values are left out.
+            `smooth`, `ce_weight`, `boundary_weight`, `boundary_width`, as
+            the loss takes them); `None` values are left out.
 
     Returns:
         dict, e.g. `{"name": "tversky", "alpha": 0.7}`.
@@ -562,7 +567,10 @@ def loss_spec(name="bce-dice", **parameters):
         )
     spec = {"name": name}
     for key, value in parameters.items():
-        spec[key] = check_number(value, key, low=0.0)
+        if key in _INT_PARAMETERS:
+            spec[key] = check_int(value, key)
+        else:
+            spec[key] = check_number(value, key, low=0.0)
     # Build once, so that a bad value fails before any run folder is made.
     head_loss(spec, num_classes=1, from_logits=False)
     return spec

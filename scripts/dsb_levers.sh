@@ -29,6 +29,7 @@ for lever in $LEVERS; do
     threshold0.6) settings=(THRESHOLD=0.6) ;;
     threshold_train) settings=(THRESHOLD=train) ;;
     minmax) settings=(PIXEL_SCALING=minmax) ;;
+    boundary2) settings=("TRAIN_ARGS=--loss-boundary-weight 2") ;;
     lr1e-3) settings=(LR=0.001) ;;
     unet) settings=(ARCH=unet) ;;
     *) echo "unknown lever: $lever" >&2; exit 2 ;;

@@ -166,3 +166,27 @@ def test_cli_train_with_the_lovasz_loss_and_its_cross_entropy(synthetic_dir, tmp
     assert all(isinstance(h, ku.LovaszLoss) and h.ce_weight == 0.5 for h in heads)
     history = (run / "history.csv").read_text().splitlines()
     assert len(history) == 2 and "nan" not in history[1].lower()
+
+
+def test_cli_train_with_boundary_weighted_bce_dice(synthetic_dir, tmp_path):
+    run = tmp_path / "run"
+    cli_helpers.run(
+        ["train", "--data", str(synthetic_dir), "--output", str(run), "--epochs",
+         "1", "--loss-boundary-weight", "2", "--loss-boundary-width", "2",
+         *cli_helpers.TINY]
+    )  # fmt: skip
+    config = json.loads((run / "run.json").read_text())
+    assert config["training"]["loss"] == {
+        "name": "bce-dice",
+        "boundary_weight": 2.0,
+        "boundary_width": 2,
+    }
+    loaded = keras.saving.load_model(run / "best.keras", safe_mode=True)
+    heads = loaded.loss.values() if isinstance(loaded.loss, dict) else [loaded.loss]
+    assert all(
+        isinstance(h, ku.BCEDiceLoss)
+        and (h.boundary_weight, h.boundary_width) == (2.0, 2)
+        for h in heads
+    )
+    history = (run / "history.csv").read_text().splitlines()
+    assert len(history) == 2 and "nan" not in history[1].lower()

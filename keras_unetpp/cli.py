@@ -1091,19 +1091,32 @@ def _threshold_summary(result, threshold, split):
 
 
 def _worst_images(path, count=3):
-    """The images with the lowest IoU at the deepest level, in words."""
+    """The images with the lowest IoU at the deepest level, and where the
+    wrong pixels of that level lie, in words."""
     import csv
 
     with open(path, newline="") as f:
         rows = list(csv.DictReader(f))
     levels = [r["level"] for r in rows if r["level"] != "accurate"]
     deepest = max(levels, key=lambda label: int(label[1:])) if levels else "accurate"
-    chosen = sorted(
-        (r for r in rows if r["level"] == deepest), key=lambda r: float(r["iou"])
-    )[:count]
-    return f"lowest IoU at {deepest}: " + ", ".join(
+    mine = [r for r in rows if r["level"] == deepest]
+    chosen = sorted(mine, key=lambda r: float(r["iou"]))[:count]
+    text = f"lowest IoU at {deepest}: " + ", ".join(
         f"{r['image']} {float(r['iou']):.3f}" for r in chosen
     )
+    kinds = {
+        "fp_edges": "objects drawn too large",
+        "fn_edges": "objects drawn too small",
+        "fp_objects": "false objects",
+        "fn_objects": "missed objects",
+    }
+    totals = {key: sum(int(r[key]) for r in mine) for key in kinds}
+    wrong = sum(totals.values())
+    if wrong:
+        text += f". Its wrong pixels ({wrong}): " + ", ".join(
+            f"{100 * totals[key] / wrong:.0f}% {words}" for key, words in kinds.items()
+        )
+    return text
 
 
 def _run_predict(args):

@@ -76,6 +76,7 @@ PER_IMAGE_COLUMNS = (
     "true_pixels",
     "predicted_pixels",
     "iou_tta",
+    *field_metrics.ERROR_SPLIT_KEYS,
 )
 BASE_COLUMNS = COLUMNS
 COLUMNS = BASE_COLUMNS + INFERENCE_COLUMNS + FIELD_COLUMNS
@@ -417,8 +418,9 @@ def evaluate_levels_native(
         per_image: `None`, or a list that receives, for a one-class model,
             one dict per image and level with the keys of
             `PER_IMAGE_COLUMNS` (`image` is the sample's index; `iou_tta`
-            is `None` without `tta`): where a data set's score is lost.
-            Defaults to `None`.
+            is `None` without `tta`; the wrong pixels split into false or
+            missed objects and edges by `field_metrics.error_split`): where
+            a data set's score is lost. Defaults to `None`.
         sweep: `None`, or a `thresholds.ThresholdSweep` that receives, for
             a one-class model, every image's probabilities at every level
             (without TTA, as `predict` and the SavedModels return them):
@@ -567,8 +569,10 @@ def evaluate_levels_native(
             truth = mask[..., 0] > 0
             for k, label in enumerate(level_labels):
                 # The package's one rule, as the metrics: p >= threshold.
-                record = image_scores(truth, runs[0][0][..., k] >= threshold)
+                predicted = runs[0][0][..., k] >= threshold
+                record = image_scores(truth, predicted)
                 record.update(image=count, level=label, iou_tta=None)
+                record.update(field_metrics.error_split(truth, predicted))
                 if tta is not None:
                     record["iou_tta"] = image_scores(
                         truth, runs[1][0][..., k] >= threshold

@@ -23,6 +23,10 @@ predictions, so that they can be told apart:
   score is the mean over thresholds and the data set's the mean over
   images. An image with no true and no predicted object scores 1.
 
+`error_split` says where an image's wrong pixels lie: in whole objects
+that are false or missed (detection), or at the edges of objects that were
+found (delineation).
+
 `FieldScores` accumulates all of them image by image, as
 `evaluation.evaluate_levels_native` does for every level.
 
@@ -272,6 +276,56 @@ def dsb_average_precision(true_labels, pred_labels, thresholds=THRESHOLDS):
         tp = int((ious > t).any(axis=1).sum())
         scores.append(tp / (n_true + n_pred - tp))
     return float(np.mean(scores))
+
+
+ERROR_SPLIT_KEYS = ("fp_objects", "fp_edges", "fn_objects", "fn_edges")
+
+
+def error_split(truth, prediction, connectivity=8):
+    """Splits one image's wrong pixels into detection and delineation errors.
+
+    A false-positive pixel lies in a predicted object (connected component)
+    that touches no true foreground (`fp_objects`: a false object) or in
+    one that does (`fp_edges`: the object drawn too large). A
+    false-negative pixel lies in a true object that no predicted pixel
+    touches (`fn_objects`: a missed object) or in one that was found
+    (`fn_edges`: drawn too small). The four counts add up to the pixels of
+    the union that are not in the intersection.
+
+    Args:
+        truth: binary mask `(height, width)` (or `(height, width, 1)`).
+        prediction: binary mask of the same shape.
+        connectivity: 4 or 8, of the objects. Defaults to `8`.
+
+    Returns:
+        dict with the int counts of `ERROR_SPLIT_KEYS`.
+
+    Example:
+
+    ```python
+    split = error_split(mask > 0, probabilities >= 0.5)
+    edges = split["fp_edges"] + split["fn_edges"]
+    ```
+    """
+    truth = _binary(truth, "truth")
+    prediction = _binary(prediction, "prediction")
+    if truth.shape != prediction.shape:
+        raise InputError(
+            "`truth` and `prediction` must have the same shape. Received: "
+            f"{truth.shape} and {prediction.shape}"
+        )
+    structure = _structure(connectivity)
+    counts = {}
+    for kind, ours, theirs in (("fp", prediction, truth), ("fn", truth, prediction)):
+        labels, count = ndimage.label(ours, structure)
+        touched = np.zeros(count + 1, bool)
+        touched[np.unique(labels[theirs])] = True
+        touched[0] = False
+        wrong = ours & ~theirs
+        edges = int(np.count_nonzero(wrong & touched[labels]))
+        counts[f"{kind}_objects"] = int(np.count_nonzero(wrong)) - edges
+        counts[f"{kind}_edges"] = edges
+    return {key: counts[key] for key in ERROR_SPLIT_KEYS}
 
 
 def _counts(truth, prediction):

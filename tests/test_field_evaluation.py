@@ -227,6 +227,9 @@ def test_per_image_scores_are_each_images_own_and_add_up_to_the_table(
         assert float(r["iou"]) == pytest.approx(tp / union, abs=1e-9)
         assert float(r["precision"]) == pytest.approx(tp / pred.sum(), abs=1e-9)
         assert float(r["recall"]) == pytest.approx(tp / truth.sum(), abs=1e-9)
+        split = field_metrics.error_split(truth, pred)
+        assert {k: int(r[k]) for k in split} == split
+        assert sum(split.values()) == union - tp
         assert 0.0 <= float(r["iou_tta"]) <= 1.0
     # The per-image counts pool into the table's global IoU.
     for row in result["rows"]:
@@ -274,6 +277,7 @@ def test_cli_evaluate_per_image_names_the_worst_images(dsb_run, tmp_path, capsys
     out = capsys.readouterr().out
     line = [x for x in out.splitlines() if x.startswith("Per-image scores:")][0]
     assert "lowest IoU at L2: " in line and "a0.png" in line and "b1.png" in line
+    assert "wrong pixels (" in line and "% objects drawn too large" in line
     assert (out_dir / "per_image.csv").is_file()
     with pytest.raises(ku.InputError, match="Per-image scores are taken on whole"):
         runs.evaluate_run(run, split="all", at_training_size=True, per_image=True)

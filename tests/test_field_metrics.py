@@ -269,3 +269,28 @@ def test_bad_arguments():
         fm.dsb_average_precision(np.zeros((2, 2), int), np.zeros((2, 2), int), [0.3])
     with pytest.raises(InputError, match=r"prediction is \(4, 4\) but the mask"):
         fm.FieldScores().update(np.zeros((3, 3)), np.zeros((4, 4)))
+
+
+def test_error_split_on_hand_made_masks():
+    truth = np.zeros((12, 12), bool)
+    truth[1:4, 1:4] = True  # found, drawn one column too wide: 3 FP edge pixels
+    truth[8:10, 8:10] = True  # missed entirely: 4 FN object pixels
+    truth[1:4, 7:10] = True  # found, drawn one row too small: 3 FN edge pixels
+    pred = np.zeros((12, 12), bool)
+    pred[1:4, 1:5] = True
+    pred[2:4, 7:10] = True
+    pred[10:12, 0:2] = True  # a false object: 4 FP object pixels
+    split = fm.error_split(truth, pred)
+    assert split == {"fp_objects": 4, "fp_edges": 3, "fn_objects": 4, "fn_edges": 3}
+    assert sum(split.values()) == np.count_nonzero(truth ^ pred)
+    # A diagonal neighbour touches under 8-connectivity, not under 4.
+    truth = np.zeros((4, 4), bool)
+    truth[0, 0] = True
+    pred = np.zeros((4, 4), bool)
+    pred[0, 0] = pred[1, 1] = True
+    assert fm.error_split(truth, pred)["fp_edges"] == 1
+    assert fm.error_split(truth, pred, connectivity=4)["fp_objects"] == 1
+    empty = np.zeros((3, 3), bool)
+    assert set(fm.error_split(empty, empty).values()) == {0}
+    with pytest.raises(InputError, match="same shape"):
+        fm.error_split(empty, np.zeros((3, 4), bool))

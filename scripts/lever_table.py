@@ -24,7 +24,9 @@ def _settings(config, threshold=0.5):
     data, model = config["data"], config["model"]
     loss = config["training"].get("loss") or "bce-dice"
     if isinstance(loss, dict):
-        loss = loss.get("name", loss)
+        # The loss's name and the parameters the run set, e.g. "focal (gamma 1)".
+        parameters = ", ".join(f"{k} {v:g}" for k, v in loss.items() if k != "name")
+        loss = loss.get("name", "?") + (f" ({parameters})" if parameters else "")
     filters = model["filters"]
     width = filters[0] if isinstance(filters, (list, tuple)) else filters
     size = "x".join(str(s) for s in data["image_size"])

@@ -69,7 +69,7 @@ def test_rows_hold_each_runs_settings_levels_and_best(tmp_path):
     # TTA and DSB AP are those of the best level's row; this one has none.
     assert recipe.endswith("|  |  |")
     assert focal.startswith(
-        "| focal | unetpp, resize 128x128, f16, focal-tversky, augment on, "
+        "| focal | unetpp, resize 128x128, f16, focal-tversky (alpha 0.7), augment on, "
         "mixed_bfloat16, pixels minmax, threshold 0.55 | 5 |"
     )
     assert focal.endswith("| accurate 0.7600 | 0.7700 | 0.5000 |")

@@ -559,14 +559,15 @@ def evaluate_levels_native(
                 prediction = output[None, ..., k * classes : (k + 1) * classes]
                 for metric in metrics_of[key]:
                     metric.update_state(target, prediction)
+        # The one-class truth of the field's scores, per-image records and
+        # the sweep (all of the predictions without TTA).
+        truth = mask[..., 0] > 0
         if field_scores is not None:
-            # The field's scores of the predictions without TTA (one class).
             plain = runs[0][0]
             labels = None if true_instances is None else next(true_instances)
             for k, key in enumerate(keys):
-                field_scores[key].update(mask[..., 0] > 0, plain[..., k], labels)
+                field_scores[key].update(truth, plain[..., k], labels)
         if per_image is not None:
-            truth = mask[..., 0] > 0
             for k, label in enumerate(level_labels):
                 # The package's one rule, as the metrics: p >= threshold.
                 predicted = runs[0][0][..., k] >= threshold
@@ -579,7 +580,6 @@ def evaluate_levels_native(
                     )["iou"]
                 per_image.append(record)
         if sweep is not None:
-            truth = mask[..., 0] > 0
             for k, label in enumerate(level_labels):
                 sweep.update(label, truth, runs[0][0][..., k])
         count += 1

@@ -194,6 +194,14 @@ def test_cli_evaluate_without_dsb_columns(dsb_run, tmp_path, capsys):
     assert "dsb_ap" not in table[0] and "mean_iou_keras" in table[0]
 
 
+def _read_rows(path, columns):
+    """The rows of a CSV the evaluation wrote, after checking its header."""
+    with open(path, newline="") as f:
+        reader = csv.DictReader(f)
+        assert reader.fieldnames == list(columns)
+        return list(reader)
+
+
 def _own_predictions(model, folder):
     """Each level's thresholded prediction and truth of every sample, by hand."""
     return {
@@ -211,10 +219,7 @@ def test_per_image_scores_are_each_images_own_and_add_up_to_the_table(
         tta="flips", instance_methods=(), output_dir=tmp_path / "eval",
     )  # fmt: skip
     assert result["per_image"] == tmp_path / "eval" / "per_image.csv"
-    with open(result["per_image"], newline="") as f:
-        reader = csv.DictReader(f)
-        assert reader.fieldnames == list(evaluation.PER_IMAGE_COLUMNS)
-        records = list(reader)
+    records = _read_rows(result["per_image"], evaluation.PER_IMAGE_COLUMNS)
     assert len(records) == len(SAMPLES) * 3
     expected = _own_predictions(runs.load_run_model(run), folder)
     assert {(r["image"], r["level"]) for r in records} == set(expected)
@@ -304,10 +309,7 @@ def test_threshold_sweep_scores_each_level_at_each_threshold(dsb_run, tmp_path):
         instance_methods=(), output_dir=tmp_path / "eval",
     )  # fmt: skip
     assert result["thresholds"] == tmp_path / "eval" / "thresholds.csv"
-    with open(result["thresholds"], newline="") as f:
-        reader = csv.DictReader(f)
-        assert reader.fieldnames == list(thresholds.SWEEP_COLUMNS)
-        rows = list(reader)
+    rows = _read_rows(result["thresholds"], thresholds.SWEEP_COLUMNS)
     assert len(rows) == 3 * len(swept)
     own = {}
     for level, _, prob, masks in _level_probabilities(runs.load_run_model(run), folder):

@@ -153,40 +153,34 @@ def test_cli_rejects_a_parameter_the_loss_does_not_take(
     assert not (tmp_path / "r" / "run.json").exists()
 
 
-def test_cli_train_with_the_lovasz_loss_and_its_cross_entropy(synthetic_dir, tmp_path):
-    run = tmp_path / "run"
+def _train_one_epoch(synthetic_dir, run, flags):
+    """`train` one epoch with `flags`: the recorded loss and the reloaded heads."""
     cli_helpers.run(
         ["train", "--data", str(synthetic_dir), "--output", str(run), "--epochs",
-         "1", "--loss", "lovasz", "--loss-ce-weight", "0.5", *cli_helpers.TINY]
+         "1", *flags, *cli_helpers.TINY]
     )  # fmt: skip
-    config = json.loads((run / "run.json").read_text())
-    assert config["training"]["loss"] == {"name": "lovasz", "ce_weight": 0.5}
-    loaded = keras.saving.load_model(run / "best.keras", safe_mode=True)
-    heads = loaded.loss.values() if isinstance(loaded.loss, dict) else [loaded.loss]
-    assert all(isinstance(h, ku.LovaszLoss) and h.ce_weight == 0.5 for h in heads)
     history = (run / "history.csv").read_text().splitlines()
     assert len(history) == 2 and "nan" not in history[1].lower()
+    config = json.loads((run / "run.json").read_text())
+    loaded = keras.saving.load_model(run / "best.keras", safe_mode=True)
+    heads = loaded.loss.values() if isinstance(loaded.loss, dict) else [loaded.loss]
+    return config["training"]["loss"], list(heads)
+
+
+def test_cli_train_with_the_lovasz_loss_and_its_cross_entropy(synthetic_dir, tmp_path):
+    loss, heads = _train_one_epoch(
+        synthetic_dir, tmp_path / "run", ["--loss", "lovasz", "--loss-ce-weight", "0.5"]
+    )
+    assert loss == {"name": "lovasz", "ce_weight": 0.5}
+    assert all(isinstance(h, ku.LovaszLoss) and h.ce_weight == 0.5 for h in heads)
 
 
 def test_cli_train_with_boundary_weighted_bce_dice(synthetic_dir, tmp_path):
-    run = tmp_path / "run"
-    cli_helpers.run(
-        ["train", "--data", str(synthetic_dir), "--output", str(run), "--epochs",
-         "1", "--loss-boundary-weight", "2", "--loss-boundary-width", "2",
-         *cli_helpers.TINY]
-    )  # fmt: skip
-    config = json.loads((run / "run.json").read_text())
-    assert config["training"]["loss"] == {
-        "name": "bce-dice",
-        "boundary_weight": 2.0,
-        "boundary_width": 2,
-    }
-    loaded = keras.saving.load_model(run / "best.keras", safe_mode=True)
-    heads = loaded.loss.values() if isinstance(loaded.loss, dict) else [loaded.loss]
+    flags = ["--loss-boundary-weight", "2", "--loss-boundary-width", "2"]
+    loss, heads = _train_one_epoch(synthetic_dir, tmp_path / "run", flags)
+    assert loss == {"name": "bce-dice", "boundary_weight": 2.0, "boundary_width": 2}
     assert all(
         isinstance(h, ku.BCEDiceLoss)
         and (h.boundary_weight, h.boundary_width) == (2.0, 2)
         for h in heads
     )
-    history = (run / "history.csv").read_text().splitlines()
-    assert len(history) == 2 and "nan" not in history[1].lower()

@@ -18,15 +18,25 @@ float32.
 
 import contextlib
 import os
+import warnings
 
 import keras
 
+from keras_unetpp import cpu_bfloat16
+from keras_unetpp.description import ACCURATE_OUTPUT, parse_head
 from keras_unetpp.errors import InputError
 
 PRECISIONS = ("auto", "float32", "mixed_bfloat16", "mixed_float16")
 
 # /proc/cpuinfo flags of native bfloat16 arithmetic (x86 and Arm).
 _CPU_BF16_FLAGS = ("avx512_bf16", "amx_bf16", "bf16")
+# The layers whose compute dtype decides where a model can run.
+CONVOLUTIONS = (
+    keras.layers.Conv2D,
+    keras.layers.Conv2DTranspose,
+    keras.layers.Conv3D,
+    keras.layers.Conv3DTranspose,
+)
 
 
 def cpu_has_bfloat16(cpuinfo="/proc/cpuinfo"):
@@ -86,7 +96,10 @@ def resolve_precision(precision="auto"):
     """The dtype policy name that `set_precision(precision)` would set.
 
     `"auto"` picks `"mixed_float16"` on a GPU, `"mixed_bfloat16"` on a TPU
-    or on a CPU with native bfloat16 arithmetic, and `"float32"` otherwise.
+    or on a CPU with native bfloat16 arithmetic that the backend uses (under
+    TensorFlow: oneDNN on and no `ONEDNN_MAX_CPU_ISA` cap below
+    `AVX512_CORE_BF16`, see `keras_unetpp.cpu_bfloat16`), and `"float32"`
+    otherwise.
     The environment variable `KERAS_UNETPP_PRECISION` (one of the explicit
     names) overrides the automatic choice.
 
@@ -116,9 +129,131 @@ def resolve_precision(precision="auto"):
     kind = accelerator()
     if kind == "gpu":
         return "mixed_float16"
-    if kind == "tpu" or cpu_has_bfloat16():
+    if kind == "tpu":
+        return "mixed_bfloat16"
+    if cpu_has_bfloat16() and cpu_bfloat16.bfloat16_is_native():
         return "mixed_bfloat16"
     return "float32"
+
+
+def bfloat16_unavailable_reason():
+    """Why bfloat16 convolutions cannot run here, or `None` when they can.
+
+    Only a CPU under TensorFlow can lack them (a oneDNN cap below
+    `AVX512_CORE`, see `keras_unetpp.cpu_bfloat16`); GPUs, TPUs and the
+    other backends always have them.
+
+    Returns:
+        str or `None`.
+    """
+    if accelerator() != "cpu":
+        return None
+    return cpu_bfloat16.bfloat16_unavailable_reason()
+
+
+def check_precision_runs(name):
+    """Raises a clear error when policy `name` cannot compute here.
+
+    Args:
+        name: a Keras dtype policy name, e.g. `"mixed_bfloat16"`.
+
+    Raises:
+        InputError: `name` computes in bfloat16 and this CPU's TensorFlow
+            cannot; the message names the cause and the remedies.
+    """
+    if "bfloat16" not in name:
+        return
+    reason = bfloat16_unavailable_reason()
+    if reason is not None:
+        raise InputError(
+            f"The precision {name!r} cannot run on this machine: {reason} "
+            f"Received: precision={name!r}"
+        )
+
+
+def conv_compute_dtypes(model):
+    """The dtypes the convolutions of `model` compute in.
+
+    Args:
+        model: a `keras.Model`.
+
+    Returns:
+        sorted list of str, e.g. `["bfloat16"]`.
+    """
+    return sorted(
+        {
+            layer.dtype_policy.compute_dtype
+            for layer in model.layers
+            if isinstance(layer, CONVOLUTIONS)
+        }
+    )
+
+
+def cast_model(model, policy, inputs=None):
+    """A clone of `model`, same weights, its layers computing under `policy`.
+
+    The float32 heads (and the accurate mode's mean) keep their own policy,
+    so the outputs stay float32. The model given is left untouched.
+
+    Args:
+        model: a functional `keras.Model` built by keras_unetpp.
+        policy: a Keras dtype policy name (`"float32"`, `"mixed_bfloat16"`,
+            `"mixed_float16"`), or `None` to keep every layer's policy.
+        inputs: `None` to keep the model's input, or a `keras.Input` of
+            another shape (e.g. any height and width). Defaults to `None`.
+
+    Returns:
+        `keras.Model`.
+
+    Example:
+
+    ```python
+    model = keras_unetpp.build(depth=2, input_shape=(64, 64, 1))
+    in_float32 = cast_model(model, "float32")
+    ```
+    """
+
+    def clone_layer(layer):
+        config = layer.get_config()
+        head = parse_head(layer.name) is not None or layer.name == ACCURATE_OUTPUT
+        if policy is not None and not head:
+            config["dtype"] = keras.DTypePolicy(policy)
+        return layer.__class__.from_config(config)
+
+    clone = keras.models.clone_model(
+        model, input_tensors=inputs, clone_function=clone_layer
+    )
+    clone.set_weights(model.get_weights())
+    return clone
+
+
+def runnable_model(model):
+    """`model`, or its float32 clone where its bfloat16 cannot compute.
+
+    A model trained under `"mixed_bfloat16"` keeps that policy when it is
+    loaded. On a CPU whose TensorFlow cannot compute bfloat16 convolutions
+    (see `bfloat16_unavailable_reason`) it is cast to float32, with a
+    warning: same weights, float32 arithmetic, so its outputs differ from
+    the bfloat16 ones by bfloat16's rounding only.
+
+    Args:
+        model: a `keras.Model`.
+
+    Returns:
+        `keras.Model`.
+    """
+    if "bfloat16" not in conv_compute_dtypes(model):
+        return model
+    reason = bfloat16_unavailable_reason()
+    if reason is None:
+        return model
+    warnings.warn(
+        f"Model {model.name!r} computes in bfloat16, which cannot run here: "
+        f"{reason} Computing it in float32 instead.",
+        RuntimeWarning,
+        stacklevel=2,
+    )
+    return cast_model(model, "float32")
 
 
 def set_precision(precision="auto"):
@@ -137,6 +272,10 @@ def set_precision(precision="auto"):
     Returns:
         str, the name of the policy now in force.
 
+    Raises:
+        InputError: the policy computes in bfloat16 and this CPU's
+            TensorFlow cannot (see `check_precision_runs`).
+
     Example:
 
     ```python
@@ -146,6 +285,7 @@ def set_precision(precision="auto"):
     ```
     """
     name = resolve_precision(precision)
+    check_precision_runs(name)
     keras.config.set_dtype_policy(name)
     return name
 

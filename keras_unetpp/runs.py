@@ -48,7 +48,7 @@ from keras_unetpp.export import edge, export_pruned, signatures
 from keras_unetpp.fused_batch_norm import fuse_batch_norm
 from keras_unetpp.imbalance_losses import normalize_loss
 from keras_unetpp.model import build, build_unet
-from keras_unetpp.precision import precision_scope
+from keras_unetpp.precision import precision_scope, runnable_model
 from keras_unetpp.pruning import inference_model, prune
 from keras_unetpp.recompute import recompute_nodes
 from keras_unetpp.schedule import check_positive
@@ -529,6 +529,10 @@ def _pixel_scaling(settings):
 def load_run_model(run_dir, model="best"):
     """Loads the best or last model of a run (or a `.keras` file), uncompiled.
 
+    A model trained in bfloat16 is cast to float32 (with a warning) on a CPU
+    whose TensorFlow cannot compute bfloat16, see
+    `keras_unetpp.precision.runnable_model`.
+
     Args:
         run_dir: the run folder.
         model: `"best"`, `"last"` or a path to a `.keras` file. Defaults to
@@ -546,7 +550,7 @@ def load_run_model(run_dir, model="best"):
             f"No saved model at {str(path)!r}; train the run first (or pass "
             f"a .keras file). Received: model={str(model)!r}"
         )
-    loaded = keras.saving.load_model(path, compile=False)
+    loaded = runnable_model(keras.saving.load_model(path, compile=False))
     fuse_batch_norm(loaded)
     return loaded
 

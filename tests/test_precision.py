@@ -44,6 +44,8 @@ def test_auto_follows_the_device(monkeypatch, tmp_path):
     monkeypatch.setattr(precision, "cpu_has_bfloat16", lambda: False)
     assert precision.resolve_precision() == "float32"
     monkeypatch.setattr(precision, "cpu_has_bfloat16", lambda: True)
+    # Native bfloat16 that the backend uses (see test_cpu_bfloat16.py).
+    monkeypatch.setattr(precision.cpu_bfloat16, "bfloat16_is_native", lambda: True)
     assert precision.resolve_precision() == "mixed_bfloat16"
 
 

@@ -26,7 +26,7 @@ import uuid
 
 import keras
 
-from keras_unetpp.description import ACCURATE_OUTPUT, describe, parse_head
+from keras_unetpp.description import describe
 from keras_unetpp.errors import InputError
 from keras_unetpp.export import (
     edge,
@@ -37,6 +37,7 @@ from keras_unetpp.export import (
 )
 from keras_unetpp.export import metadata as metadata_lib
 from keras_unetpp.fused_batch_norm import fuse_batch_norm
+from keras_unetpp.precision import cast_model, conv_compute_dtypes
 from keras_unetpp.pruning import inference_model, prune
 from keras_unetpp.size_policy import SizePolicy
 from keras_unetpp.validation import check_choice, check_threshold, is_int
@@ -44,13 +45,6 @@ from keras_unetpp.volumes.processing import check_ct_window
 
 COMPUTE_DTYPES = (None, "float32", "bfloat16", "float16")
 ACCURATE = "accurate"
-# The convolution layers whose compute dtype the metadata reports.
-CONVOLUTIONS = (
-    keras.layers.Conv2D,
-    keras.layers.Conv2DTranspose,
-    keras.layers.Conv3D,
-    keras.layers.Conv3DTranspose,
-)
 # Tiles per network call of a tiled 3D serving function, unless `tiling`
 # says otherwise: a 64**3 tile holds as many voxels as a 512**2 image.
 VOLUME_TILE_BATCH = 2
@@ -439,14 +433,7 @@ def _write_level(
 
 def _conv_compute_dtype(model):
     """The dtype the convolutions compute in, e.g. `"bfloat16"`."""
-    dtypes = sorted(
-        {
-            layer.dtype_policy.compute_dtype
-            for layer in model.layers
-            if isinstance(layer, CONVOLUTIONS)
-        }
-    )
-    return "+".join(dtypes)
+    return "+".join(conv_compute_dtypes(model))
 
 
 def _serving_model(pruned, compute_dtype):
@@ -454,8 +441,8 @@ def _serving_model(pruned, compute_dtype):
 
     The clone (same weight values, new layers, so that the caller's model is
     left untouched) takes any height and width (any depth, height and width
-    for a 3D model), its layers compute in
-    `compute_dtype`, and its batch normalization runs TensorFlow's fused
+    for a 3D model), its layers compute in `compute_dtype` (`None`: as they
+    do in `pruned`), and its batch normalization runs TensorFlow's fused
     kernel. The float32 output activations of the heads (and the accurate
     mode's mean) are kept in float32.
     """
@@ -464,20 +451,9 @@ def _serving_model(pruned, compute_dtype):
         policy = compute_dtype
     else:
         policy = f"mixed_{compute_dtype}"
-
-    def clone_layer(layer):
-        config = layer.get_config()
-        head = parse_head(layer.name) is not None or layer.name == ACCURATE_OUTPUT
-        if policy is not None and not head:
-            config["dtype"] = keras.DTypePolicy(policy)
-        return layer.__class__.from_config(config)
-
     spatial = (None,) * (len(image.shape) - 2)
     inputs = keras.Input((*spatial, image.shape[-1]), name=image.name)
-    clone = keras.models.clone_model(
-        pruned, input_tensors=inputs, clone_function=clone_layer
-    )
-    clone.set_weights(pruned.get_weights())
+    clone = cast_model(pruned, policy, inputs=inputs)
     fuse_batch_norm(clone)
     return clone
 

@@ -53,6 +53,12 @@ class KerasRunner:
 
         self.tf = tf
         self._memory = memory
+        if config["impl"] == "keras_unetpp":
+            from keras_unetpp.precision import check_precision_runs
+
+            # bfloat16 under a oneDNN cap below AVX512_CORE: a clear reason
+            # for the skipped row instead of TensorFlow's kernel error.
+            check_precision_runs(config["precision"])
         keras.config.set_dtype_policy(config["precision"])
         try:
             model, heads = self._build(config)

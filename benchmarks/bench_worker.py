@@ -76,6 +76,13 @@ def serve(config):
     except ImportError as error:
         _answer({"ready": False, "error": f"{type(error).__name__}: {error}"})
         return
+    except ValueError as error:
+        # keras_unetpp's InputError: this configuration cannot run here
+        # (e.g. bfloat16 where oneDNN is capped below AVX512_CORE).
+        if type(error).__name__ != "InputError":
+            raise
+        _answer({"ready": False, "error": str(error)})
+        return
     rss_built = _max_rss_bytes()
     for _ in range(config.get("warmup", 2)):
         runner.train_step()

@@ -621,6 +621,15 @@ def speed_table(records):
     return _table(headers, rows)
 
 
+def skipped_reasons(records):
+    """One line per skipped configuration with its whole reason."""
+    return [
+        f"skipped: {r['model']} {r['precision']}: {r.get('error') or 'no reason given'}"
+        for r in records
+        if r["phase"] == "skipped"
+    ]
+
+
 def memory_table(records):
     headers = [
         "model",
@@ -839,6 +848,8 @@ def main(argv=None):
             f"float32 {args.ref_size}^2 matmul in the same process and round.\n"
         )
         print(speed_table(speed))
+        for line in skipped_reasons(speed):
+            print(line)
     if mem:
         print(
             f"\nMemory: one training step, {memory_shape}"

@@ -18,8 +18,9 @@ def quick_run(tmp_path_factory):
     # Depth 1 with deep supervision: two workers (float32 and
     # mixed_bfloat16) side by side; the lever group in mixed_bfloat16 (the
     # plain model without deep supervision beside its Keras-batch-norm
-    # and recomputing variants); then the memory workers (float32: plain and
-    # both levers).
+    # and recomputing variants, and oneDNN capped at AVX2, where bfloat16
+    # cannot run on an AVX-512 CPU); then the memory workers (float32: plain
+    # and the two memory levers).
     # Without oneDNN (TF_ENABLE_ONEDNN_OPTS=0; CPUs without AVX-512), bfloat16
     # runs some 20x slower: measured 1.5 minutes of CPU, 5 on a busy machine.
     completed = subprocess.run(
@@ -34,6 +35,7 @@ def quick_run(tmp_path_factory):
             "--levers",
             "keras_bn",
             "recompute",
+            "avx2_isa",
             "--lever-precisions",
             "mixed_bfloat16",
             "--json",
@@ -100,7 +102,11 @@ def test_speed_records(quick_run):
 def test_lever_records(quick_run):
     _, records = quick_run
     levers = [
-        r for r in records if r["record"] == "speed" and not r["deep_supervision"]
+        r
+        for r in records
+        if r["record"] == "speed"
+        and not r["deep_supervision"]
+        and r["lever"] != "avx2_isa"
     ]
     assert sorted((r["lever"] or "plain", r["phase"]) for r in levers) == [
         ("keras_bn", "infer"),
@@ -121,6 +127,23 @@ def test_lever_records(quick_run):
                 f"mixed_bfloat16, {phase}"
             )
             assert ratios[name] > 0
+
+
+def test_a_configuration_that_cannot_run_is_skipped_with_its_reason(quick_run):
+    stdout, records = quick_run
+    capped = [r for r in records if r["record"] == "speed" and r["lever"] == "avx2_isa"]
+    assert capped and all(r["precision"] == "mixed_bfloat16" for r in capped)
+    if capped[0]["phase"] == "skipped":
+        # oneDNN on and capped below AVX512_CORE: no bfloat16 convolution.
+        (record,) = capped
+        reason = record["error"]
+        assert "ONEDNN_MAX_CPU_ISA=AVX2" in reason
+        assert "Received: precision='mixed_bfloat16'" in reason
+        assert f"skipped: keras_unetpp +avx2_isa mixed_bfloat16: {reason}" in stdout
+    else:
+        # oneDNN off (or a CPU the cap does not concern): it runs, and is timed.
+        assert sorted(r["phase"] for r in capped) == ["infer", "train"]
+        assert all(r["images_per_s"] > 0 for r in capped)
 
 
 def test_memory_and_ratio_records(quick_run):

@@ -25,6 +25,7 @@ Usage:
     python benchmarks/op_profile.py                      # depth 4, 128x128, batch 8
     ONEDNN_MAX_CPU_ISA=AVX2 python benchmarks/op_profile.py   # AVX2 kernels
     TF_ENABLE_ONEDNN_OPTS=0 python benchmarks/op_profile.py   # without oneDNN
+    python benchmarks/op_profile.py --precision mixed_bfloat16  # bfloat16 (AMX)
     python benchmarks/op_profile.py --quick              # smoke test
 """
 
@@ -145,12 +146,13 @@ def profile(args):
 
     keras.utils.set_random_seed(0)
     filters = tuple(args.width * 2**i for i in range(args.depth + 1))
-    model = ku.build(
-        depth=args.depth,
-        input_shape=(args.size, args.size, 1),
-        filters=filters,
-        deep_supervision=True,
-    )
+    with ku.precision_scope(args.precision):
+        model = ku.build(
+            depth=args.depth,
+            input_shape=(args.size, args.size, 1),
+            filters=filters,
+            deep_supervision=True,
+        )
     ku.compile_model(model)
     rng = np.random.default_rng(0)
     x = rng.random((args.batch, args.size, args.size, 1), dtype=np.float32)
@@ -186,6 +188,7 @@ def profile(args):
         "widths": list(filters),
         "size": args.size,
         "batch": args.batch,
+        "precision": args.precision,
         "step_s": step,
         "gflops": flops / step / 1e9,
         "matmul_peak_gflops": peak,
@@ -200,10 +203,12 @@ def report(result):
     lines = [cpu_info.summary(result["cpu"])]
     lines.append(
         f"depth {result['depth']}, widths {result['widths']}, "
-        f"{result['size']}x{result['size']}x1, batch {result['batch']}, float32: "
+        f"{result['size']}x{result['size']}x1, batch {result['batch']}, "
+        f"{result.get('precision', 'float32')}: "
         f"step {result['step_s'] * 1000:.0f} ms (median), "
         f"{result['gflops']:.0f} GFLOP/s = {result['pct_of_peak']:.0f}% of the "
-        f"same-process 2048^2 matmul peak ({result['matmul_peak_gflops']:.0f} GFLOP/s)"
+        f"same-process float32 2048^2 matmul peak "
+        f"({result['matmul_peak_gflops']:.0f} GFLOP/s)"
     )
     total = sum(result["op_seconds_per_step"].values())
     levels = sorted(
@@ -242,6 +247,12 @@ def main(argv=None):
     parser.add_argument("--steps", type=int, default=3, help="profiled steps")
     parser.add_argument("--quick", action="store_true", help="a tiny smoke test")
     parser.add_argument("--json", help="also write the figures to this file")
+    parser.add_argument(
+        "--precision",
+        choices=("float32", "mixed_bfloat16"),
+        default="float32",
+        help="dtype policy of the model (the peak stays a float32 one)",
+    )
     args = parser.parse_args(argv)
     if args.quick:
         args.depth, args.width, args.size, args.batch = 2, 4, 32, 2

@@ -248,13 +248,14 @@ def test_an_avx2_reproduction_caps_xla_too():
     assert sums[0] == sums[1]
 
 
-def test_op_profile_sums_a_real_trace(tmp_path):
+@pytest.mark.parametrize("precision", ["float32", "mixed_bfloat16"])
+def test_op_profile_sums_a_real_trace(tmp_path, precision):
     """The per-op profile of a tiny training step: the convolutions and their
     gradients are found and attributed to the levels of their nodes."""
     out = tmp_path / "profile.json"
     completed = subprocess.run(
         [sys.executable, str(REPO / "benchmarks" / "op_profile.py"), "--quick"]
-        + ["--json", str(out)],
+        + ["--precision", precision, "--json", str(out)],
         capture_output=True,
         text=True,
         timeout=600,
@@ -263,7 +264,9 @@ def test_op_profile_sums_a_real_trace(tmp_path):
     assert completed.returncode == 0, completed.stderr[-2000:]
     assert completed.stdout.startswith("CPU: ")
     assert "| conv fwd |" in completed.stdout
+    assert f"batch 2, {precision}: step" in completed.stdout
     result = json.loads(out.read_text())
+    assert result["precision"] == precision
     seconds = result["op_seconds_per_step"]
     for category in ("conv fwd", "conv bwd data", "conv bwd filter", "optimizer"):
         assert seconds[category] > 0, category

@@ -91,8 +91,9 @@ def tensorflow_uses_onednn():
 
         return bool(_pywrap_util_port.IsMklEnabled())
     except (ImportError, AttributeError):
-        # TensorFlow's own rule, read from its settings when the private
-        # query is gone: on unless TF_ENABLE_ONEDNN_OPTS turns it off.
+        # Without TensorFlow's private query, an approximation of its rule
+        # (whose default depends on the CPU): on unless the user turned it
+        # off with TF_ENABLE_ONEDNN_OPTS.
         setting = os.environ.get("TF_ENABLE_ONEDNN_OPTS", "").strip().lower()
         return setting not in ("0", "false")
 
@@ -159,10 +160,12 @@ def bfloat16_unavailable_reason():
             f"{cap[0]}={cap[1]} caps TensorFlow's oneDNN below "
             f"{_BF16_COMPUTES}, where it has no bfloat16 convolution"
         )
+        unset = f"Unset {cap[0]}, use"
     else:
         cause = "TensorFlow's CPU kernels cannot compute a bfloat16 convolution"
+        unset = "Use"
     return (
-        f"{cause} (TensorFlow: {error}). Unset {cap[0] if cap else 'the cap'}, "
-        "use float32 (`--precision float32`), or set TF_ENABLE_ONEDNN_OPTS=0 "
-        "(TensorFlow's Eigen kernels compute bfloat16, slower than float32)."
+        f"{cause} (TensorFlow: {error}). {unset} float32 (`--precision "
+        "float32`), or set TF_ENABLE_ONEDNN_OPTS=0 (TensorFlow's Eigen kernels "
+        "compute bfloat16, slower than float32)."
     )

@@ -39,6 +39,7 @@ import sys
 import time
 
 import cpu_info
+import op_profile
 
 PASSES = ("fwd", "bwd data", "bwd filter")
 
@@ -164,19 +165,24 @@ def _to_layout(shape, data_format):
     return (n, c, h, w) if data_format == "NCHW" else shape
 
 
+def median_seconds(function, runs):
+    """Median wall seconds of `runs` calls of `function` (a `tf.function`),
+    after one untimed call; each call waits for its result."""
+    function().numpy()
+    times = []
+    for _ in range(runs):
+        start = time.perf_counter()
+        function().numpy()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
 def call_overhead(runs=20):
     """Median seconds of calling a `tf.function` that does almost nothing."""
     import tensorflow as tf
 
     small = tf.zeros((4,))
-    compiled = tf.function(lambda: small + 1.0)
-    compiled().numpy()
-    times = []
-    for _ in range(runs):
-        start = time.perf_counter()
-        compiled().numpy()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+    return median_seconds(tf.function(lambda: small + 1.0), runs)
 
 
 def time_spec(spec, dtype, runs, data_format="NHWC", overhead=0.0):
@@ -195,14 +201,8 @@ def time_spec(spec, dtype, runs, data_format="NHWC", overhead=0.0):
     kernel = tensor(spec["kernel_shape"])
     seconds = {}
     for name, function in pass_functions(spec, x, kernel, dy, data_format).items():
-        compiled = tf.function(function)
-        compiled().numpy()
-        times = []
-        for _ in range(runs):
-            start = time.perf_counter()
-            compiled().numpy()
-            times.append(time.perf_counter() - start)
-        seconds[name] = max(statistics.median(times) - overhead, 1e-7)
+        median = median_seconds(tf.function(function), runs)
+        seconds[name] = max(median - overhead, 1e-7)
     return seconds
 
 
@@ -211,45 +211,17 @@ def matmul_peak(size, runs=5):
     import tensorflow as tf
 
     a = tf.random.normal((size, size))
-    compiled = tf.function(lambda: tf.linalg.matmul(a, a))
-    compiled().numpy()
-    times = []
-    for _ in range(runs):
-        start = time.perf_counter()
-        compiled().numpy()
-        times.append(time.perf_counter() - start)
-    return 2 * size**3 / statistics.median(times) / 1e9
+    seconds = median_seconds(tf.function(lambda: tf.linalg.matmul(a, a)), runs)
+    return 2 * size**3 / seconds / 1e9
 
 
 def measure(args):
-    import keras
-    import numpy as np
     import tensorflow as tf
 
     import keras_unetpp as ku
 
-    keras.utils.set_random_seed(0)
-    filters = tuple(args.width * 2**i for i in range(args.depth + 1))
-    with ku.precision_scope(args.precision):
-        model = ku.build(
-            depth=args.depth,
-            input_shape=(args.size, args.size, 1),
-            filters=filters,
-            deep_supervision=True,
-        )
-    ku.compile_model(model)
-    rng = np.random.default_rng(0)
-    x = rng.random((args.batch, args.size, args.size, 1), dtype=np.float32)
-    y = (x > 0.5).astype("float32")
-    targets = {name: y for name in model.output_names}
-    for _ in range(2):
-        model.train_on_batch(x, targets)
-    steps = []
-    for _ in range(args.steps):
-        start = time.perf_counter()
-        model.train_on_batch(x, targets)
-        steps.append(time.perf_counter() - start)
-    step = statistics.median(steps)
+    model, x, targets = op_profile.training_setup(args)
+    step = op_profile.median_step(model, x, targets, warmup=2, timed=args.steps)
 
     dtype = tf.bfloat16 if args.precision == "mixed_bfloat16" else tf.float32
     peak = matmul_peak(args.ref_size)
@@ -285,6 +257,7 @@ def measure(args):
                 }
             layouts.append(row)
     conv_total = sum(seconds.values())
+    filters = tuple(args.width * 2**i for i in range(args.depth + 1))
     return {
         "cpu": cpu_info.describe_cpu(),
         "depth": args.depth,

@@ -137,10 +137,20 @@ def matmul_peak(size=2048, runs=5):
     return 2 * size**3 / best / 1e9
 
 
-def profile(args):
+def training_setup(args):
+    """The model a profile times, and a batch for it.
+
+    Args:
+        args: with `depth`, `width` (level-0 filters, doubled per level),
+            `size`, `batch` and `precision`.
+
+    Returns:
+        `(model, x, targets)`: a compiled keras_unetpp UNet++ with deep
+        supervision on `size`x`size`x1 inputs, a random batch and its
+        thresholded targets for every head.
+    """
     import keras
     import numpy as np
-    import tensorflow as tf
 
     import keras_unetpp as ku
 
@@ -157,14 +167,29 @@ def profile(args):
     rng = np.random.default_rng(0)
     x = rng.random((args.batch, args.size, args.size, 1), dtype=np.float32)
     y = (x > 0.5).astype("float32")
-    targets = {name: y for name in model.output_names}
-    for _ in range(args.warmup):
+    return model, x, {name: y for name in model.output_names}
+
+
+def median_step(model, x, targets, warmup, timed):
+    """Median seconds of `timed` training steps after `warmup` untimed ones."""
+    for _ in range(warmup):
         model.train_on_batch(x, targets)
     steps = []
-    for _ in range(args.timed):
+    for _ in range(timed):
         start = time.perf_counter()
         model.train_on_batch(x, targets)
         steps.append(time.perf_counter() - start)
+    return statistics.median(steps)
+
+
+def profile(args):
+    import tensorflow as tf
+
+    import keras_unetpp as ku
+
+    model, x, targets = training_setup(args)
+    filters = tuple(args.width * 2**i for i in range(args.depth + 1))
+    step = median_step(model, x, targets, args.warmup, args.timed)
     peak = matmul_peak()
     logdir = tempfile.mkdtemp(prefix="op_profile_")
     tf.profiler.experimental.start(logdir)
@@ -181,7 +206,6 @@ def profile(args):
         by_level[category, level_of(op_name)] += seconds / args.steps
         types[op_type] += seconds / args.steps
     flops = ku.count_flops(model, args.size, args.size) * args.batch * 3
-    step = statistics.median(steps)
     return {
         "cpu": cpu_info.describe_cpu(),
         "depth": args.depth,

@@ -241,10 +241,12 @@ def measure(args):
                 work[name, spec["level"]] += flops(spec)
     layouts = []
     if args.layouts:
-        level0 = [s for group in groups.values() for s in group[:1] if s["level"] == 0]
+        level0 = [
+            group[0]
+            for group in groups.values()
+            if group[0]["level"] == 0 and group[0]["kind"] == "conv"
+        ]
         for spec in level0:
-            if spec["kind"] != "conv":
-                continue
             row = {"name": spec["name"], "input_shape": spec["input_shape"]}
             for data_format in ("NHWC", "NCHW"):
                 try:
@@ -257,22 +259,18 @@ def measure(args):
                 }
             layouts.append(row)
     conv_total = sum(seconds.values())
-    filters = tuple(args.width * 2**i for i in range(args.depth + 1))
+    step_flops = ku.count_flops(model, args.size, args.size) * args.batch * 3
     return {
         "cpu": cpu_info.describe_cpu(),
         "depth": args.depth,
-        "widths": list(filters),
+        "widths": list(op_profile.widths(args)),
         "size": args.size,
         "batch": args.batch,
         "precision": args.precision,
         "ref_size": args.ref_size,
         "matmul_peak_gflops": peak,
         "step_s": step,
-        "step_gflops": ku.count_flops(model, args.size, args.size)
-        * args.batch
-        * 3
-        / step
-        / 1e9,
+        "step_gflops": step_flops / step / 1e9,
         "call_overhead_s": overhead,
         "conv_seconds": conv_total,
         "conv_gflops": sum(work.values()) / conv_total / 1e9,

@@ -137,6 +137,11 @@ def matmul_peak(size=2048, runs=5):
     return 2 * size**3 / best / 1e9
 
 
+def widths(args):
+    """The filters per level: `args.width` at level 0, doubled per level."""
+    return tuple(args.width * 2**i for i in range(args.depth + 1))
+
+
 def training_setup(args):
     """The model a profile times, and a batch for it.
 
@@ -155,12 +160,11 @@ def training_setup(args):
     import keras_unetpp as ku
 
     keras.utils.set_random_seed(0)
-    filters = tuple(args.width * 2**i for i in range(args.depth + 1))
     with ku.precision_scope(args.precision):
         model = ku.build(
             depth=args.depth,
             input_shape=(args.size, args.size, 1),
-            filters=filters,
+            filters=widths(args),
             deep_supervision=True,
         )
     ku.compile_model(model)
@@ -188,7 +192,6 @@ def profile(args):
     import keras_unetpp as ku
 
     model, x, targets = training_setup(args)
-    filters = tuple(args.width * 2**i for i in range(args.depth + 1))
     step = median_step(model, x, targets, args.warmup, args.timed)
     peak = matmul_peak()
     logdir = tempfile.mkdtemp(prefix="op_profile_")
@@ -209,7 +212,7 @@ def profile(args):
     return {
         "cpu": cpu_info.describe_cpu(),
         "depth": args.depth,
-        "widths": list(filters),
+        "widths": list(widths(args)),
         "size": args.size,
         "batch": args.batch,
         "precision": args.precision,

@@ -101,6 +101,28 @@ def _fraction(text):
     return _number(text, float, lambda v: 0.0 < v < 1.0, "a number in (0, 1)")
 
 
+def _scale_range(values):
+    """`--scale-range` as `train_run` takes it: `(low, high)` or `None`."""
+    from keras_unetpp.runs import DEFAULT_SCALE_RANGE
+
+    if values is None:
+        return DEFAULT_SCALE_RANGE
+    if len(values) == 1 and values[0].lower() == "none":
+        return None
+    if len(values) != 2:
+        raise UsageError(
+            "--scale-range takes LOW HIGH (two numbers) or 'none'. "
+            f"Received: {' '.join(values)}"
+        )
+    try:
+        low, high = (_positive_float(v) for v in values)
+    except argparse.ArgumentTypeError as error:
+        raise UsageError(f"--scale-range: {error}") from None
+    if low > high:
+        raise UsageError(f"--scale-range needs LOW <= HIGH. Received: {low} {high}")
+    return low, high
+
+
 def _loss(args):
     """The `--loss` flags as a loss spec; `None` for the plain default."""
     from keras_unetpp.imbalance_losses import loss_spec
@@ -303,6 +325,15 @@ def _add_train(commands):
         action=argparse.BooleanOptionalAction,
         default=True,
         help="random flips, quarter turns, scale, intensity (default: on)",
+    )
+    d.add_argument(
+        "--scale-range",
+        nargs="+",
+        metavar="LOW HIGH",
+        default=None,
+        help="the augmentation's random zoom, log-uniform in [LOW, HIGH]; "
+        "'none' for no zoom: crops at whole-pixel offsets, nothing resampled "
+        "(default: 0.8 1.25)",
     )
     t = p.add_argument_group("training")
     t.add_argument("--batch-size", type=_positive_int, default=8, help="(default: 8)")
@@ -977,6 +1008,7 @@ def _run_train(args):
         loss=_loss(args),
         monitor=args.monitor,
         augment=args.augment,
+        scale_range=_scale_range(args.scale_range),
         precision=args.precision,
         recompute=args.recompute,
         xla=args.xla,

@@ -65,8 +65,8 @@ EVALUATION_DIR = "evaluation"
 EXPORT_DIR = "export"
 PREDICTION_DIR = "predictions"
 
-# Settings that may change when a run is continued (more epochs, quieter
-# output); anything else must match the recorded run.
+# The augmentation's random zoom unless `train_run` is told otherwise.
+DEFAULT_SCALE_RANGE = (0.8, 1.25)
 # Settings a resumed run may change: how long, how often to save,
 # recomputation (the same training with less memory, e.g. after running out)
 # and XLA (the same training, compiled another way).
@@ -105,6 +105,12 @@ def _image_size(image_size, depth):
 
 def _check_resume(run_dir, config):
     previous = read_run_config(run_dir)
+    old_data = previous.get("data", {})
+    if "scale_range" not in old_data and "augment" in old_data:
+        # Runs from before data.scale_range was recorded used the default.
+        old_data["scale_range"] = (
+            list(DEFAULT_SCALE_RANGE) if old_data["augment"] else None
+        )
     changed = []
     for section in ("data", "model", "training"):
         old, new = previous.get(section, {}), config[section]
@@ -183,6 +189,7 @@ def train_run(
     loss_weights=None,
     monitor="iou",
     augment=True,
+    scale_range=DEFAULT_SCALE_RANGE,
     pixel_scaling="dtype",
     precision="float32",
     recompute=False,
@@ -235,6 +242,12 @@ def train_run(
             `"iou"`.
         augment: bool, random flips, quarter turns, scale and intensity.
             Defaults to `True`.
+        scale_range: `(low, high)`, the random zoom of the augmentation
+            (`data.Augmentation`), or `None` for none: then crops are cut
+            at whole-pixel offsets and neither images nor masks are
+            resampled. Recorded in `run.json` as `data.scale_range`
+            (`null` also when `augment` is off). Defaults to
+            `(0.8, 1.25)`.
         pixel_scaling: `"dtype"` (integers divided by 255 or 65535) or
             `"minmax"` (each image's range to [0, 1]); recorded in `run.json`,
             so that evaluate, predict and the exported SavedModels scale
@@ -310,6 +323,7 @@ def train_run(
     training.check_loss_weight_values(loss_weights)
     if time_budget is not None:
         check_positive(time_budget, "time_budget")
+    augmentation = data.Augmentation(scale_range=scale_range) if augment else None
     config = {
         "keras_unetpp": __version__,
         "data": {
@@ -320,6 +334,11 @@ def train_run(
             "resize_mode": resize_mode,
             "batch_size": batch_size,
             "augment": bool(augment),
+            "scale_range": (
+                list(augmentation.scale_range)
+                if augmentation and augmentation.scale_range
+                else None
+            ),
             "pixel_scaling": check_pixel_scaling(pixel_scaling),
             "seed": int(seed),
         },
@@ -372,7 +391,7 @@ def train_run(
         source,
         "train",
         training=True,
-        augmentation=data.Augmentation() if augment else None,
+        augmentation=augmentation,
         **processing,
     )
     if source.get("validation", True):

@@ -23,6 +23,8 @@
 # the deepest level's best on the train split, from a sweep of 0.3-0.7 that
 # `evaluate --split train --thresholds` writes to $OUT/threshold_sweep),
 # PIXEL_SCALING (dtype; minmax: each image's range to [0, 1]),
+# ZOOM (the augmentation's random zoom, "0.8 1.25"; "none": crops cut at
+# whole-pixel offsets, nothing resampled),
 # TRAIN_ARGS (more `keras-unetpp train` flags). Run the same
 # command again to continue a
 # budget-stopped or interrupted run.
@@ -49,6 +51,7 @@ DSB_INSTANCES=${DSB_INSTANCES:-both}
 PRECISION=${PRECISION:-float32}
 THRESHOLD=${THRESHOLD:-0.5}
 PIXEL_SCALING=${PIXEL_SCALING:-dtype}
+ZOOM=${ZOOM:-0.8 1.25}
 TRAIN_ARGS=${TRAIN_ARGS:-}
 augment=--augment
 [ "$AUGMENT" = 1 ] || augment=--no-augment
@@ -58,7 +61,7 @@ supervision=--deep-supervision
 start=$(date +%s)
 keras-unetpp train --data "$DATA" --output "$OUT" --architecture "$ARCH" \
   $supervision --channels "$CHANNELS" --filters "$FILTERS" \
-  --resize-mode "$MODE" --image-size "$CROP" "$CROP" $augment \
+  --resize-mode "$MODE" --image-size "$CROP" "$CROP" $augment --scale-range $ZOOM \
   --loss "$LOSS" --precision "$PRECISION" --pixel-scaling "$PIXEL_SCALING" --batch-size "$BATCH" --learning-rate "$LR" \
   --lr-schedule cosine --epochs 1000 --time-budget "$BUDGET" \
   --save-every 100 --verbose 2 --no-tensorboard $TRAIN_ARGS

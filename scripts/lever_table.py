@@ -32,9 +32,16 @@ def _settings(config, threshold=0.5):
     size = "x".join(str(s) for s in data["image_size"])
     precision = config["training"].get("precision") or "float32"
     scaling = data.get("pixel_scaling", "dtype")
+    # Runs from before data.scale_range was recorded zoomed by the default.
+    zoom = data.get("scale_range", "default")
+    augment = "augment " + ("on" if data["augment"] else "off")
+    if data["augment"] and zoom is None:
+        augment += " (no zoom)"
+    elif data["augment"] and zoom not in ("default", [0.8, 1.25]):
+        augment += f" (zoom {zoom[0]:g}-{zoom[1]:g})"
     return (
         f"{model['architecture']}, {data['resize_mode']} {size}, f{width}, "
-        f"{loss}, augment {'on' if data['augment'] else 'off'}"
+        f"{loss}, {augment}"
         + ("" if precision == "float32" else f", {precision}")
         + ("" if scaling == "dtype" else f", pixels {scaling}")
         + ("" if threshold == 0.5 else f", threshold {threshold:g}")

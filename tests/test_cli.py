@@ -540,3 +540,38 @@ def test_train_run_refuses_non_finite_numbers_before_writing_run_json(
                 **kwargs,
             )
         assert not (tmp_path / "run" / "run.json").exists()
+
+
+def test_scale_range_is_recorded_checked_and_bound_to_a_resumed_run(
+    synthetic_dir, tmp_path, capsys
+):
+    train = ["train", "--data", str(synthetic_dir), "--resize-mode", "crop", *TINY]
+    _run([*train, "--output", str(tmp_path / "still"), "--scale-range", "none"])
+    config = json.loads((tmp_path / "still" / "run.json").read_text())
+    assert config["data"]["augment"] is True
+    assert config["data"]["scale_range"] is None
+    _run([*train, "--output", str(tmp_path / "zoom"), "--scale-range", "0.9", "1.1"])
+    config = json.loads((tmp_path / "zoom" / "run.json").read_text())
+    assert config["data"]["scale_range"] == [0.9, 1.1]
+    # A run of other settings is refused, naming the setting.
+    line = _error(capsys, [*train, "--output", str(tmp_path / "zoom")])
+    assert "data.scale_range: [0.9, 1.1] -> [0.8, 1.25]" in line
+    # A run from before the setting was recorded used the default zoom: the
+    # same command (no --scale-range) resumes it.
+    _run([*train, "--output", str(tmp_path / "old")])
+    path = tmp_path / "old" / "run.json"
+    config = json.loads(path.read_text())
+    assert config["data"].pop("scale_range") == [0.8, 1.25]
+    path.write_text(json.dumps(config))
+    _run([*train, "--output", str(tmp_path / "old"), "--epochs", "11"])
+    assert json.loads(path.read_text())["data"]["scale_range"] == [0.8, 1.25]
+    for values, expected in (
+        (["1.2", "0.9"], "LOW <= HIGH"),
+        (["0.9"], "LOW HIGH (two numbers) or 'none'"),
+        (["0", "1"], "a finite positive number"),
+        (["nan", "1"], "a finite positive number"),
+    ):
+        out = str(tmp_path / "bad")
+        line = _error(capsys, [*train, "--output", out, "--scale-range", *values])
+        assert "--scale-range" in line and expected in line, line
+        assert not (tmp_path / "bad" / "run.json").exists()

@@ -125,6 +125,77 @@ def test_training_crop_is_a_window_of_the_source(tmp_path):
     assert len(offsets) > 6
 
 
+def _window_and_orientation(crop, source, size):
+    """The `(y, x, k)` for which `crop` is orientation `k` of a source window."""
+    for y in range(source.shape[0] - size + 1):
+        for x in range(source.shape[1] - size + 1):
+            window = source[y : y + size, x : x + size]
+            for k, oriented in enumerate(_orientations(window)):
+                if np.array_equal(crop, oriented):
+                    return y, x, k
+    return None
+
+
+def test_crops_without_zoom_are_whole_pixel_windows_in_any_orientation(tmp_path):
+    # The zoom of the default augmentation resamples every crop (bilinear
+    # images, nearest-neighbour masks: sub-pixel shifts between the two);
+    # `scale_range=None` keeps flips and turns but cuts crops at whole-pixel
+    # offsets, so image and mask stay exactly the source's pixels.
+    source = np.arange(40 * 44, dtype=np.uint16).reshape(40, 44) * 30
+    mask = ((source // 30) % 7 < 3).astype(np.uint8)
+    pairs = _write_pairs(tmp_path, [source] * 8, [mask] * 8)
+    values = source / 65535.0
+    still = data.Augmentation(scale_range=None, brightness=0.0, contrast=0.0)
+    ds = data.make_dataset(
+        pairs,
+        image_size=(32, 32),
+        resize_mode="crop",
+        training=True,
+        batch_size=4,
+        augmentation=still,
+    )
+    found = set()
+    for _ in range(2):
+        images, masks = _batches(ds)
+        for image, crop_mask in zip(images, masks):
+            match = _window_and_orientation(
+                np.round(image[..., 0] * 65535).astype(np.int64),
+                source.astype(np.int64),
+                32,
+            )
+            assert match is not None, "a crop that is not a window of the source"
+            y, x, k = match
+            np.testing.assert_allclose(
+                image[..., 0],
+                _orientations(values[y : y + 32, x : x + 32])[k],
+                atol=1e-6,
+            )
+            np.testing.assert_array_equal(
+                crop_mask[..., 0], _orientations(mask[y : y + 32, x : x + 32])[k]
+            )
+            found.add(k)
+    assert len(found) > 2  # the orientations are still drawn
+    zoomed = data.Augmentation(brightness=0.0, contrast=0.0)
+    ds = data.make_dataset(
+        pairs,
+        image_size=(32, 32),
+        resize_mode="crop",
+        training=True,
+        batch_size=4,
+        augmentation=zoomed,
+    )
+    images, _ = _batches(ds)
+    exact = [
+        _window_and_orientation(
+            np.round(image[..., 0] * 65535).astype(np.int64),
+            source.astype(np.int64),
+            32,
+        )
+        for image in images
+    ]
+    assert exact.count(None) == len(exact)  # every zoomed crop is resampled
+
+
 def _orientations(x):
     """The 8 orientations: k quarter turns, then (index >= 4) a left-right flip."""
     turns = [np.rot90(x, k, axes=(0, 1)) for k in range(4)]

@@ -19,9 +19,19 @@ def _lever_table():
     return module
 
 
-def _run(folder, ious, mode="crop", loss=None, epochs=3, precision=None, scoring=None):
+def _run(
+    folder,
+    ious,
+    mode="crop",
+    loss=None,
+    epochs=3,
+    precision=None,
+    scoring=None,
+    **extra_data,
+):
     folder.mkdir()
     data = {"image_size": [128, 128], "resize_mode": mode, "augment": True}
+    data.update(extra_data)
     if scoring is not None:
         data["pixel_scaling"] = scoring["pixel_scaling"]
     config = {
@@ -73,6 +83,27 @@ def test_rows_hold_each_runs_settings_levels_and_best(tmp_path):
         "mixed_bfloat16, pixels minmax, threshold 0.55 | 5 |"
     )
     assert focal.endswith("| accurate 0.7600 | 0.7700 | 0.5000 |")
+
+
+def test_the_zoom_setting_is_shown_when_it_is_not_the_default(tmp_path):
+    lever_table = _lever_table()
+    ious = {"L1": 0.7, "accurate": 0.75}
+    runs = [
+        _run(tmp_path / "default", ious, scale_range=[0.8, 1.25]),
+        _run(tmp_path / "still", ious, scale_range=None),
+        _run(tmp_path / "narrow", ious, scale_range=[0.9, 1.1]),
+        _run(tmp_path / "plain", ious, augment=False, scale_range=None),
+    ]
+    out = tmp_path / "levers.md"
+    assert lever_table.main([*map(str, runs), "--output", str(out)]) == 0
+    settings = [line.split(" | ")[1] for line in out.read_text().splitlines()[2:]]
+    base = "unetpp, crop 128x128, f16, bce-dice, augment"
+    assert settings == [
+        f"{base} on",
+        f"{base} on (no zoom)",
+        f"{base} on (zoom 0.9-1.1)",
+        f"{base} off",
+    ]
 
 
 def test_a_run_without_evaluation_is_named(tmp_path):

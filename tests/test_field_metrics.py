@@ -294,3 +294,107 @@ def test_error_split_on_hand_made_masks():
     assert set(fm.error_split(empty, empty).values()) == {0}
     with pytest.raises(InputError, match="same shape"):
         fm.error_split(empty, np.zeros((3, 4), bool))
+
+
+def test_outline_sensitivity_of_hand_counted_squares():
+    square = _square((9, 9), 2, 2, 5)
+    band = fm.outline_sensitivity([square])
+    # 5x5: eroded to 3x3; dilated by a 4-connected step adds a row of 5 on
+    # each side (45 pixels); shifted one column keeps 4 of 5 columns.
+    assert band["eroded"] == pytest.approx(9 / 25)
+    assert band["dilated"] == pytest.approx(25 / 45)
+    assert band["shifted"] == pytest.approx(20 / 30)
+    assert band["edge_fraction"] == pytest.approx(16 / 25)
+    # Pooled with a one-pixel object and an empty mask: the dot vanishes
+    # when eroded (its pixel joins the union), dilates to a plus of 5.
+    dot = _square((4, 4), 1, 1, 1)
+    pooled = fm.outline_sensitivity([square, dot, np.zeros((3, 3))])
+    assert pooled["eroded"] == pytest.approx(9 / 26)
+    assert pooled["dilated"] == pytest.approx((25 + 1) / (45 + 5))
+    assert pooled["shifted"] == pytest.approx(20 / (30 + 2))
+    assert pooled["edge_fraction"] == pytest.approx(17 / 26)
+    # Two pixels: a 7x7 square eroded twice is 3x3; the image border is
+    # foreground beyond it, so a full mask keeps every pixel when eroded.
+    assert fm.outline_sensitivity([_square((11, 11), 2, 2, 7)], 2)[
+        "eroded"
+    ] == pytest.approx(9 / 49)
+    full = fm.outline_sensitivity([np.ones((6, 6))])
+    assert full["eroded"] == 1.0 and full["edge_fraction"] == 0.0
+    assert full["shifted"] == pytest.approx(30 / 36)
+    assert fm.outline_sensitivity([np.ones((3, 3))], 5)["shifted"] == 0.0
+
+
+def test_outline_sensitivity_against_a_numpy_loop_on_random_blobs():
+    rng = np.random.default_rng(4)
+    masks = [rng.random((20, 24)) < 0.35 for _ in range(3)]
+    band = fm.outline_sensitivity(masks)
+
+    def neighbours(mask, pad):
+        padded = np.pad(mask, 1, constant_values=pad)
+        return [
+            padded[1:-1, 1:-1],
+            padded[:-2, 1:-1],
+            padded[2:, 1:-1],
+            padded[1:-1, :-2],
+            padded[1:-1, 2:],
+        ]
+
+    sums = {"eroded": [0, 0], "dilated": [0, 0], "shifted": [0, 0]}
+    for mask in masks:
+        eroded = np.logical_and.reduce(neighbours(mask, True))
+        dilated = np.logical_or.reduce(neighbours(mask, False))
+        shifted = np.zeros_like(mask)
+        shifted[:, 1:] = mask[:, :-1]
+        for name, other in (
+            ("eroded", eroded),
+            ("dilated", dilated),
+            ("shifted", shifted),
+        ):
+            sums[name][0] += (mask & other).sum()
+            sums[name][1] += (mask | other).sum()
+    for name, (inter, union) in sums.items():
+        assert band[name] == pytest.approx(inter / union), name
+
+
+def test_outline_sensitivity_refuses_bad_width_and_masks():
+    with pytest.raises(InputError, match="width"):
+        fm.outline_sensitivity([np.ones((4, 4))], 0)
+    with pytest.raises(InputError, match=r"truth.shape=\(2, 4, 4\)"):
+        fm.outline_sensitivity([np.ones((2, 4, 4))])
+
+
+def test_outline_sensitivity_script_reads_one_split(tmp_path, capsys):
+    import csv
+    import importlib.util
+    import pathlib
+
+    from PIL import Image
+
+    script = pathlib.Path(__file__).resolve().parent.parent / "scripts"
+    spec = importlib.util.spec_from_file_location(
+        "outline_sensitivity", script / "outline_sensitivity.py"
+    )
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    (tmp_path / "images").mkdir()
+    (tmp_path / "masks").mkdir()
+    rows = []
+    for k, (split, size) in enumerate([("val", 5), ("train", 3), ("val", 1)]):
+        stem = f"s{k}"
+        mask = _square((10, 12), 2, 3, size, 255).astype(np.uint8)
+        Image.fromarray(mask).save(tmp_path / "masks" / f"{stem}.png")
+        Image.fromarray(np.full((10, 12), 40, np.uint8)).save(
+            tmp_path / "images" / f"{stem}.png"
+        )
+        rows.append({"stem": stem, "suggested_split": split})
+    with open(tmp_path / "manifest.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, ["stem", "suggested_split"])
+        writer.writeheader()
+        writer.writerows(rows)
+    masks = module.split_masks(str(tmp_path), "val")
+    assert [m.sum() for m in masks] == [25, 1]
+    assert module.main(["--data", str(tmp_path), "--width", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "split val: 2 masks" in out
+    # The 5x5 square and the dot, pooled as in the hand-counted case.
+    assert f"| 1 | {9 / 26:.4f} | {26 / 50:.4f} | {20 / 32:.4f} |" in out

@@ -335,6 +335,14 @@ def _add_train(commands):
         "'none' for no zoom: crops at whole-pixel offsets, nothing resampled "
         "(default: 0.8 1.25)",
     )
+    d.add_argument(
+        "--mask-interpolation",
+        choices=("nearest", "bilinear"),
+        default="nearest",
+        help="how the zoom resamples masks: nearest (outlines move up to half "
+        "a pixel against the image) or bilinear (each class's share "
+        "resampled like the image, the largest wins) (default: nearest)",
+    )
     t = p.add_argument_group("training")
     t.add_argument("--batch-size", type=_positive_int, default=8, help="(default: 8)")
     t.add_argument("--epochs", type=_positive_int, default=10, help="(default: 10)")
@@ -1009,6 +1017,7 @@ def _run_train(args):
         monitor=args.monitor,
         augment=args.augment,
         scale_range=_scale_range(args.scale_range),
+        mask_interpolation=args.mask_interpolation,
         precision=args.precision,
         recompute=args.recompute,
         xla=args.xla,

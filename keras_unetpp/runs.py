@@ -111,6 +111,9 @@ def _check_resume(run_dir, config):
         old_data["scale_range"] = (
             list(DEFAULT_SCALE_RANGE) if old_data["augment"] else None
         )
+    if "mask_interpolation" not in old_data and "augment" in old_data:
+        # Likewise data.mask_interpolation: nearest-neighbour masks.
+        old_data["mask_interpolation"] = "nearest" if old_data["augment"] else None
     changed = []
     for section in ("data", "model", "training"):
         old, new = previous.get(section, {}), config[section]
@@ -190,6 +193,7 @@ def train_run(
     monitor="iou",
     augment=True,
     scale_range=DEFAULT_SCALE_RANGE,
+    mask_interpolation="nearest",
     pixel_scaling="dtype",
     precision="float32",
     recompute=False,
@@ -248,6 +252,10 @@ def train_run(
             resampled. Recorded in `run.json` as `data.scale_range`
             (`null` also when `augment` is off). Defaults to
             `(0.8, 1.25)`.
+        mask_interpolation: `"nearest"` or `"bilinear"`, how the zoom
+            resamples masks (`data.Augmentation`). Recorded in `run.json`
+            as `data.mask_interpolation` (`null` when `augment` is off).
+            Defaults to `"nearest"`.
         pixel_scaling: `"dtype"` (integers divided by 255 or 65535) or
             `"minmax"` (each image's range to [0, 1]); recorded in `run.json`,
             so that evaluate, predict and the exported SavedModels scale
@@ -323,7 +331,13 @@ def train_run(
     training.check_loss_weight_values(loss_weights)
     if time_budget is not None:
         check_positive(time_budget, "time_budget")
-    augmentation = data.Augmentation(scale_range=scale_range) if augment else None
+    augmentation = (
+        data.Augmentation(
+            scale_range=scale_range, mask_interpolation=mask_interpolation
+        )
+        if augment
+        else None
+    )
     config = {
         "keras_unetpp": __version__,
         "data": {
@@ -338,6 +352,9 @@ def train_run(
                 list(augmentation.scale_range)
                 if augmentation and augmentation.scale_range
                 else None
+            ),
+            "mask_interpolation": (
+                augmentation.mask_interpolation if augmentation else None
             ),
             "pixel_scaling": check_pixel_scaling(pixel_scaling),
             "seed": int(seed),

@@ -31,6 +31,7 @@ for lever in $LEVERS; do
     minmax) settings=(PIXEL_SCALING=minmax) ;;
     boundary2) settings=("TRAIN_ARGS=--loss-boundary-weight 2") ;;
     no_zoom) settings=(ZOOM=none) ;;
+    bilinear_masks) settings=(MASK_INTERPOLATION=bilinear) ;;
     lr1e-3) settings=(LR=0.001) ;;
     unet) settings=(ARCH=unet) ;;
     *) echo "unknown lever: $lever" >&2; exit 2 ;;

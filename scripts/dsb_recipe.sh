@@ -24,7 +24,9 @@
 # `evaluate --split train --thresholds` writes to $OUT/threshold_sweep),
 # PIXEL_SCALING (dtype; minmax: each image's range to [0, 1]),
 # ZOOM (the augmentation's random zoom, "0.8 1.25"; "none": crops cut at
-# whole-pixel offsets, nothing resampled),
+# whole-pixel offsets, nothing resampled), MASK_INTERPOLATION (of the
+# zoomed masks: nearest; bilinear: each class's share resampled like the
+# image),
 # TRAIN_ARGS (more `keras-unetpp train` flags). Run the same
 # command again to continue a
 # budget-stopped or interrupted run.
@@ -52,6 +54,7 @@ PRECISION=${PRECISION:-float32}
 THRESHOLD=${THRESHOLD:-0.5}
 PIXEL_SCALING=${PIXEL_SCALING:-dtype}
 ZOOM=${ZOOM:-0.8 1.25}
+MASK_INTERPOLATION=${MASK_INTERPOLATION:-nearest}
 TRAIN_ARGS=${TRAIN_ARGS:-}
 augment=--augment
 [ "$AUGMENT" = 1 ] || augment=--no-augment
@@ -62,6 +65,7 @@ start=$(date +%s)
 keras-unetpp train --data "$DATA" --output "$OUT" --architecture "$ARCH" \
   $supervision --channels "$CHANNELS" --filters "$FILTERS" \
   --resize-mode "$MODE" --image-size "$CROP" "$CROP" $augment --scale-range $ZOOM \
+  --mask-interpolation "$MASK_INTERPOLATION" \
   --loss "$LOSS" --precision "$PRECISION" --pixel-scaling "$PIXEL_SCALING" --batch-size "$BATCH" --learning-rate "$LR" \
   --lr-schedule cosine --epochs 1000 --time-budget "$BUDGET" \
   --save-every 100 --verbose 2 --no-tensorboard $TRAIN_ARGS

@@ -39,6 +39,8 @@ def _settings(config, threshold=0.5):
         augment += " (no zoom)"
     elif data["augment"] and zoom not in ("default", [0.8, 1.25]):
         augment += f" (zoom {zoom[0]:g}-{zoom[1]:g})"
+    if data["augment"] and data.get("mask_interpolation") == "bilinear":
+        augment += ", bilinear masks"
     return (
         f"{model['architecture']}, {data['resize_mode']} {size}, f{width}, "
         f"{loss}, {augment}"

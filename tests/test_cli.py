@@ -542,7 +542,7 @@ def test_train_run_refuses_non_finite_numbers_before_writing_run_json(
         assert not (tmp_path / "run" / "run.json").exists()
 
 
-def test_scale_range_is_recorded_checked_and_bound_to_a_resumed_run(
+def test_zoom_settings_are_recorded_checked_and_bound_to_a_resumed_run(
     synthetic_dir, tmp_path, capsys
 ):
     train = ["train", "--data", str(synthetic_dir), "--resize-mode", "crop", *TINY]
@@ -553,6 +553,14 @@ def test_scale_range_is_recorded_checked_and_bound_to_a_resumed_run(
     _run([*train, "--output", str(tmp_path / "zoom"), "--scale-range", "0.9", "1.1"])
     config = json.loads((tmp_path / "zoom" / "run.json").read_text())
     assert config["data"]["scale_range"] == [0.9, 1.1]
+    assert config["data"]["mask_interpolation"] == "nearest"
+    _run(
+        [*train, "--output", str(tmp_path / "soft"), "--mask-interpolation", "bilinear"]
+    )
+    config = json.loads((tmp_path / "soft" / "run.json").read_text())
+    assert config["data"]["mask_interpolation"] == "bilinear"
+    line = _error(capsys, [*train, "--output", str(tmp_path / "soft")])
+    assert "data.mask_interpolation: 'bilinear' -> 'nearest'" in line
     # A run of other settings is refused, naming the setting.
     line = _error(capsys, [*train, "--output", str(tmp_path / "zoom")])
     assert "data.scale_range: [0.9, 1.1] -> [0.8, 1.25]" in line
@@ -562,9 +570,12 @@ def test_scale_range_is_recorded_checked_and_bound_to_a_resumed_run(
     path = tmp_path / "old" / "run.json"
     config = json.loads(path.read_text())
     assert config["data"].pop("scale_range") == [0.8, 1.25]
+    assert config["data"].pop("mask_interpolation") == "nearest"
     path.write_text(json.dumps(config))
     _run([*train, "--output", str(tmp_path / "old"), "--epochs", "11"])
-    assert json.loads(path.read_text())["data"]["scale_range"] == [0.8, 1.25]
+    resumed = json.loads(path.read_text())["data"]
+    assert resumed["scale_range"] == [0.8, 1.25]
+    assert resumed["mask_interpolation"] == "nearest"
     for values, expected in (
         (["1.2", "0.9"], "LOW <= HIGH"),
         (["0.9"], "LOW HIGH (two numbers) or 'none'"),

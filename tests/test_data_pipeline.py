@@ -267,6 +267,81 @@ def test_zoom_out_pads_image_and_mask_alike(tmp_path):
     assert len({tuple(np.argwhere(m[..., 0])[0]) for m in masks}) > 1  # Random places.
 
 
+def _blobs(count, size=(40, 44), classes=2, seed=3):
+    """Class-index masks of smooth blobs (outlines at sub-pixel places)."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[: size[0], : size[1]]
+    masks = []
+    for _ in range(count):
+        mask = np.zeros(size, np.uint8)
+        for label in rng.integers(1, classes, 6):
+            cy, cx = rng.uniform(0, size[0]), rng.uniform(0, size[1])
+            radius = rng.uniform(3, 9)
+            mask[(yy - cy) ** 2 + (xx - cx) ** 2 < radius**2] = label
+        masks.append(mask)
+    return masks
+
+
+@pytest.mark.parametrize("resize_mode", ["crop", "resize"])
+def test_bilinear_masks_keep_the_outlines_of_the_zoomed_image(tmp_path, resize_mode):
+    # Each image is its mask (0 or 255): zoomed bilinearly, its pixels above
+    # one half are where the mask's outlines lie. Bilinear masks are exactly
+    # those pixels; nearest-neighbour masks are off by up to half a pixel.
+    # In resize mode the files are already the training size: resizing them
+    # would be the size policy's resampling, not the zoom's.
+    masks = _blobs(8, size=(40, 44) if resize_mode == "crop" else (32, 32))
+    pairs = _write_pairs(tmp_path, [m * 255 for m in masks], [m * 255 for m in masks])
+    disagree = {}
+    for interpolation in ("bilinear", "nearest"):
+        augmentation = data.Augmentation(
+            **{**NO_AUGMENTATION, "flip": True, "scale_range": (0.7, 1.4)},
+            mask_interpolation=interpolation,
+        )
+        images, zoomed = _batches(
+            data.make_dataset(
+                pairs,
+                image_size=(32, 32),
+                resize_mode=resize_mode,
+                training=True,
+                augmentation=augmentation,
+                seed=5,
+            )
+        )
+        edge = images[..., 0] > 0.5
+        disagree[interpolation] = int(np.count_nonzero(edge != (zoomed[..., 0] > 0)))
+        assert set(np.unique(zoomed).tolist()) <= {0.0, 1.0}
+    assert disagree["bilinear"] == 0
+    assert disagree["nearest"] > 20
+
+
+def test_bilinear_masks_of_classes_take_the_largest_share(tmp_path):
+    # Three classes; the image's channels are their indicators, so the
+    # channel that is largest after the zoom names the class the mask keeps.
+    masks = _blobs(8, classes=3, seed=8)
+    images = [
+        np.stack([(m == k) * 255 for k in (2, 1, 0)], -1).astype(np.uint8)
+        for m in masks  # cv2 writes BGR: channel 0 is read back as class 0.
+    ]
+    pairs = _write_pairs(tmp_path, images, masks)
+    augmentation = data.Augmentation(
+        **{**NO_AUGMENTATION, "scale_range": (0.6, 1.5)},
+        mask_interpolation="bilinear",
+    )
+    images, zoomed = _batches(
+        data.make_dataset(
+            pairs,
+            image_size=(32, 32),
+            channels=3,
+            num_classes=3,
+            resize_mode="crop",
+            training=True,
+            augmentation=augmentation,
+        )
+    )
+    assert set(np.unique(zoomed).tolist()) == {0, 1, 2}
+    np.testing.assert_array_equal(zoomed[..., 0], images.argmax(-1))
+
+
 def test_brightness_and_contrast_touch_the_image_only(tmp_path):
     sources, source_masks = _labelled(16)
     pairs = _write_pairs(tmp_path, sources, source_masks)
@@ -522,3 +597,7 @@ def test_augmentation_config_and_errors():
         data.Augmentation(brightness=1.5)
     with pytest.raises(ValueError, match="Received: flip=1"):
         data.Augmentation(flip=1)
+    with pytest.raises(ValueError, match="mask_interpolation"):
+        data.Augmentation(mask_interpolation="area")
+    soft = data.Augmentation(mask_interpolation="bilinear")
+    assert data.Augmentation(**soft.get_config()) == soft != data.Augmentation()

@@ -93,6 +93,7 @@ def test_the_zoom_setting_is_shown_when_it_is_not_the_default(tmp_path):
         _run(tmp_path / "still", ious, scale_range=None),
         _run(tmp_path / "narrow", ious, scale_range=[0.9, 1.1]),
         _run(tmp_path / "plain", ious, augment=False, scale_range=None),
+        _run(tmp_path / "soft", ious, mask_interpolation="bilinear"),
     ]
     out = tmp_path / "levers.md"
     assert lever_table.main([*map(str, runs), "--output", str(out)]) == 0
@@ -103,6 +104,7 @@ def test_the_zoom_setting_is_shown_when_it_is_not_the_default(tmp_path):
         f"{base} on (no zoom)",
         f"{base} on (zoom 0.9-1.1)",
         f"{base} off",
+        f"{base} on, bilinear masks",
     ]
 
 

@@ -5,7 +5,10 @@ import math
 import tensorflow as tf
 
 from keras_unetpp.errors import InputError
-from keras_unetpp.validation import check_bool, check_number
+from keras_unetpp.validation import check_bool, check_choice, check_number
+
+# How a mask follows the image through a zoom (see `Augmentation`).
+MASK_INTERPOLATIONS = ("nearest", "bilinear")
 
 
 def _check_fraction(value, arg):
@@ -16,8 +19,8 @@ class Augmentation:
     """Random paired augmentation: flips, 90-degree turns, scale, intensity.
 
     Each transform is optional. Geometric transforms move the image and the
-    mask together (the mask with nearest-neighbour resampling, so it keeps
-    its label values); intensity transforms touch the image only. The
+    mask together (the mask keeps its label values: see
+    `mask_interpolation`); intensity transforms touch the image only. The
     transforms run on whole batches, with an independent draw for every
     sample. All randomness is stateless and comes from one seed per batch,
     which `make_dataset` derives from its `seed`: the same seed gives the
@@ -46,6 +49,16 @@ class Augmentation:
             Defaults to `0.1`.
         contrast: float in [0, 1), the largest relative contrast change
             (0 = off). Defaults to `0.1`.
+        mask_interpolation: how a zoomed mask is resampled. `"nearest"`:
+            each output pixel takes the label of the source pixel nearest
+            to it, so outlines move by up to half a pixel against the
+            bilinearly resampled image. `"bilinear"`: each class's indicator
+            is resampled bilinearly, like the image, and the class with the
+            largest share wins (binary masks: foreground where its share is
+            above 0.5), so outlines stay where the image's edges are; it
+            holds one float plane per class present in the batch. Flips and
+            quarter turns move whole pixels either way. Defaults to
+            `"nearest"`.
 
     Example:
 
@@ -62,8 +75,10 @@ class Augmentation:
         scale_range=(0.8, 1.25),
         brightness=0.1,
         contrast=0.1,
+        mask_interpolation="nearest",
     ):
         check_bool(flip, "flip")
+        check_choice(mask_interpolation, "mask_interpolation", MASK_INTERPOLATIONS)
         check_bool(rotate90, "rotate90")
         if scale_range is not None:
             try:
@@ -81,6 +96,7 @@ class Augmentation:
         self.scale_range = scale_range
         self.brightness = _check_fraction(brightness, "brightness")
         self.contrast = _check_fraction(contrast, "contrast")
+        self.mask_interpolation = mask_interpolation
 
     def get_config(self):
         """The constructor arguments, so `Augmentation(**config)` rebuilds it."""
@@ -90,6 +106,7 @@ class Augmentation:
             "scale_range": self.scale_range,
             "brightness": self.brightness,
             "contrast": self.contrast,
+            "mask_interpolation": self.mask_interpolation,
         }
 
     def __repr__(self):
@@ -147,7 +164,9 @@ class Augmentation:
                     ],
                     axis=1,
                 )
-            images, masks = _crop_and_resize(images, masks, boxes, (height, width))
+            images, masks = _crop_and_resize(
+                images, masks, boxes, (height, width), self.mask_interpolation
+            )
         if self.brightness:
             images = images + tf.random.stateless_uniform(
                 (batch, 1, 1, 1), seeds[2], -self.brightness, self.brightness
@@ -217,23 +236,35 @@ def _scale_boxes(count, source_size, target_size, scale_range, seed):
     return tf.concat([start / span, (start + window - 1.0) / span], axis=1)
 
 
-def _crop_and_resize(images, masks, boxes, size):
+def _crop_and_resize(images, masks, boxes, size, mask_interpolation="nearest"):
     indices = tf.range(tf.shape(images)[0])
     images = tf.image.crop_and_resize(images, boxes, indices, size)
     images = tf.clip_by_value(images, 0.0, 1.0)
-    scaled_masks = tf.image.crop_and_resize(
-        masks, boxes, indices, size, method="nearest"
-    )
-    return images, tf.cast(scaled_masks, masks.dtype)
+    if mask_interpolation == "nearest":
+        scaled_masks = tf.image.crop_and_resize(
+            masks, boxes, indices, size, method="nearest"
+        )
+        return images, tf.cast(scaled_masks, masks.dtype)
+    # Each class's share of every output pixel, sampled where the image is;
+    # outside the source every share is 0 and the background (class 0) wins,
+    # as the zero padding of the nearest-neighbour path gives.
+    labels = tf.cast(masks[..., 0], tf.int32)
+    depth = tf.maximum(tf.reduce_max(labels) + 1, 2)
+    shares = tf.image.crop_and_resize(tf.one_hot(labels, depth), boxes, indices, size)
+    winner = tf.argmax(shares, axis=-1, output_type=tf.int32)
+    return images, tf.cast(winner[..., None], masks.dtype)
 
 
-def scaled_crop_pair(image, mask, size, scale_range, seed):
+def scaled_crop_pair(
+    image, mask, size, scale_range, seed, mask_interpolation="nearest"
+):
     """Cuts a random window of `size / s` from one image and resizes it.
 
     `s` is log-uniform in `scale_range`; the window is placed uniformly at
     random where it fits (zero-padded where it is larger than the image).
-    The image is resampled bilinearly, the mask with nearest neighbour.
-    This is the crop mode's random crop when `scale_range` is set.
+    The image is resampled bilinearly, the mask as `mask_interpolation`
+    says (`Augmentation`). This is the crop mode's random crop when
+    `scale_range` is set.
 
     Args:
         image: float32 tensor `(height, width, channels)`, any size.
@@ -241,10 +272,14 @@ def scaled_crop_pair(image, mask, size, scale_range, seed):
         size: `(height, width)`, Python ints, the output size.
         scale_range: `(low, high)` floats.
         seed: int tensor `(2,)`.
+        mask_interpolation: `"nearest"` or `"bilinear"`. Defaults to
+            `"nearest"`.
 
     Returns:
         The tuple `(image, mask)` of spatial size `size`.
     """
     boxes = _scale_boxes(1, tf.shape(image)[:2], size, scale_range, seed)
-    images, masks = _crop_and_resize(image[None], mask[None], boxes, size)
+    images, masks = _crop_and_resize(
+        image[None], mask[None], boxes, size, mask_interpolation
+    )
     return images[0], masks[0]

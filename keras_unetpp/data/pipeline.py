@@ -530,10 +530,17 @@ def _seeds(seed, stream):
     ).batch(2)
 
 
-def _random_crop(size, scale_range, pair, seed):
+def _random_crop(size, augmentation, pair, seed):
     image, mask = pair
-    if scale_range is not None:
-        return augment.scaled_crop_pair(image, mask, size, scale_range, seed)
+    if augmentation is not None and augmentation.scale_range is not None:
+        return augment.scaled_crop_pair(
+            image,
+            mask,
+            size,
+            augmentation.scale_range,
+            seed,
+            augmentation.mask_interpolation,
+        )
     fractions = tf.random.stateless_uniform((2,), seed)
     return processing.crop_or_pad_pair(image, mask, size, fractions)
 
@@ -581,10 +588,9 @@ def finish(ds, settings, shuffled=False, may_fail=False):
                 reshuffle_each_iteration=True,
             )
         if settings.resize_mode == "crop":
-            scale_range = augmentation.scale_range if augmentation else None
             ds = tf.data.Dataset.zip((ds, _seeds(settings.seed, 0)))
             ds = ds.map(
-                functools.partial(_random_crop, size, scale_range),
+                functools.partial(_random_crop, size, augmentation),
                 num_parallel_calls=AUTOTUNE,
             )
     ds = ds.batch(

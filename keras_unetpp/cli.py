@@ -103,7 +103,7 @@ def _fraction(text):
 
 def _scale_range(values):
     """`--scale-range` as `train_run` takes it: `(low, high)` or `None`."""
-    from keras_unetpp.runs import DEFAULT_SCALE_RANGE
+    from keras_unetpp.data.augment import DEFAULT_SCALE_RANGE
 
     if values is None:
         return DEFAULT_SCALE_RANGE

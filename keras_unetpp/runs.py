@@ -35,6 +35,7 @@ from keras_unetpp import (
     sources,
     training,
 )
+from keras_unetpp.data.augment import DEFAULT_SCALE_RANGE
 from keras_unetpp.data.decode import prepare_image, read_image
 from keras_unetpp.description import describe, output_name
 from keras_unetpp.distribute import (
@@ -65,12 +66,15 @@ EVALUATION_DIR = "evaluation"
 EXPORT_DIR = "export"
 PREDICTION_DIR = "predictions"
 
-# The augmentation's random zoom unless `train_run` is told otherwise.
-DEFAULT_SCALE_RANGE = (0.8, 1.25)
 # Settings a resumed run may change: how long, how often to save,
 # recomputation (the same training with less memory, e.g. after running out)
 # and XLA (the same training, compiled another way).
 _RESUMABLE_CHANGES = ("epochs", "save_every", "recompute", "xla")
+# The augmentation settings of run.json, as runs recorded before them used.
+_AUGMENTATION_DEFAULTS = {
+    "scale_range": list(DEFAULT_SCALE_RANGE),
+    "mask_interpolation": "nearest",
+}
 # Recorded facts, not settings.
 _DERIVED = ("train_images", "val_images", "precision_policy", "split", "split_counts")
 
@@ -106,14 +110,11 @@ def _image_size(image_size, depth):
 def _check_resume(run_dir, config):
     previous = read_run_config(run_dir)
     old_data = previous.get("data", {})
-    if "scale_range" not in old_data and "augment" in old_data:
-        # Runs from before data.scale_range was recorded used the default.
-        old_data["scale_range"] = (
-            list(DEFAULT_SCALE_RANGE) if old_data["augment"] else None
-        )
-    if "mask_interpolation" not in old_data and "augment" in old_data:
-        # Likewise data.mask_interpolation: nearest-neighbour masks.
-        old_data["mask_interpolation"] = "nearest" if old_data["augment"] else None
+    # Runs from before these settings were recorded used their defaults
+    # when augmenting, and none without augmentation.
+    for key, default in _AUGMENTATION_DEFAULTS.items():
+        if key not in old_data and "augment" in old_data:
+            old_data[key] = default if old_data["augment"] else None
     changed = []
     for section in ("data", "model", "training"):
         old, new = previous.get(section, {}), config[section]

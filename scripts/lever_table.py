@@ -17,6 +17,7 @@ import pathlib
 import sys
 
 from keras_unetpp import evaluation, training
+from keras_unetpp.data.augment import DEFAULT_SCALE_RANGE
 from keras_unetpp.runs import EVALUATION_DIR, read_run_config
 
 
@@ -33,11 +34,11 @@ def _settings(config, threshold=0.5):
     precision = config["training"].get("precision") or "float32"
     scaling = data.get("pixel_scaling", "dtype")
     # Runs from before data.scale_range was recorded zoomed by the default.
-    zoom = data.get("scale_range", "default")
+    zoom = data.get("scale_range", list(DEFAULT_SCALE_RANGE))
     augment = "augment " + ("on" if data["augment"] else "off")
     if data["augment"] and zoom is None:
         augment += " (no zoom)"
-    elif data["augment"] and zoom not in ("default", [0.8, 1.25]):
+    elif data["augment"] and zoom != list(DEFAULT_SCALE_RANGE):
         augment += f" (zoom {zoom[0]:g}-{zoom[1]:g})"
     if data["augment"] and data.get("mask_interpolation") == "bilinear":
         augment += ", bilinear masks"

@@ -7,6 +7,8 @@ import tensorflow as tf
 from keras_unetpp.errors import InputError
 from keras_unetpp.validation import check_bool, check_choice, check_number
 
+# The random zoom of `Augmentation` unless it is told otherwise.
+DEFAULT_SCALE_RANGE = (0.8, 1.25)
 # How a mask follows the image through a zoom (see `Augmentation`).
 MASK_INTERPOLATIONS = ("nearest", "bilinear")
 
@@ -72,14 +74,14 @@ class Augmentation:
         self,
         flip=True,
         rotate90=True,
-        scale_range=(0.8, 1.25),
+        scale_range=DEFAULT_SCALE_RANGE,
         brightness=0.1,
         contrast=0.1,
         mask_interpolation="nearest",
     ):
         check_bool(flip, "flip")
-        check_choice(mask_interpolation, "mask_interpolation", MASK_INTERPOLATIONS)
         check_bool(rotate90, "rotate90")
+        check_choice(mask_interpolation, "mask_interpolation", MASK_INTERPOLATIONS)
         if scale_range is not None:
             try:
                 low, high = (float(v) for v in scale_range)

@@ -17,7 +17,10 @@ pip install --quiet --no-deps "kserve==0.21.0"
 export TF_CPP_MIN_LOG_LEVEL=2
 ruff check keras_unetpp tests export benchmarks scripts
 ruff format --check keras_unetpp tests export benchmarks scripts
-python -m pytest -q "$@"
+# One worker per core (at most 4, for memory), a test file's tests on one
+# worker so that its module fixtures (trained runs, exports) are built once;
+# `-n 0` runs everything in this process.
+python -m pytest -q -n auto --maxprocesses=4 --dist loadfile "$@"
 # The memory-measuring tests once more without oneDNN: the path of CPUs without
 # AVX-512, where TensorFlow's CPU allocator keeps no statistics by itself.
 echo "== memory tests with TF_ENABLE_ONEDNN_OPTS=0"

@@ -1,20 +1,17 @@
 """Smoke test of benchmarks/pipeline_benchmark.py on a few small images."""
 
-import importlib.util
 import json
 import pathlib
 
 import pytest
+from module_files import load_module
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 BENCHMARK = REPO / "benchmarks" / "pipeline_benchmark.py"
 
 
 def _load():
-    spec = importlib.util.spec_from_file_location("pipeline_benchmark", BENCHMARK)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_module(BENCHMARK)
 
 
 @pytest.mark.slow

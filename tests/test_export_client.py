@@ -9,7 +9,6 @@ predictions come from `signatures["serving_default"]`), and, when the
 
 import contextlib
 import http.server
-import importlib.util
 import json
 import pathlib
 import re
@@ -25,6 +24,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 from google.protobuf import json_format
+from module_files import load_module
 from tensorflow.core.protobuf import saved_model_pb2
 
 import keras_unetpp as ku
@@ -35,10 +35,7 @@ CLIENT = pathlib.Path(__file__).resolve().parents[1] / "export" / "client.py"
 
 @pytest.fixture(scope="module")
 def client_lib():
-    spec = importlib.util.spec_from_file_location("unetpp_serving_client", CLIENT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_module(CLIENT, "unetpp_serving_client")
 
 
 @pytest.fixture(scope="module")

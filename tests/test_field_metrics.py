@@ -2,6 +2,7 @@
 
 import numpy as np
 import pytest
+from module_files import load_module
 
 from keras_unetpp import field_metrics as fm
 from keras_unetpp.errors import InputError
@@ -365,17 +366,10 @@ def test_outline_sensitivity_refuses_bad_width_and_masks():
 
 def test_outline_sensitivity_script_reads_one_split(tmp_path, capsys):
     import csv
-    import importlib.util
-    import pathlib
 
     from PIL import Image
 
-    script = pathlib.Path(__file__).resolve().parent.parent / "scripts"
-    spec = importlib.util.spec_from_file_location(
-        "outline_sensitivity", script / "outline_sensitivity.py"
-    )
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = load_module("scripts/outline_sensitivity.py")
     (tmp_path / "images").mkdir()
     (tmp_path / "masks").mkdir()
     rows = []

@@ -8,7 +8,6 @@ model. Every wait has a deadline; the server is stopped in any case.
 """
 
 import contextlib
-import importlib.util
 import json
 import os
 import pathlib
@@ -22,6 +21,7 @@ import urllib.request
 import numpy as np
 import pytest
 from fake_run import tiny_model
+from module_files import load_module
 
 import keras_unetpp as ku
 from keras_unetpp.export import export_pruned
@@ -100,9 +100,7 @@ def _reference(model, key, images):
 
 @pytest.mark.slow
 def test_kserve_serves_every_level_like_keras(tmp_path):
-    spec = importlib.util.spec_from_file_location("unetpp_serving_client", CLIENT)
-    client_lib = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(client_lib)
+    client_lib = load_module(CLIENT, "unetpp_serving_client")
     model = tiny_model(depth=2, seed=9)
     export_dir = tmp_path / "exported"
     paths = export_pruned(

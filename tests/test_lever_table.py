@@ -1,11 +1,11 @@
 """scripts/lever_table.py: one row per evaluated run, from its own files."""
 
 import csv
-import importlib.util
 import json
 import pathlib
 
 import pytest
+from module_files import load_module
 
 from keras_unetpp import evaluation
 
@@ -13,10 +13,7 @@ SCRIPT = pathlib.Path(__file__).resolve().parent.parent / "scripts" / "lever_tab
 
 
 def _lever_table():
-    spec = importlib.util.spec_from_file_location("lever_table", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_module(SCRIPT)
 
 
 def _run(

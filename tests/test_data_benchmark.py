@@ -1,17 +1,13 @@
 """Smoke test of benchmarks/pipeline_benchmark.py on a few small images."""
 
 import json
-import pathlib
 
 import pytest
 from module_files import load_module
 
-REPO = pathlib.Path(__file__).resolve().parents[1]
-BENCHMARK = REPO / "benchmarks" / "pipeline_benchmark.py"
-
 
 def _load():
-    return load_module(BENCHMARK)
+    return load_module("benchmarks/pipeline_benchmark.py")
 
 
 @pytest.mark.slow

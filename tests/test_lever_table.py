@@ -2,18 +2,15 @@
 
 import csv
 import json
-import pathlib
 
 import pytest
 from module_files import load_module
 
 from keras_unetpp import evaluation
 
-SCRIPT = pathlib.Path(__file__).resolve().parent.parent / "scripts" / "lever_table.py"
-
 
 def _lever_table():
-    return load_module(SCRIPT)
+    return load_module("scripts/lever_table.py")
 
 
 def _run(

@@ -1,7 +1,6 @@
 """scripts/val_as_train.py: the val split linked in as the train split."""
 
 import csv
-import pathlib
 
 import numpy as np
 import pytest
@@ -11,11 +10,9 @@ from PIL import Image
 from keras_unetpp import sources
 from keras_unetpp.data import decode
 
-SCRIPT = pathlib.Path(__file__).resolve().parent.parent / "scripts" / "val_as_train.py"
-
 
 def _script():
-    return load_module(SCRIPT)
+    return load_module("scripts/val_as_train.py")
 
 
 def _folder(root, splits):
@@ -39,7 +36,7 @@ def _folder(root, splits):
 
 def _read(pairs):
     return {
-        pathlib.Path(p.image).stem: (
+        p.stem: (
             decode.read_image(p.image)[..., 0].max(),
             int(
                 (decode.mask_plane(decode.read_image(p.masks[0]), p.masks[0]) > 0).sum()

@@ -458,11 +458,11 @@ def evaluate_levels_native(
     stacked = heads_model(model)
     policy = SizePolicy.from_image_size(image_size)
 
+    # The size policy of predict and the SavedModels, traced as they run it.
+    run_graph = policy.graph(stacked, info.stride, output_activation="sigmoid")
+
     def probabilities(image):
-        # The size policy of predict and the SavedModels, on probabilities.
-        return policy.probabilities(
-            stacked, image[None], info.stride, output_activation="sigmoid"
-        ).numpy()[0]
+        return run_graph(np.asarray(image, np.float32)[None]).numpy()[0]
 
     if tiling is not None and image_size is not None:
         raise InputError(

@@ -80,13 +80,27 @@ def predict_probabilities(model, image, image_size=None):
     """
     policy = SizePolicy.from_image_size(image_size)
     info = describe(model)
-    probabilities = policy.probabilities(
-        model,
-        np.asarray(image, np.float32)[None],
-        info.stride,
-        output_activation=info.head_activation,
-    )
+    run_graph = _graph(model, policy, info.stride, info.head_activation)
+    probabilities = run_graph(np.asarray(image, np.float32)[None])
     return probabilities.numpy()[0].astype(np.float32, copy=False)
+
+
+# The last few models' traced graphs (`SizePolicy.graph`): a graph is traced
+# once per model, not once per image. Each entry holds its model, so that an
+# id is never reused while it is cached; the oldest entry goes first.
+_GRAPHS = collections.OrderedDict()
+_GRAPHS_KEPT = 4
+
+
+def _graph(model, policy, stride, output_activation):
+    """`policy.graph(model, stride, output_activation)`, traced once and reused."""
+    key = (id(model), policy, stride, output_activation)
+    if key not in _GRAPHS:
+        _GRAPHS[key] = (model, policy.graph(model, stride, output_activation))
+        while len(_GRAPHS) > _GRAPHS_KEPT:
+            _GRAPHS.popitem(last=False)
+    _GRAPHS.move_to_end(key)
+    return _GRAPHS[key][1]
 
 
 # Activation memory of whole-image inference per pixel and per unit of the

@@ -17,7 +17,9 @@ A run is trained in one of two ways (`run.json`'s `data.resize_mode`):
 `keras-unetpp predict` path (`prediction.predict_probabilities`) and the
 serving function of every exported SavedModel
 (`export.signatures.make_serving_fn`) both call it, so a served model and
-`predict` agree by construction. Everything here is TensorFlow ops that
+`predict` agree by construction; `predict` and `evaluate` trace it into a
+graph (`SizePolicy.graph`) as the SavedModels do, so that they also compute
+with the same fused layers. Everything here is TensorFlow ops that
 trace with unknown batch, height and width.
 """
 
@@ -237,6 +239,44 @@ class SizePolicy:
             return tf.image.resize(outputs, size, method="bilinear")
         spatial = tuple(slice(0, size[axis]) for axis in range(outputs.shape.rank - 2))
         return outputs[(slice(None), *spatial, slice(None))]
+
+    def graph(self, model, stride, output_activation="sigmoid"):
+        """`probabilities` traced once into a graph, as every SavedModel runs it.
+
+        Called eagerly, a network computes each layer on its own; traced,
+        TensorFlow's graph optimizer fuses layers (on CPU, oneDNN folds the
+        batch normalization and the activation into the convolution). In
+        float32 the two differ by float rounding; in bfloat16 the fused
+        graph skips roundings to bfloat16 between layers, and eager
+        probabilities differ from a SavedModel's by up to 2e-3, enough to
+        flip the odd mask pixel near the threshold. `keras-unetpp predict`
+        and `evaluate` call this graph, so that they compute what a served
+        model computes, operation for operation.
+
+        Args:
+            model: a keras_unetpp model (see `probabilities`).
+            stride: int, `2**depth` of `model`.
+            output_activation: see `probabilities`. Defaults to `"sigmoid"`.
+
+        Returns:
+            A `tf.function` of one float32 batch `(batch, height, width,
+            channels)` (or of volumes), traced once for any batch and size,
+            returning `probabilities(model, images, stride, output_activation)`.
+
+        Example:
+
+        ```python
+        run_graph = SizePolicy().graph(keras_unetpp.prune(model, 4), 16)
+        probabilities = run_graph(images)  # (batch, height, width, classes)
+        ```
+        """
+        shape = model.inputs[0].shape
+        spec = tf.TensorSpec((None,) * (len(shape) - 1) + (shape[-1],), tf.float32)
+
+        def run(images):
+            return self.probabilities(model, images, stride, output_activation)
+
+        return tf.function(run, input_signature=[spec], autograph=False)
 
     def probabilities(self, model, images, stride, output_activation="sigmoid"):
         """Probabilities of a batch of images at their own size.

@@ -12,6 +12,7 @@ every mask has exactly the size of its image.
 """
 
 import collections
+import functools
 import os
 import pathlib
 
@@ -85,22 +86,13 @@ def predict_probabilities(model, image, image_size=None):
     return probabilities.numpy()[0].astype(np.float32, copy=False)
 
 
-# The last few models' traced graphs (`SizePolicy.graph`): a graph is traced
-# once per model, not once per image. Each entry holds its model, so that an
-# id is never reused while it is cached; the oldest entry goes first.
-_GRAPHS = collections.OrderedDict()
-_GRAPHS_KEPT = 4
-
-
+# The last few models' traced graphs: a graph is traced once per model, not
+# once per image. The cache holds its models (keyed by identity), so a key is
+# never reused while it is cached.
+@functools.lru_cache(maxsize=4)
 def _graph(model, policy, stride, output_activation):
     """`policy.graph(model, stride, output_activation)`, traced once and reused."""
-    key = (id(model), policy, stride, output_activation)
-    if key not in _GRAPHS:
-        _GRAPHS[key] = (model, policy.graph(model, stride, output_activation))
-        while len(_GRAPHS) > _GRAPHS_KEPT:
-            _GRAPHS.popitem(last=False)
-    _GRAPHS.move_to_end(key)
-    return _GRAPHS[key][1]
+    return policy.graph(model, stride, output_activation)
 
 
 # Activation memory of whole-image inference per pixel and per unit of the

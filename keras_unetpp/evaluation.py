@@ -361,9 +361,14 @@ def evaluate_levels_native(
     (`image_size`: resized to the training size and the probabilities
     resized back; `None`: padded to the stride and cropped back), with one
     pass of the full model for all heads (`heads_model`); the accurate
-    mode is the mean of the heads. Without `image_size` every head sees the
-    image padded to the full model's stride `2**depth` (a pruned model
-    served alone pads to `2**L`, which can change a few border pixels).
+    mode is the mean of the heads. Each level is scored on what its pruned
+    model (`prune(model, L)`, as `keras-unetpp predict --level L` and the
+    level's SavedModel run it) returns: without `image_size`, a level whose
+    own stride `2**L` pads an image to a smaller size than the full model's
+    stride `2**depth` is run on its own, padded to `2**L` (reflected
+    padding of another size changes the pixels near the bottom and right
+    edges); where the two paddings agree, the head of the full pass is the
+    same computation.
     The prediction is thresholded (arg-max for classes) and compared with
     the mask as given, pixel for pixel: no mask is resized or cropped. IoU
     and Dice are running totals over all pixels of all images (`IoUScore`,
@@ -455,14 +460,12 @@ def evaluate_levels_native(
     keys = names + (["accurate"] if len(levels) > 1 else [])
     # The heads model returns probabilities, logits heads included.
     scores = {key: _metrics(info, threshold, from_logits=False) for key in keys}
+    classes = info.num_classes
     stacked = heads_model(model)
     policy = SizePolicy.from_image_size(image_size)
 
     # The size policy of predict and the SavedModels, traced as they run it.
     run_graph = policy.graph(stacked, info.stride, output_activation="sigmoid")
-
-    def probabilities(image):
-        return run_graph(np.asarray(image, np.float32)[None]).numpy()[0]
 
     if tiling is not None and image_size is not None:
         raise InputError(
@@ -475,15 +478,61 @@ def evaluate_levels_native(
     if tta is not None:
         scores_tta = {key: _metrics(info, threshold, False)[:2] for key in keys}
 
-    def whole(image):
-        if image_size is None:
-            # Every head sees the image padded to the full model's stride,
-            # as one pass of the full model does (`prune(model, L)` alone
-            # would pad to 2**L: a few border pixels may differ).
-            padded, _ = pad_to_multiple(image[None], info.stride)
-            output = probabilities(padded[0])
-            return output[: image.shape[0], : image.shape[1]]
-        return probabilities(image)
+    # The pruned models of the levels, traced as `predict --level L` traces
+    # them, made when an image first needs one (see `own_strides`).
+    level_graphs = {}
+
+    def level_graph(level):
+        if level not in level_graphs:
+            pruned = prune(model, level)
+            level_info = describe(pruned)
+            level_graphs[level] = policy.graph(
+                pruned, level_info.stride, level_info.head_activation
+            )
+        return level_graphs[level]
+
+    def own_strides(image):
+        """(channel block, level) of the levels padded apart from the full model."""
+        if image_size is not None:
+            return []
+        height, width = image.shape[:2]
+
+        def padded(stride):
+            return (-(-height // stride) * stride, -(-width // stride) * stride)
+
+        return [
+            (k, level)
+            for k, level in enumerate(levels)
+            if padded(2**level) != padded(info.stride)
+        ]
+
+    def padded_run(graph, image, stride, transforms):
+        """The mean of `graph` over `transforms` of `image` padded to `stride`.
+
+        `stride` None: the image as it is (the resize policy resizes it).
+        """
+        height, width = image.shape[:2]
+        padded = image[None]
+        if stride is not None:
+            padded = pad_to_multiple(padded, stride)[0]
+        total = 0.0
+        for transform in transforms:
+            moved = tiling_lib.apply_transform(padded, transform, 2)
+            output = graph(moved).numpy()
+            total = total + tiling_lib.invert_transform(output, transform, 2)[0]
+        return (total / len(transforms))[:height, :width]
+
+    def whole(image, with_tta):
+        transforms = tiling_lib.transforms(2, tta if with_tta else None)
+        if image_size is not None:
+            return padded_run(run_graph, image, None, transforms)
+        output = padded_run(run_graph, image, info.stride, transforms)
+        for k, level in own_strides(image):
+            # What this level's pruned model returns, padded to its own
+            # stride, in place of the head of the full pass.
+            own = padded_run(level_graph(level), image, 2**level, transforms)
+            output[..., k * classes : (k + 1) * classes] = own
+        return output
 
     def predict(image, with_tta):
         if tiling is not None:
@@ -503,20 +552,8 @@ def evaluate_levels_native(
                 ],
                 axis=-1,
             )
-        if not with_tta:
-            return whole(image)
-        height, width = image.shape[:2]
-        if image_size is None:
-            image = pad_to_multiple(image[None], info.stride)[0][0]
-        total = 0.0
-        transforms = tiling_lib.transforms(2, tta)
-        for transform in transforms:
-            moved = tiling_lib.apply_transform(image[None], transform, 2)[0]
-            output = probabilities(moved)
-            total = total + tiling_lib.invert_transform(output[None], transform, 2)[0]
-        return (total / len(transforms))[:height, :width]
+        return whole(image, with_tta)
 
-    classes = info.num_classes
     if per_image is not None and classes != 1:
         raise InputError(
             "Per-image scores are of one-class models (foreground against "

@@ -229,26 +229,20 @@ def _tiny_model(seed=3, **kwargs):
     return model
 
 
-def _numpy_scores(model, folder, image_size, stride=4):
+def _numpy_scores(model, folder, image_size):
     """IoU, Dice, mean IoU per image of a single-output model, by hand.
 
-    In crop mode (`image_size=None`) every head is scored on the image
-    padded to the full model's stride (`2**depth`), as one pass of the full
-    model sees it; `predict_probabilities` then pads nothing more.
+    The probabilities are what `keras-unetpp predict` and the model's
+    SavedModel return (`predict_probabilities`): in crop mode
+    (`image_size=None`) the image padded to the model's own stride, `2**L`
+    for `prune(model, L)`.
     """
     inter = union = area = 0
     per_image = []
     for path in sorted((folder / "images").iterdir()):
         image = cv2.imread(str(path), cv2.IMREAD_UNCHANGED).astype(np.float32) / 255
         truth = cv2.imread(str(folder / "masks" / path.name), cv2.IMREAD_UNCHANGED) > 0
-        h, w = truth.shape
-        if image_size is None:
-            padded, _ = ku.pad_to_multiple(image[None, ..., None], stride)
-            probs = prediction.predict_probabilities(model, padded[0], None)[:h, :w]
-        else:
-            probs = prediction.predict_probabilities(
-                model, image[..., None], image_size
-            )
+        probs = prediction.predict_probabilities(model, image[..., None], image_size)
         assert probs.shape[:2] == truth.shape  # native size
         pred = probs[..., 0] >= 0.5  # the package's rule
         i, u = np.sum(pred & truth), np.sum(pred | truth)

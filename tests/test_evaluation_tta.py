@@ -34,21 +34,27 @@ def _scores(predictions, truths):
     return inter / union, 2 * inter / area
 
 
-def _flip_tta_by_hand(model, image, level, stride=4):
-    """Pad to the stride, predict the 4 flips, flip back, average, crop.
+def _flip_tta_by_hand(model, image, level):
+    """Pad to the level's stride, predict the 4 flips, flip back, average, crop.
 
-    Written with `np.flip` and direct model calls, not the package's TTA.
+    Written with `np.flip` and direct model calls, not the package's TTA. L1
+    is its pruned model on the image padded to 2 (as `predict --level 1`
+    pads it); L2 and the accurate mode the full model's heads, padded to 4.
     """
     h, w = image.shape[:2]
+    stride = 2 if level == "L1" else 4
     padded, _ = ku.pad_to_multiple(image[None], stride)
     total = 0.0
     for axes in ((), (1,), (2,), (1, 2)):
-        moved = np.flip(padded, axes) if axes else padded
-        heads = model.predict(np.ascontiguousarray(moved), verbose=0)
-        if level == "accurate":
-            out = np.mean([heads["output_l1"], heads["output_l2"]], axis=0)
+        moved = np.ascontiguousarray(np.flip(padded, axes) if axes else padded)
+        if level == "L1":
+            out = ku.prune(model, 1).predict(moved, verbose=0)
         else:
-            out = heads[f"output_{level.lower()}"]
+            heads = model.predict(moved, verbose=0)
+            if level == "accurate":
+                out = np.mean([heads["output_l1"], heads["output_l2"]], axis=0)
+            else:
+                out = heads["output_l2"]
         total = total + (np.flip(out, axes) if axes else out)
     return (total / 4)[0, :h, :w]
 

@@ -42,7 +42,7 @@ flood written here).
 import numpy as np
 from scipy import ndimage
 
-from keras_unetpp.errors import DataError, InputError
+from keras_unetpp.errors import InputError
 from keras_unetpp.validation import check_choice, check_int, check_number
 
 # IoU thresholds of the DSB 2018 metric and of the authors' `mean_iou`.
@@ -634,14 +634,13 @@ def pair_instances(pairs):
     Yields:
         int32 label images, one per pair, in order.
     """
-    import cv2
+    # The decoder of the training pipeline: its errors name the file.
+    from keras_unetpp.data.decode import read_image
 
     for pair in pairs:
         masks = []
         for path in pair.masks:
-            array = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
-            if array is None:
-                raise DataError(f"Cannot read the mask {str(path)!r}.", path=path)
+            array = read_image(path)
             if array.ndim == 3:
                 array = array.max(axis=-1)
             masks.append(array > 0)

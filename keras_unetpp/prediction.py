@@ -22,7 +22,7 @@ import numpy as np
 from keras_unetpp.data import IMAGE_EXTENSIONS
 from keras_unetpp.data.decode import prepare_image, read_image
 from keras_unetpp.description import describe
-from keras_unetpp.errors import InputError
+from keras_unetpp.errors import DataError, InputError
 from keras_unetpp.size_policy import SizePolicy
 from keras_unetpp.tiling import predict_tiled
 from keras_unetpp.validation import check_threshold
@@ -293,7 +293,11 @@ def predict_images(
     outlined), and with `probabilities` also
     `output_dir/probabilities/<stem>.png|.npy` (see `write_probabilities`).
     Everything is checked before the first prediction: the output names
-    are unique and the folders writable; every write is checked.
+    are unique and the folders writable; every write is checked. An image
+    that cannot be read (corrupt, truncated, too large for memory) does not
+    stop the others: every other image gets its mask, then one `DataError`
+    names each file left without one (and what an earlier prediction wrote
+    under its name is deleted, so that no stale mask stands for it).
 
     Args:
         model: a single-output keras_unetpp model.
@@ -318,9 +322,12 @@ def predict_images(
         `"probabilities"`, the files written.
 
     Raises:
-        InputError: among others, an image too large for whole-image
-            inference in the memory available (see `check_fits_in_memory`),
-            with the advice to tile.
+        DataError: after every other image is predicted, for the images
+            that could not be: unreadable files and images too large for
+            whole-image inference in the memory available (see
+            `check_fits_in_memory`, with the advice to tile); `.path` is the
+            first of them.
+        InputError: bad arguments, before any prediction.
     """
     _check_threshold(threshold)
     _check_single_output(model, "predict_images")
@@ -350,13 +357,23 @@ def predict_images(
             "tiles. Received: tiling with a resize-mode run"
         )
     written = {"masks": [], "overlays": [], "probabilities": []}
+    failed = []
     for stem, path in inputs:
-        image = prepare_image(read_image(path), info.channels, pixel_scaling, str(path))
+        try:
+            image = prepare_image(
+                read_image(path), info.channels, pixel_scaling, str(path)
+            )
+            if tiling is None and policy.mode == "native":
+                check_fits_in_memory(info, image.shape[:-1], path)
+        except InputError as error:
+            # One bad file does not cost the other images their masks; it
+            # is reported at the end, never skipped in silence.
+            failed.append((path, error))
+            _remove_outputs(folders, stem, info.num_classes)
+            continue
         if tiling is not None:
             probs = predict_tiled(model, image[None], **tiling)[0]
         else:
-            if policy.mode == "native":
-                check_fits_in_memory(info, image.shape[:-1], path)
             probs = predict_probabilities(model, image, policy)
         mask = to_mask(probs, threshold)
         written["masks"].append(write_png(folders["masks"] / f"{stem}.png", mask))
@@ -369,7 +386,30 @@ def predict_images(
             written["probabilities"] += write_probabilities(
                 folders["probabilities"], stem, probs, probabilities
             )
+    if failed:
+        raise _failures(failed, len(inputs), folders["masks"])
     return written
+
+
+def _remove_outputs(folders, stem, num_classes):
+    """Deletes what an earlier prediction wrote for `stem`, so none is stale."""
+    names = [f"{stem}.png", f"{stem}.npy"]
+    names += [f"{stem}_class{k}.png" for k in range(num_classes)]
+    for folder in folders.values():
+        for name in names:
+            (folder / name).unlink(missing_ok=True)
+
+
+def _failures(failed, total, masks_folder, listed=5):
+    """One `DataError` for the images that got no mask, naming each."""
+    reasons = "; ".join(str(error).rstrip(".") for _, error in failed[:listed])
+    more = f"; and {len(failed) - listed} more" if len(failed) > listed else ""
+    return DataError(
+        f"{len(failed)} of {total} images could not be predicted and have no "
+        f"mask (the other {total - len(failed)} masks are written to "
+        f"{str(masks_folder)!r}): {reasons}{more}.",
+        failed[0][0],
+    )
 
 
 def predict_folder(

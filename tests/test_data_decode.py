@@ -1,5 +1,8 @@
 """Reading files: formats, bit depths, channels, mask rules and bad input."""
 
+import struct
+import zlib
+
 import cv2
 import numpy as np
 import pytest
@@ -93,6 +96,42 @@ def test_read_image_bad_files_are_named(tmp_path):
     with pytest.raises(DataError) as caught:
         decode.read_image(tmp_path / "cut.png")
     assert caught.value.path == str(tmp_path / "cut.png")
+
+
+def _png_claiming(width, height, colour_type=0):
+    """A small PNG whose header declares `width` x `height` 8-bit pixels."""
+
+    def chunk(kind, data):
+        crc = zlib.crc32(kind + data) & 0xFFFFFFFF
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", crc)
+
+    header = struct.pack(">IIBBBBB", width, height, 8, colour_type, 0, 0, 0)
+    rows = zlib.compress(b"\x00" * (width + 1) * 4)  # 4 rows of the many
+    palette = chunk(b"PLTE", bytes(range(6))) if colour_type == 3 else b""
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", header)
+        + palette
+        + chunk(b"IDAT", rows)
+        + chunk(b"IEND", b"")
+    )
+
+
+@pytest.mark.parametrize("palette", [False, True])
+def test_an_image_too_large_to_decode_is_named_with_its_size(tmp_path, palette):
+    # 60000 x 60000 pixels declared in a 3 kB file: OpenCV (and Pillow, for
+    # palette masks) refuse to allocate them. Before, OpenCV's exception
+    # escaped without the file's name.
+    path = tmp_path / "huge.png"
+    path.write_bytes(_png_claiming(60000, 60000, colour_type=3 if palette else 0))
+    assert path.stat().st_size < 10_000
+    message = (
+        "huge.png.*60000" if palette else "huge.png': its header declares 60000x60000"
+    )
+    with pytest.raises(DataError, match=message) as caught:
+        decode.read_image(path, palette_indices=palette)
+    assert caught.value.path == str(path)
+    assert "split into tiles" in str(caught.value)
 
 
 def test_truncated_jpeg_is_refused(tmp_path):

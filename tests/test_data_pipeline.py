@@ -499,6 +499,18 @@ def test_corrupt_image_is_named(tmp_path):
     assert "003.png' is empty (0 bytes)" in problems[1][1]
 
 
+def test_an_image_too_large_to_decode_is_named_before_training(tmp_path):
+    from test_data_decode import _png_claiming
+
+    images, masks = _labelled(3)
+    pairs = _write_pairs(tmp_path, images, masks)
+    (tmp_path / "images" / "002.png").write_bytes(_png_claiming(50000, 40000))
+    with pytest.raises(DataError, match="002.png': its header declares 50000x40000"):
+        data.make_dataset(pairs, image_size=(32, 32))
+    problems = data.check_pairs(pairs)
+    assert [stem for stem, _ in problems] == ["002"]
+
+
 def test_streamed_pipeline_equals_the_in_memory_one(tmp_path, monkeypatch):
     images, masks = _labelled(5, size=(40, 36))
     pairs = _write_pairs(tmp_path, images, masks)

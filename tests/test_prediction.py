@@ -10,7 +10,7 @@ from fake_run import make_run, tiny_model
 
 import keras_unetpp as ku
 from keras_unetpp import cli, prediction, runs, sources
-from keras_unetpp.errors import InputError
+from keras_unetpp.errors import DataError, InputError
 from keras_unetpp.size_policy import SizePolicy
 from keras_unetpp.synthetic import write_synthetic_dataset
 
@@ -185,6 +185,33 @@ def test_every_write_is_checked(model, tmp_path):
         prediction.predict_folder(model, inputs, tmp_path / "file")
     with pytest.raises(InputError, match="Cannot create the output folder"):
         prediction.predict_folder(model, inputs, tmp_path / "file" / "sub")
+
+
+def test_a_bad_image_costs_the_others_nothing_and_is_named(model, tmp_path):
+    inputs = _folder(tmp_path, ["a.png", "b.png", "c.png", "d.png"])
+    good = (inputs / "b.png").read_bytes()
+    (inputs / "b.png").write_bytes(good[: len(good) // 2])  # truncated
+    (inputs / "d.png").write_bytes(b"")
+    out = tmp_path / "out"
+    # A mask of an earlier prediction under a bad image's name: removed.
+    (out / "masks").mkdir(parents=True)
+    (out / "masks" / "b.png").write_bytes(good)
+    with pytest.raises(DataError) as caught:
+        prediction.predict_folder(model, inputs, out)
+    message = str(caught.value)
+    assert message.startswith("2 of 4 images could not be predicted")
+    assert "Cannot decode '" in message and "b.png'" in message
+    assert "d.png' is empty (0 bytes)" in message
+    assert "the other 2 masks are written to" in message
+    assert caught.value.path == str(inputs / "b.png")
+    assert sorted(p.name for p in (out / "masks").iterdir()) == ["a.png", "c.png"]
+    for name in ("a.png", "c.png"):
+        image = prediction.prepare_image(
+            prediction.read_image(inputs / name), 1, "dtype", name
+        )
+        expected = prediction.predict_probabilities(model, image)[..., 0] >= 0.5
+        mask = cv2.imread(str(out / "masks" / name), cv2.IMREAD_UNCHANGED)
+        np.testing.assert_array_equal(mask > 0, expected)
 
 
 @pytest.fixture(scope="module")

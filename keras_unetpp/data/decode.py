@@ -78,6 +78,36 @@ def _is_palette_png(data):
     return data[:8].tobytes() == _PNG_SIGNATURE and data.size > 25 and data[25] == 3
 
 
+def _png_size(data):
+    """`(width, height)` declared in a PNG's header (IHDR), or None."""
+    if data[:8].tobytes() != _PNG_SIGNATURE or data.size < 24:
+        return None
+    return struct.unpack(">II", data[16:24].tobytes())
+
+
+def _decode_failure(path, data, error):
+    """The message for a file OpenCV refused with an exception."""
+    size = _png_size(data)
+    declared = (
+        f"its header declares {size[0]}x{size[1]} pixels (width x height), "
+        if size
+        else ""
+    )
+    if "CV_IO_MAX_IMAGE_PIXELS" in str(error):
+        limit = os.environ.get("OPENCV_IO_MAX_IMAGE_PIXELS", str(2**30))
+        return (
+            f"Cannot decode {path!r}: {declared or 'it is '}more than the "
+            f"{limit} pixels OpenCV decodes (the environment variable "
+            "OPENCV_IO_MAX_IMAGE_PIXELS sets the limit); expected an image "
+            "small enough to decode, e.g. split into tiles."
+        )
+    reason = str(error).strip().splitlines()[-1] if str(error).strip() else ""
+    return (
+        f"Cannot decode {path!r}: it is not a valid PNG, JPEG or TIFF image "
+        f"(corrupt, truncated or another format; {declared}OpenCV: {reason})."
+    )
+
+
 def _tiff_samples_per_pixel(data):
     """SamplesPerPixel (tag 277) of a TIFF's first page, or None."""
     raw = data.tobytes()
@@ -142,12 +172,21 @@ def read_image(path, palette_indices=False):
         try:
             with Image.open(path) as im:
                 return np.asarray(im.convert("P") if im.mode == "PA" else im)
-        except OSError as e:
+        except Image.DecompressionBombError as e:
+            raise DataError(
+                f"Cannot decode the palette PNG {path!r}: {e}; expected an "
+                "image small enough to decode, e.g. split into tiles.",
+                path,
+            ) from None
+        except (OSError, ValueError) as e:
             raise DataError(
                 f"Cannot decode the palette PNG {path!r} (corrupt or truncated): {e}",
                 path,
             ) from None
-    array = cv2.imdecode(data, cv2.IMREAD_UNCHANGED)
+    try:
+        array = cv2.imdecode(data, cv2.IMREAD_UNCHANGED)
+    except cv2.error as e:
+        raise DataError(_decode_failure(path, data, e), path) from None
     if array is None:
         samples = _tiff_samples_per_pixel(data)
         if samples is not None and samples > 4:

@@ -217,11 +217,11 @@ def _add_train(commands):
         help="TFDS mask feature (default: segmentation_mask)",
     )
     src.add_argument("--tfds-data-dir", metavar="DIR", help="TFDS data directory")
-    src.add_argument(
-        "--mask-map",
-        type=_json_dict,
-        metavar="JSON",
-        help='TFDS mask values to classes, e.g. \'{"1": 1, "2": 0}\'',
+    _add_mask_rules(
+        p.add_argument_group(
+            "masks (recorded in the run: evaluate and predict --split read "
+            "its masks the same way)"
+        )
     )
     sp = p.add_argument_group(
         "split (a manifest's split is always used; a random split only when "
@@ -610,6 +610,39 @@ def _add_folder_source(group, command):
     )
 
 
+def _add_mask_rules(group):
+    group.add_argument(
+        "--mask-threshold",
+        type=float,
+        metavar="T",
+        help="binary masks whose foreground is the values above T, for soft "
+        "or JPEG masks, e.g. 127 (default: 0 and one other value)",
+    )
+    group.add_argument(
+        "--invert-mask",
+        action="store_true",
+        help="binary masks whose nonzero (or above T) value is the background",
+    )
+    group.add_argument(
+        "--mask-map",
+        type=_json_dict,
+        metavar="JSON",
+        help='mask values to classes (or to 0/1), e.g. \'{"1": 1, "2": 0}\'',
+    )
+
+
+def _mask_rule_arguments(args):
+    """The mask flags given, as `data_source` arguments (empty: none given)."""
+    given = {}
+    if args.mask_threshold is not None:
+        given["mask_threshold"] = args.mask_threshold
+    if args.invert_mask:
+        given["invert_mask"] = True
+    if args.mask_map is not None:
+        given["mask_map"] = args.mask_map
+    return given
+
+
 def _add_split_flags(group):
     group.add_argument(
         "--split-column",
@@ -658,6 +691,11 @@ def _add_evaluate(commands):
     src = p.add_argument_group("other labelled data (default: the run's own)")
     _add_folder_source(src, "evaluate")
     _add_split_flags(src)
+    _add_mask_rules(
+        p.add_argument_group(
+            "masks of other data (default: read as the run's own were)"
+        )
+    )
     _add_tiling_flags(
         p,
         "predict each image tile by tile as predict --tile-size (and an "
@@ -993,8 +1031,8 @@ def _run_train(args):
         tfds_val_split=args.tfds_val_split,
         tfds_image_key=args.tfds_image_key,
         tfds_mask_key=args.tfds_mask_key,
-        tfds_mask_map=args.mask_map,
         tfds_data_dir=args.tfds_data_dir,
+        **_mask_rule_arguments(args),
         val_fraction=args.val_fraction,
         seed=args.seed,
     )
@@ -1057,8 +1095,14 @@ def _run_evaluate(args):
     other = (args.data, args.images, args.masks, args.dsb2018)
     if args.manifest is not None and args.images is None and args.data is None:
         raise UsageError("--manifest goes with --images/--masks or --data")
+    rules = _mask_rule_arguments(args)
     if any(v is not None for v in other):
         split = args.split or "all"
+        if not rules:
+            # Another folder's masks are read as the run's were, unless the
+            # mask flags say otherwise.
+            recorded = runs.read_run_config(args.run)["data"]["source"]
+            rules = sources.mask_rules(recorded)
         source = sources.data_source(
             data_dir=args.data,
             images_dir=args.images,
@@ -1068,11 +1112,18 @@ def _run_evaluate(args):
             split_column=args.split_column,
             split_map=args.split_map,
             required_splits=() if split == "all" else (split,),
+            **rules,
         )
     elif args.split_column is not None or args.split_map is not None:
         raise UsageError(
             "--split-column/--split-map go with --data or --images/--masks; "
             "the run's own split is the one recorded in its run.json"
+        )
+    elif rules:
+        raise UsageError(
+            "--mask-threshold/--invert-mask/--mask-map go with --data or "
+            "--images/--masks; the run's own masks are read by the rules "
+            "recorded in its run.json"
         )
     else:
         source = None
@@ -1326,6 +1377,11 @@ def _run_train_volumes(args):
                 f"--{flag.replace('_', '-')} is for 2D images; the pretrained "
                 "encoders are 2D keras.applications trunks"
             )
+    if _mask_rule_arguments(args):
+        raise UsageError(
+            "--mask-threshold/--invert-mask/--mask-map are for 2D masks; "
+            "volume labels are class indices (--num-classes)"
+        )
     source = volume_runs.volume_source(
         data_dir=args.data,
         images_dir=args.images,

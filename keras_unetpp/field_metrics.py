@@ -622,7 +622,7 @@ def _ap_key(method):
     return "dsb_ap" if method == "components" else f"dsb_ap_{method}"
 
 
-def pair_instances(pairs):
+def pair_instances(pairs, mask_threshold=None):
     """The true objects of DSB-layout samples: one label per nucleus mask.
 
     Args:
@@ -630,6 +630,9 @@ def pair_instances(pairs):
             source), whose `masks` are the per-nucleus PNGs. A pair with a
             single mask file (a merged mask) gives the connected components
             of that mask instead.
+        mask_threshold: number or `None`: a mask's foreground is the
+            values above it, as the source's rule (`sources.mask_rules`);
+            `None` is every nonzero value. Defaults to `None`.
 
     Yields:
         int32 label images, one per pair, in order.
@@ -643,7 +646,7 @@ def pair_instances(pairs):
             array = read_image(path)
             if array.ndim == 3:
                 array = array.max(axis=-1)
-            masks.append(array > 0)
+            masks.append(array > (0 if mask_threshold is None else mask_threshold))
         if len(masks) == 1:
             yield label_instances(masks[0])[0]
         else:

@@ -762,7 +762,10 @@ def evaluate_run(
         instances = None
         if source.get("kind") == "dsb2018" and instance_methods:
             # Per-nucleus truth: touching nuclei stay apart.
-            instances = field_metrics.pair_instances(source_pairs(source, split))
+            instances = field_metrics.pair_instances(
+                source_pairs(source, split),
+                sources.mask_rules(source)["mask_threshold"],
+            )
         rows = evaluation.evaluate_levels_native(
             keras_model,
             samples,

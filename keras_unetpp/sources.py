@@ -32,6 +32,8 @@ split column, or with values that are neither split names nor mapped, is an
 """
 
 import csv
+import math
+import numbers
 import os
 import pathlib
 
@@ -235,6 +237,9 @@ def data_source(
     val_masks_dir=None,
     no_val=False,
     required_splits=None,
+    mask_threshold=None,
+    invert_mask=False,
+    mask_map=None,
 ):
     """Describes where the images and masks are and how they are split.
 
@@ -270,7 +275,7 @@ def data_source(
             `"validation"`.
         tfds_image_key: image feature name. Defaults to `"image"`.
         tfds_mask_key: mask feature name. Defaults to `"segmentation_mask"`.
-        tfds_mask_map: dict from raw mask values to classes, or `None`.
+        tfds_mask_map: the older name of `mask_map`, for TFDS sources.
             Defaults to `None`.
         tfds_data_dir: TFDS data directory, or `None`. Defaults to `None`.
         val_fraction: float, validation share of a random split; only when
@@ -290,6 +295,17 @@ def data_source(
             training (`train`, and `val` unless there is a validation folder
             or `no_val`). `()` accepts a folder whose manifest has no split
             (to evaluate every image, split `"all"`). Defaults to `None`.
+        mask_threshold: number or `None`: binary masks whose foreground is
+            the values above it (soft or JPEG masks, e.g. `127`). Defaults
+            to `None` (a binary mask holds 0 and one other value).
+        invert_mask: bool, binary masks whose background is the nonzero (or
+            above-threshold) value. Defaults to `False`.
+        mask_map: dict from raw mask values to classes (or to 0/1 for a
+            binary mask), or `None`. Defaults to `None`.
+
+    The three mask rules are kept in the source, so that training,
+    `evaluate` and `predict --split` of a run read its masks alike
+    (`mask_rules`); they go to every split, a validation folder included.
 
     Returns:
         dict, the source: `kind` (`"folder"`, `"dsb2018"` or `"tfds"`), the
@@ -328,6 +344,7 @@ def data_source(
             f"Received: images_dir={images_dir!r}, masks_dir={masks_dir!r}"
         )
     split_map = parse_split_map(split_map)
+    rules = _mask_rule_entries(mask_threshold, invert_mask, mask_map, tfds_mask_map)
     val_source = _folder_val_source(val_data_dir, val_images_dir, val_masks_dir)
     no_val = bool(no_val)
     if no_val and val_source is not None:
@@ -345,7 +362,8 @@ def data_source(
             raise InputError(
                 f"`split` must be one of {EVALUATION_SPLITS}. Received: split={split!r}"
             )
-    validation = {"val_source": val_source, "validation": not no_val}
+    # Every source below ends with these entries.
+    validation = {"val_source": val_source, "validation": not no_val, **rules}
     if tfds_name is not None:
         if split_column is not None or split_map is not None or manifest is not None:
             raise InputError(
@@ -367,7 +385,7 @@ def data_source(
             },
             "image_key": tfds_image_key,
             "mask_key": tfds_mask_key,
-            "mask_map": tfds_mask_map,
+            "mask_map": rules.get("mask_map"),
             "data_dir": tfds_data_dir,
             **validation,
         }
@@ -481,6 +499,75 @@ def data_source(
             "seed": int(seed),
         }
     return {**source, **validation}
+
+
+def _mask_rule_entries(mask_threshold, invert_mask, mask_map, tfds_mask_map):
+    """The source entries of the mask rules that differ from the defaults.
+
+    Only rules that are set are recorded, so that the sources of runs made
+    before the rules existed compare equal on resume.
+    """
+    if tfds_mask_map is not None:
+        if mask_map is not None:
+            raise InputError(
+                "Give `mask_map` or its older name `tfds_mask_map`, not both. "
+                f"Received: mask_map={mask_map!r}, tfds_mask_map={tfds_mask_map!r}"
+            )
+        mask_map = tfds_mask_map
+    if mask_threshold is not None and (
+        isinstance(mask_threshold, bool)
+        or not isinstance(mask_threshold, numbers.Real)
+        or not math.isfinite(mask_threshold)
+    ):
+        raise InputError(
+            "`mask_threshold` (--mask-threshold) must be a number: foreground "
+            f"is the mask values above it. Received: mask_threshold={mask_threshold!r}"
+        )
+    if mask_threshold is not None and mask_map is not None:
+        raise InputError(
+            "Give `mask_threshold` (--mask-threshold) or `mask_map` "
+            "(--mask-map), not both. Received: "
+            f"mask_threshold={mask_threshold!r}, mask_map={mask_map!r}"
+        )
+    if not isinstance(invert_mask, bool):
+        raise InputError(
+            "`invert_mask` must be True or False. "
+            f"Received: invert_mask={invert_mask!r}"
+        )
+    entries = {}
+    if mask_threshold is not None:
+        entries["mask_threshold"] = float(mask_threshold)
+    if invert_mask:
+        entries["invert_mask"] = True
+    if mask_map is not None:
+        entries["mask_map"] = mask_map
+    return entries
+
+
+def mask_rules(source):
+    """How a source's masks become labels, as `make_dataset` arguments.
+
+    Args:
+        source: dict from `data_source()` (or a run's recorded source).
+
+    Returns:
+        dict: `mask_threshold` (`None` or a float), `invert_mask` (bool),
+        `mask_map` (`None` or a dict of ints).
+
+    Example:
+
+    ```python
+    source = data_source(data_dir="cells", mask_threshold=127)
+    dataset = keras_unetpp.data.make_dataset(
+        source_pairs(source, "train"), image_size=(96, 96), **mask_rules(source)
+    )
+    ```
+    """
+    return {
+        "mask_threshold": source.get("mask_threshold"),
+        "invert_mask": bool(source.get("invert_mask", False)),
+        "mask_map": _int_keys(source.get("mask_map")),
+    }
 
 
 def split_definition(source):
@@ -707,6 +794,7 @@ def source_dataset(source, split, **processing):
         of samples in the split (`None` if TFDS does not say).
     """
     _check_split(split)
+    processing = {**mask_rules(source), **processing}
     if source.get("kind") == "tfds" and not (
         split == "val" and source.get("val_source")
     ):
@@ -715,7 +803,6 @@ def source_dataset(source, split, **processing):
             _tfds_split(source, split),
             image_key=source["image_key"],
             mask_key=source["mask_key"],
-            mask_map=_int_keys(source["mask_map"]),
             data_dir=source["data_dir"],
             **processing,
         )
@@ -765,8 +852,8 @@ def source_samples(source, split, channels=1, num_classes=1, pixel_scaling="dtyp
         depth=0,
         channels=channels,
         num_classes=num_classes,
-        mask_map=_int_keys(source.get("mask_map")) if tfds_source else None,
         pixel_scaling=pixel_scaling,
+        **mask_rules(source),
     ).decode
     if tfds_source:
         import tensorflow_datasets as tfds

@@ -273,3 +273,41 @@ def test_evaluate_scores_another_labelled_folder(retina, tmp_path, capsys):
     assert "the val split of the folder" in capsys.readouterr().out
     line = _error(capsys, ["evaluate", str(run), "--split-column", "x"])
     assert "go with --data" in line
+
+
+def test_jpeg_masks_train_with_mask_threshold_and_evaluate_reads_them_alike(
+    tmp_path, capsys
+):
+    from test_sources import _jpeg_masks
+
+    _jpeg_masks(tmp_path / "jpeg", count=8, size=(32, 32))
+    jpeg, run = str(tmp_path / "jpeg"), tmp_path / "run"
+    argv = ["train", "--data", jpeg, "--output", str(run), "--epochs", "1"]
+    argv += ["--val-fraction", "0.5", *cli_helpers.TINY]
+    # Without the rule the JPEG noise is refused, with the flag to use.
+    line = cli_helpers.error_line(capsys, argv)
+    assert "00.jpg' has values" in line and "--mask-threshold" in line
+    assert not run.exists()
+    cli_helpers.run(argv + ["--mask-threshold", "127"])
+    source = json.loads((run / "run.json").read_text())["data"]["source"]
+    assert source["mask_threshold"] == 127.0
+
+    def scores(*extra):
+        out = tmp_path / f"eval{len(list(tmp_path.glob('eval*')))}"
+        common = ["--latency-runs", "1", "--dsb-instances", "none"]
+        cli_helpers.run(["evaluate", str(run), *common, "--output", str(out), *extra])
+        return [row["iou"] for row in json.loads((out / "levels.json").read_text())]
+
+    own = scores("--split", "val")  # the run's masks, by its recorded rule
+    assert len(own) == 3
+    # Another folder, by default read as the run's were: the same as the rule
+    # given again, and not as another rule reads it.
+    inherited = scores("--data", jpeg)
+    assert inherited == scores("--data", jpeg, "--mask-threshold", "127")
+    assert inherited != scores(
+        "--data", jpeg, "--mask-threshold", "127", "--invert-mask"
+    )
+    line = cli_helpers.error_line(
+        capsys, ["evaluate", str(run), "--mask-threshold", "3"]
+    )
+    assert "go with --data" in line

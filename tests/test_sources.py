@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from keras_unetpp import data, sources
-from keras_unetpp.errors import InputError
+from keras_unetpp.errors import DataError, InputError
 from keras_unetpp.synthetic import write_synthetic_dataset
 
 
@@ -327,3 +327,84 @@ def test_evaluating_a_whole_folder_needs_no_split(tmp_path):
     assert count == 6 and image.shape == (8, 8, 1) and mask.shape == (8, 8, 1)
     with pytest.raises(InputError, match="no column 'suggested_split'"):
         sources.data_source(data_dir=root, required_splits=("test",))
+
+
+def _jpeg_masks(root, count=6, size=(24, 28)):
+    """images/ and masks/ whose masks are JPEGs: 0/255 plus compression noise."""
+    rng = np.random.default_rng(4)
+    (root / "images").mkdir(parents=True)
+    (root / "masks").mkdir()
+    truths = {}
+    for k in range(count):
+        truth = np.zeros(size, np.uint8)
+        y, x = rng.integers(2, 10, 2)
+        truth[y : y + 10, x : x + 12] = 255
+        image = rng.integers(0, 255, size, np.uint8)
+        cv2.imwrite(str(root / "images" / f"{k:02d}.png"), image)
+        cv2.imwrite(str(root / "masks" / f"{k:02d}.jpg"), truth)
+        truths[f"{k:02d}"] = truth
+    return truths
+
+
+def test_mask_rules_are_recorded_and_read_by_every_split(tmp_path):
+    truths = _jpeg_masks(tmp_path / "jpeg")
+    decoded = {
+        stem: cv2.imread(str(tmp_path / "jpeg" / "masks" / f"{stem}.jpg"), 0)
+        for stem in truths
+    }
+    # JPEG noise: more than two values, so the default rule refuses them.
+    assert all(len(np.unique(mask)) > 2 for mask in decoded.values())
+    plain = sources.data_source(data_dir=tmp_path / "jpeg", val_fraction=0.5)
+    assert not set(plain) & {"mask_threshold", "invert_mask", "mask_map"}
+    with pytest.raises(DataError, match=r"mask_threshold \(--mask-threshold"):
+        sources.source_dataset(plain, "train", image_size=(24, 28), depth=2)
+
+    source = sources.data_source(
+        data_dir=tmp_path / "jpeg", val_fraction=0.5, mask_threshold=127
+    )
+    assert source["mask_threshold"] == 127.0
+    # The source goes through run.json: JSON and back.
+    source = json.loads(json.dumps(source))
+    assert sources.mask_rules(source) == {
+        "mask_threshold": 127.0,
+        "invert_mask": False,
+        "mask_map": None,
+    }
+    for split in ("train", "val"):
+        pairs = sources.source_pairs(source, split)
+        samples, count = sources.source_samples(source, split)
+        for pair, (_, mask) in zip(pairs, samples):
+            stem = pair.stem
+            np.testing.assert_array_equal(mask[..., 0], decoded[stem] > 127)
+        dataset, _ = sources.source_dataset(
+            source, split, image_size=(24, 28), batch_size=8, depth=2
+        )
+        _, masks = next(iter(dataset))
+        want = np.stack([decoded[p.stem] > 127 for p in pairs])
+        np.testing.assert_array_equal(masks.numpy()[..., 0], want)
+
+    inverted = sources.data_source(
+        data_dir=tmp_path / "jpeg",
+        val_fraction=0.5,
+        mask_threshold=127,
+        invert_mask=True,
+    )
+    samples, _ = sources.source_samples(inverted, "val")
+    pairs = sources.source_pairs(inverted, "val")
+    for pair, (_, mask) in zip(pairs, samples):
+        np.testing.assert_array_equal(mask[..., 0], decoded[pair.stem] <= 127)
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        ({"mask_threshold": "127"}, "must be a number"),
+        ({"mask_threshold": float("nan")}, "must be a number"),
+        ({"mask_threshold": 127, "mask_map": {"255": 1}}, "not both"),
+        ({"mask_map": {"1": 1}, "tfds_mask_map": {"1": 1}}, "older name"),
+        ({"invert_mask": "yes"}, "True or False"),
+    ],
+)
+def test_bad_mask_rules_are_refused(folder, kwargs, match):
+    with pytest.raises(InputError, match=match):
+        sources.data_source(data_dir=folder, **kwargs)

@@ -364,8 +364,9 @@ def prepare_mask(array, options, name):
                     f"The mask {name!r} has values {_values(plane)}, which do "
                     "not fit num_classes=1: a binary mask holds 0 (background) "
                     "and one foreground value (1, 255, ...). For class-index "
-                    "masks set num_classes; for soft or JPEG masks set "
-                    "mask_threshold; to merge or drop values use mask_map.",
+                    "masks set num_classes (--num-classes); for soft or JPEG "
+                    "masks set mask_threshold (--mask-threshold, e.g. 127); to "
+                    "merge or drop values use mask_map (--mask-map).",
                     name,
                 )
             foreground = plane != 0
@@ -383,7 +384,8 @@ def prepare_mask(array, options, name):
         raise DataError(
             f"The class mask {name!r} has values {_values(plane[bad])} outside "
             f"[0, {num_classes - 1}] for num_classes={num_classes}. If its "
-            "values are not class indices (e.g. 0/255), use mask_map.",
+            "values are not class indices (e.g. 0/255), use mask_map "
+            "(--mask-map).",
             name,
         )
     return plane.astype(mask_dtype(num_classes))

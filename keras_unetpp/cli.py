@@ -824,6 +824,9 @@ def _add_predict(commands):
         "tile batch, for large images; crop-mode runs only (default: whole "
         "image, as the SavedModels); volume runs: N or D H W voxels, always "
         "tiled (default: the run's --patch-size)",
+        tta_help="test-time augmentation: average the predictions of flipped "
+        "(and quarter-turned) copies of each image, or of each tile with "
+        "--tile-size; what evaluate --tta scores and export --tta serves",
     )
 
 
@@ -926,6 +929,10 @@ def _add_export(commands):
         "crop-mode runs only (default: the whole image at once); volume "
         "runs: N or D H W voxels, always tiled (default: the run's "
         "--patch-size, as predict)",
+        tta_help="serve with test-time augmentation inside the graph: the "
+        "mean of the predictions of flipped (and quarter-turned) copies of "
+        "each image (of each tile with --tile-size), as predict --tta; "
+        "SavedModel format only",
     )
     p.add_argument(
         "--format",
@@ -1221,11 +1228,12 @@ def _run_predict(args):
         raise UsageError(
             f"give IMAGES_DIR or --split, not {'both' if args.input else 'neither'}"
         )
-    tiling = _tiling(args)
+    tiling = _tiling(args, tta_needs_tiles=False)
     result = runs.predict_run(
         args.run,
         args.input,
         tiling=tiling,
+        tta=args.tta if tiling is None else None,
         output_dir=args.output,
         model=args.model,
         level=args.level,
@@ -1247,6 +1255,8 @@ def _run_predict(args):
     how = result["size_policy"].short_description()
     if tiling:
         how += "; " + _describe_tiling(tiling)
+    elif args.tta:
+        how += f"; TTA {args.tta}"
     print(f"Wrote {', '.join(parts)} ({result['model']}; {how}).")
 
 
@@ -1288,9 +1298,11 @@ def _run_patch(run_dir):
 def _export_images(args):
     from keras_unetpp import runs
 
+    tiling = _tiling(args, tta_needs_tiles=False)
     return runs.export_run(
         args.run,
-        tiling=_tiling(args),
+        tiling=tiling,
+        tta=args.tta if tiling is None else None,
         formats=args.format,
         calibration_images=args.calibration_images,
         **_export_options(args),

@@ -31,7 +31,6 @@ from keras_unetpp.description import describe, output_name
 from keras_unetpp.errors import InputError
 from keras_unetpp.flops import count_flops
 from keras_unetpp.metrics import DiceScore, IoUScore
-from keras_unetpp.padding import pad_to_multiple
 from keras_unetpp.pruning import inference_model, prune
 from keras_unetpp.size_policy import SizePolicy
 from keras_unetpp.validation import check_choice, check_int
@@ -408,10 +407,11 @@ def evaluate_levels_native(
             `None`.
         tta: `None`, `"flips"` or `"flips+rot90"`: also score every level
             with test-time augmentation (the predictions of the transformed
-            images, transformed back and averaged; whole images are padded
-            to the stride first, tiles as in `predict_tiled`), in the
-            columns `iou_tta` and `dice_tta`; `iou` and `dice` stay
-            without. Defaults to `None`.
+            images, transformed back and averaged: whole images as
+            `keras-unetpp predict --tta` and a SavedModel exported with
+            `tta` compute them, `SizePolicy.probabilities`; tiles as
+            `predict_tiled`), in the columns `iou_tta` and `dice_tta`; `iou`
+            and `dice` stay without. Defaults to `None`.
 
         instance_methods: the instance separations scored with the DSB
             metric (`"components"`, `"watershed"`); `()` leaves the DSB
@@ -464,9 +464,6 @@ def evaluate_levels_native(
     stacked = heads_model(model)
     policy = SizePolicy.from_image_size(image_size)
 
-    # The size policy of predict and the SavedModels, traced as they run it.
-    run_graph = policy.graph(stacked, info.stride, output_activation="sigmoid")
-
     if tiling is not None and image_size is not None:
         raise InputError(
             "Tiled evaluation runs at the images' own scale; this model was "
@@ -478,21 +475,35 @@ def evaluate_levels_native(
     if tta is not None:
         scores_tta = {key: _metrics(info, threshold, False)[:2] for key in keys}
 
-    # The pruned models of the levels, traced as `predict --level L` traces
-    # them, made when an image first needs one (see `own_strides`).
-    level_graphs = {}
+    # The size policy of predict and the SavedModels, traced as they run it
+    # (`predict --tta` and `export --tta` for the TTA scores): of the heads
+    # model, and of the pruned model of a level that pads apart from it
+    # (see `own_strides`), each made when first needed.
+    graphs = {}
 
-    def level_graph(level):
-        if level not in level_graphs:
-            pruned = prune(model, level)
-            level_info = describe(pruned)
-            level_graphs[level] = policy.graph(
-                pruned, level_info.stride, level_info.head_activation
-            )
-        return level_graphs[level]
+    def graph(level, with_tta):
+        key = (level, with_tta)
+        if key not in graphs:
+            augmentation = tta if with_tta else None
+            if level is None:
+                graphs[key] = policy.graph(
+                    stacked, info.stride, "sigmoid", augmentation
+                )
+            else:
+                pruned = prune(model, level)
+                level_info = describe(pruned)
+                graphs[key] = policy.graph(
+                    pruned, level_info.stride, level_info.head_activation, augmentation
+                )
+        return graphs[key]
 
     def own_strides(image):
-        """(channel block, level) of the levels padded apart from the full model."""
+        """(channel block, level) of the levels padded apart from the full model.
+
+        A level's own model pads to `2**L`; where that makes another size
+        than the full model's `2**depth`, the head of the full pass saw
+        other (reflected) pixels near the bottom and right edges.
+        """
         if image_size is not None:
             return []
         height, width = image.shape[:2]
@@ -506,31 +517,13 @@ def evaluate_levels_native(
             if padded(2**level) != padded(info.stride)
         ]
 
-    def padded_run(graph, image, stride, transforms):
-        """The mean of `graph` over `transforms` of `image` padded to `stride`.
-
-        `stride` None: the image as it is (the resize policy resizes it).
-        """
-        height, width = image.shape[:2]
-        padded = image[None]
-        if stride is not None:
-            padded = pad_to_multiple(padded, stride)[0]
-        total = 0.0
-        for transform in transforms:
-            moved = tiling_lib.apply_transform(padded, transform, 2)
-            output = graph(moved).numpy()
-            total = total + tiling_lib.invert_transform(output, transform, 2)[0]
-        return (total / len(transforms))[:height, :width]
-
     def whole(image, with_tta):
-        transforms = tiling_lib.transforms(2, tta if with_tta else None)
-        if image_size is not None:
-            return padded_run(run_graph, image, None, transforms)
-        output = padded_run(run_graph, image, info.stride, transforms)
+        batch = np.asarray(image, np.float32)[None]
+        output = graph(None, with_tta)(batch).numpy()[0]
         for k, level in own_strides(image):
             # What this level's pruned model returns, padded to its own
             # stride, in place of the head of the full pass.
-            own = padded_run(level_graph(level), image, 2**level, transforms)
+            own = graph(level, with_tta)(batch).numpy()[0]
             output[..., k * classes : (k + 1) * classes] = own
         return output
 

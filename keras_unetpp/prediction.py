@@ -24,8 +24,8 @@ from keras_unetpp.data.decode import prepare_image, read_image
 from keras_unetpp.description import describe
 from keras_unetpp.errors import DataError, InputError
 from keras_unetpp.size_policy import SizePolicy
-from keras_unetpp.tiling import predict_tiled
-from keras_unetpp.validation import check_threshold
+from keras_unetpp.tiling import TTAS, predict_tiled
+from keras_unetpp.validation import check_choice, check_threshold
 
 # Colour of the foreground in overlays (RGB), and its opacity.
 OVERLAY_COLOR = np.array([255, 40, 40], np.float32)
@@ -60,12 +60,12 @@ def image_files(input_dir):
     return files
 
 
-def predict_probabilities(model, image, image_size=None):
+def predict_probabilities(model, image, image_size=None, tta=None):
     """Probabilities of one image at its own size.
 
     Runs `SizePolicy.probabilities`, the code of the exported serving
-    functions, so a SavedModel exported with the same policy returns the
-    same probabilities.
+    functions, so a SavedModel exported with the same policy (and `tta`)
+    returns the same probabilities.
 
     Args:
         model: a single-output keras_unetpp model (e.g. `prune(model, 4)` or
@@ -75,13 +75,17 @@ def predict_probabilities(model, image, image_size=None):
             mode: the image is resized to it and the probabilities back), a
             `SizePolicy`, or `None` to run at the image's own size (padded
             to the stride and cropped back). Defaults to `None`.
+        tta: `None`, `"flips"` or `"flips+rot90"`: test-time augmentation
+            of the whole image (`SizePolicy.probabilities`). Defaults to
+            `None`.
 
     Returns:
         float32 array `(height, width, classes)`.
     """
+    check_choice(tta, "tta", TTAS)
     policy = SizePolicy.from_image_size(image_size)
     info = describe(model)
-    run_graph = _graph(model, policy, info.stride, info.head_activation)
+    run_graph = _graph(model, policy, info.stride, info.head_activation, tta)
     probabilities = run_graph(np.asarray(image, np.float32)[None])
     return probabilities.numpy()[0].astype(np.float32, copy=False)
 
@@ -90,9 +94,9 @@ def predict_probabilities(model, image, image_size=None):
 # once per image. The cache holds its models (keyed by identity), so a key is
 # never reused while it is cached.
 @functools.lru_cache(maxsize=4)
-def _graph(model, policy, stride, output_activation):
-    """`policy.graph(model, stride, output_activation)`, traced once and reused."""
-    return policy.graph(model, stride, output_activation)
+def _graph(model, policy, stride, output_activation, tta):
+    """`policy.graph(model, stride, output_activation, tta)`, traced once."""
+    return policy.graph(model, stride, output_activation, tta)
 
 
 # Activation memory of whole-image inference per pixel and per unit of the
@@ -284,6 +288,7 @@ def predict_images(
     probabilities=None,
     pixel_scaling="dtype",
     tiling=None,
+    tta=None,
 ):
     """Predicts a mask PNG (and optionally more) for each of a list of images.
 
@@ -316,6 +321,10 @@ def predict_images(
             (`tile_size`, `overlap`, `tta`, ...): sliding-window prediction
             for images too large for one pass, native size policy only.
             Defaults to `None`.
+        tta: `None`, `"flips"` or `"flips+rot90"`: test-time augmentation
+            of whole images (`predict_probabilities`), as a SavedModel
+            exported with the same `tta` computes it; with `tiling`, TTA is
+            its `"tta"` entry instead. Defaults to `None`.
 
     Returns:
         dict with lists of `pathlib.Path`: `"masks"`, `"overlays"` and
@@ -350,6 +359,12 @@ def predict_images(
             output_dir / "probabilities", output_dir
         )
     info = describe(model)
+    check_choice(tta, "tta", TTAS)
+    if tiling is not None and tta is not None:
+        raise InputError(
+            "Tiled prediction takes its test-time augmentation in `tiling` "
+            f"(tiling={{..., 'tta': {tta!r}}}). Received: tta with tiling"
+        )
     if tiling is not None and policy.mode != "native":
         raise InputError(
             "Tiled prediction runs at the images' own scale; this run resizes "
@@ -374,7 +389,7 @@ def predict_images(
         if tiling is not None:
             probs = predict_tiled(model, image[None], **tiling)[0]
         else:
-            probs = predict_probabilities(model, image, policy)
+            probs = predict_probabilities(model, image, policy, tta)
         mask = to_mask(probs, threshold)
         written["masks"].append(write_png(folders["masks"] / f"{stem}.png", mask))
         if overlays:

@@ -931,6 +931,7 @@ def predict_run(
     accurate=False,
     probabilities=None,
     tiling=None,
+    tta=None,
 ):
     """Writes mask PNGs (and overlays, probabilities) with a run's model.
 
@@ -965,6 +966,10 @@ def predict_run(
             (`tile_size`, `overlap`, `tta`) for sliding-window prediction
             of crop-mode runs (see `prediction.predict_images`). Defaults to
             `None`.
+        tta: `None`, `"flips"` or `"flips+rot90"`: test-time augmentation
+            of whole images, as `evaluate --tta` scores it and
+            `export --tta` serves it (tiled: the `"tta"` of `tiling`).
+            Defaults to `None`.
 
     Returns:
         dict: `"masks"`, `"overlays"`, `"probabilities"` (lists of the
@@ -986,6 +991,7 @@ def predict_run(
         overlays=overlays,
         probabilities=probabilities,
         tiling=tiling,
+        tta=tta,
         pixel_scaling=_pixel_scaling(settings),
     )
     return {**written, "output_dir": output_dir, "model": used, "size_policy": policy}
@@ -1084,6 +1090,7 @@ def export_run(
     tiling=None,
     formats=("savedmodel",),
     calibration_images=32,
+    tta=None,
 ):
     """Exports the pruned levels of a run's model as SavedModels for TF Serving.
 
@@ -1130,6 +1137,10 @@ def export_run(
         calibration_images: int, how many images of the run's training
             split (evenly spread over it, read as the training pipeline
             reads them) calibrate the int8 TFLite files. Defaults to `32`.
+        tta: `None`, `"flips"` or `"flips+rot90"`: serve whole images with
+            test-time augmentation inside the graph (`export_pruned(tta=...)`),
+            as `predict_run(tta=...)` predicts and `evaluate --tta` scores.
+            Defaults to `None`.
 
     Returns:
         dict level -> version folder, and `"accurate"` -> its folder (see
@@ -1138,6 +1149,12 @@ def export_run(
     from keras_unetpp.volumes import runs as volume_runs
 
     if volume_runs.is_volume_run(run_dir):
+        if tta is not None:
+            raise InputError(
+                "A volume run is served by sliding window: its test-time "
+                "augmentation is the `tta` of `tiling`. Received: tta="
+                f"{tta!r}"
+            )
         if tuple(edge.check_formats(formats)) != (edge.SAVEDMODEL,):
             raise InputError(
                 "A volume run is exported as SavedModels only (the TFLite and "
@@ -1188,6 +1205,7 @@ def export_run(
         accurate=accurate,
         pixel_scaling=_pixel_scaling(config.get("data", {})),
         tiling=tiling,
+        tta=tta,
         formats=formats,
         input_size=None if policy.mode == "resize" else config["data"]["image_size"],
         calibration_images=calibration,

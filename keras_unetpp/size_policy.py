@@ -240,7 +240,7 @@ class SizePolicy:
         spatial = tuple(slice(0, size[axis]) for axis in range(outputs.shape.rank - 2))
         return outputs[(slice(None), *spatial, slice(None))]
 
-    def graph(self, model, stride, output_activation="sigmoid"):
+    def graph(self, model, stride, output_activation="sigmoid", tta=None):
         """`probabilities` traced once into a graph, as every SavedModel runs it.
 
         Called eagerly, a network computes each layer on its own; traced,
@@ -257,11 +257,13 @@ class SizePolicy:
             model: a keras_unetpp model (see `probabilities`).
             stride: int, `2**depth` of `model`.
             output_activation: see `probabilities`. Defaults to `"sigmoid"`.
+            tta: see `probabilities`. Defaults to `None`.
 
         Returns:
             A `tf.function` of one float32 batch `(batch, height, width,
             channels)` (or of volumes), traced once for any batch and size,
-            returning `probabilities(model, images, stride, output_activation)`.
+            returning `probabilities(model, images, stride,
+            output_activation, tta)`.
 
         Example:
 
@@ -274,16 +276,21 @@ class SizePolicy:
         spec = tf.TensorSpec((None,) * (len(shape) - 1) + (shape[-1],), tf.float32)
 
         def run(images):
-            return self.probabilities(model, images, stride, output_activation)
+            return self.probabilities(model, images, stride, output_activation, tta)
 
         return tf.function(run, input_signature=[spec], autograph=False)
 
-    def probabilities(self, model, images, stride, output_activation="sigmoid"):
+    def probabilities(
+        self, model, images, stride, output_activation="sigmoid", tta=None
+    ):
         """Probabilities of a batch of images at their own size.
 
         The one implementation behind `keras-unetpp predict` and every
         exported serving function: `to_model_input`, the model in
         inference mode, the head's activation if it returns logits, then
+        `to_image_size`. With `tta`, the network runs on every transform of
+        the model input (flips, and quarter turns), each prediction is
+        turned back and the probabilities are averaged, before
         `to_image_size`.
 
         Args:
@@ -294,18 +301,69 @@ class SizePolicy:
                 `"softmax"` probabilities, or `None` for logits (then a
                 sigmoid is applied for one class, a softmax for more).
                 Defaults to `"sigmoid"`.
+            tta: `None`, `"flips"` or `"flips+rot90"`: test-time
+                augmentation (`keras_unetpp.tiling.transforms`). Defaults
+                to `None`.
 
         Returns:
             float32 tensor `(batch, height, width, classes)`.
         """
+        from keras_unetpp.tiling import transforms  # keras_unetpp.tiling is Keras
+
         inputs, size = self.to_model_input(images, stride)
-        outputs = tf.cast(model(inputs, training=False), tf.float32)
-        if output_activation is None:
-            if outputs.shape[-1] == 1:
-                outputs = tf.sigmoid(outputs)
-            else:
-                outputs = tf.nn.softmax(outputs)
-        return self.to_image_size(outputs, size)
+        rank = inputs.shape.rank - 2
+        total = None
+        for transform in transforms(rank, tta):
+            moved = transform_batch(inputs, transform, rank)
+            outputs = tf.cast(model(moved, training=False), tf.float32)
+            if output_activation is None:
+                if outputs.shape[-1] == 1:
+                    outputs = tf.sigmoid(outputs)
+                else:
+                    outputs = tf.nn.softmax(outputs)
+            outputs = untransform_batch(outputs, transform, rank)
+            total = outputs if total is None else total + outputs
+        if tta is not None:
+            total = total / len(transforms(rank, tta))
+        return self.to_image_size(total, size)
+
+
+def _rotation(rank):
+    """The axis order that swaps the last two spatial axes of a batch."""
+    order = list(range(rank + 2))
+    order[rank - 1], order[rank] = rank, rank - 1
+    return order
+
+
+def transform_batch(batch, transform, rank):
+    """One test-time transform of a batch tensor, in TensorFlow ops.
+
+    Args:
+        batch: tensor `(batch, *spatial, channels)` with `rank` spatial axes.
+        transform: `(flip_axes, rotate)`, one of
+            `keras_unetpp.tiling.transforms(rank, tta)`.
+        rank: int, 2 for images, 3 for volumes.
+
+    Returns:
+        The flipped (and quarter-turned in the last two spatial axes,
+        as `np.rot90(batch, 1, axes=(rank - 1, rank))`) batch.
+    """
+    flip, rotate = transform
+    if flip:
+        batch = tf.reverse(batch, axis=list(flip))
+    if rotate:  # np.rot90(batch, 1, axes=(rank - 1, rank)): flip, then swap.
+        batch = tf.transpose(tf.reverse(batch, axis=[rank]), _rotation(rank))
+    return batch
+
+
+def untransform_batch(batch, transform, rank):
+    """Undoes `transform_batch(batch, transform, rank)`."""
+    flip, rotate = transform
+    if rotate:  # np.rot90(batch, -1, axes=(rank - 1, rank)): swap, then flip.
+        batch = tf.reverse(tf.transpose(batch, _rotation(rank)), axis=[rank])
+    if flip:
+        batch = tf.reverse(batch, axis=list(flip))
+    return batch
 
 
 def pad_indices(size, padded_size, reflect):

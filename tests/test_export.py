@@ -6,6 +6,7 @@ NumPy padding, and cropped back): in this process, in a fresh process that
 imports only TensorFlow, through XLA, and through `saved_model_cli`.
 """
 
+import csv
 import json
 import os
 import pathlib
@@ -1151,3 +1152,92 @@ def test_export_leaves_the_callers_model_untouched(tmp_path):
     assert not ku.fused_batch_norm.is_fused(layer)
     for got, want in zip(loaded.get_weights(), before[1]):
         np.testing.assert_array_equal(got, want)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("resize_mode", ["crop", "resize"])
+def test_tta_is_served_as_predict_and_evaluate_compute_it(
+    synthetic_source, tmp_path, resize_mode
+):
+    """`export --tta`, `predict --tta` and `evaluate --tta`: one computation.
+
+    Before, `evaluate --tta` scored whole images with a test-time
+    augmentation that neither `predict` nor any export could produce
+    (`--tta` needed `--tile-size`). Odd, non-square sizes, so that the
+    quarter turns change the padded shape; every level and the accurate
+    mode; the scores of `evaluate` are recomputed from `predict`'s masks.
+    """
+    import cv2
+
+    rng = np.random.default_rng(5)
+    data = tmp_path / "data"
+    (data / "images").mkdir(parents=True)
+    (data / "masks").mkdir()
+    images, truths = {}, {}
+    for name, size in {"a_37x53": (37, 53), "b_90x41": (90, 41)}.items():
+        noise = rng.uniform(0, 255, (*size, 3)).astype(np.float32)
+        images[name] = cv2.GaussianBlur(noise, (0, 0), 2.0).clip(0, 255)
+        images[name] = images[name].astype(np.uint8)
+        truths[name] = images[name].mean(axis=-1) > images[name].mean()
+        cv2.imwrite(str(data / "images" / f"{name}.png"), images[name][..., ::-1])
+        cv2.imwrite(str(data / "masks" / f"{name}.png"), truths[name] * 255)
+    model = _centred(
+        tiny_model(channels=3, depth=3, seed=11), images["a_37x53"][:32, :48] / 255.0
+    )
+    run = make_run(tmp_path / "run", model, synthetic_source, resize_mode, (32, 48))
+    tta = "flips+rot90"
+    paths = runs.export_run(
+        run, export_dir=tmp_path / "export", input_dtype="uint8", tta=tta
+    )
+    source = sources.data_source(data_dir=data, required_splits=())
+    result = runs.evaluate_run(
+        run,
+        split="all",
+        source=source,
+        tta=tta,
+        per_image=True,
+        latency_runs=1,
+        instance_methods=(),
+        output_dir=tmp_path / "evaluation",
+    )
+    with open(result["per_image"], newline="") as f:
+        scored = {
+            (r["image"], r["level"]): float(r["iou_tta"]) for r in csv.DictReader(f)
+        }
+    loaded = runs.load_run_model(run)
+    subs = {level: ku.prune(loaded, level) for level in (1, 2, 3)}
+    subs["accurate"] = ku.inference_model(loaded, "accurate")
+    changed = 0.0
+    for key, path in paths.items():
+        metadata = json.loads((path / "keras_unetpp_metadata.json").read_text())
+        assert metadata["tta"] == tta
+        out = tmp_path / f"predicted_{key}"
+        runs.predict_run(
+            run,
+            data / "images",
+            out,
+            probabilities="npy",
+            level=None if key == "accurate" else key,
+            tta=tta,
+        )
+        served = tf.saved_model.load(str(path)).signatures["serving_default"]
+        for name, image in images.items():
+            outputs = served(image=tf.constant(image[None]))
+            probabilities = np.load(out / "probabilities" / f"{name}.npy")
+            np.testing.assert_allclose(
+                outputs["probabilities"].numpy()[0, ..., 0],
+                probabilities,
+                rtol=0,
+                atol=1e-6,
+                err_msg=f"{key}/{name}",
+            )
+            mask = cv2.imread(str(out / "masks" / f"{name}.png"), 0) > 0
+            np.testing.assert_array_equal(outputs["mask"].numpy()[0, ..., 0] > 0, mask)
+            iou = np.sum(mask & truths[name]) / np.sum(mask | truths[name])
+            level = "accurate" if key == "accurate" else f"L{key}"
+            assert scored[(f"{name}.png", level)] == pytest.approx(iou, abs=1e-9)
+            plain = prediction.predict_probabilities(
+                subs[key], image / 255.0, None if resize_mode == "crop" else (32, 48)
+            )
+            changed = max(changed, float(np.abs(plain[..., 0] - probabilities).max()))
+    assert changed > 1e-3  # TTA is not the plain prediction

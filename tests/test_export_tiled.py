@@ -226,5 +226,10 @@ def test_export_command_refuses_tiles_for_a_resize_run(
     line = error_line(capsys, ["export", str(resized), "--tile-size", "16"])
     assert "needs no tiles" in line
     assert not (resized / "export").exists()
-    line = error_line(capsys, ["export", str(crop_run), "--tta", "flips"])
-    assert "--tta works with --tile-size" in line
+    # Whole-image TTA is served by the SavedModel, not by the edge files.
+    line = error_line(
+        capsys,
+        ["export", str(crop_run), "--tta", "flips", "--format", "savedmodel,onnx"],
+    )
+    assert "served by the SavedModel only" in line
+    assert not (crop_run / "export").exists()

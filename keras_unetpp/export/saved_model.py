@@ -40,6 +40,7 @@ from keras_unetpp.fused_batch_norm import fuse_batch_norm
 from keras_unetpp.precision import cast_model, conv_compute_dtypes
 from keras_unetpp.pruning import inference_model, prune
 from keras_unetpp.size_policy import SizePolicy
+from keras_unetpp.tiling import TTAS
 from keras_unetpp.validation import check_choice, check_threshold, is_int
 from keras_unetpp.volumes.processing import check_ct_window
 
@@ -81,6 +82,7 @@ def export_pruned(
     calibration_images=None,
     intensity=None,
     ct_window=None,
+    tta=None,
 ):
     """Exports each pruned level of a UNet++ as a SavedModel for TF Serving.
 
@@ -192,6 +194,14 @@ def export_pruned(
             level's stride (`2**depth` with `accurate`). Native size policy
             only (a resize-mode run needs no tiles), no `jit_compile`.
             Recorded in the metadata under `"tiling"`. Defaults to `None`.
+        tta: `None`, `"flips"` or `"flips+rot90"`: whole-image test-time
+            augmentation inside the graph (`SizePolicy.probabilities`): the
+            network runs on each flipped (and quarter-turned) copy of the
+            model input and the probabilities, turned back, are averaged,
+            as `keras-unetpp predict --tta` and `evaluate --tta` compute
+            them. SavedModel format only; with `tiling`, TTA is its
+            `"tta"` entry instead. Recorded in the metadata under `"tta"`.
+            Defaults to `None`.
         formats: iterable of `"savedmodel"`, `"tflite"` and `"onnx"` (or
             one comma-separated str), what to write into each version
             folder: the SavedModel, the three TFLite files
@@ -252,6 +262,7 @@ def export_pruned(
     size_policy = _check_size_policy(size_policy, levels, info)
     formats = edge.check_formats(formats)
     volume = _check_volume_options(info, size_policy, formats, intensity, ct_window)
+    _check_tta(tta, tiling, formats, volume)
     edge_options = None
     if set(formats) - {edge.SAVEDMODEL}:
         edge_size = edge.edge_input_size(size_policy, input_size)
@@ -328,6 +339,7 @@ def export_pruned(
                 formats=formats,
                 edge_options=edge_options,
                 volume=volume,
+                tta=tta,
             )
         paths = {}
         for key in keys:
@@ -370,6 +382,7 @@ def _write_level(
     formats=(edge.SAVEDMODEL,),
     edge_options=None,
     volume=None,
+    tta=None,
 ):
     """Writes the SavedModel and metadata of one level (or accurate) into `folder`."""
     sub_model, stride = _sub_model(model, level)
@@ -388,6 +401,7 @@ def _write_level(
         tiled=tiled,
         intensity=volume.get("intensity"),
         ct_window=volume.get("ct_window"),
+        tta=tta,
     )
     spec = signatures.input_signature(pruned.inputs[0].shape[-1], input_dtype)
     if edge.SAVEDMODEL in formats:
@@ -413,6 +427,7 @@ def _write_level(
         tiled=tiled,
         volume=volume or None,
     )
+    metadata["tta"] = tta if tiled is None else tiled.tta
     metadata["formats"] = list(formats)
     if edge_options is not None:
         metadata["edge"] = edge.write_edge_files(
@@ -575,6 +590,29 @@ def _check_tiling(tiling, size_policy, jit_compile, info, levels, accurate):
         strides.append(info.stride)
     tiled.check_stride(max(strides))
     return tiled
+
+
+def _check_tta(tta, tiling, formats, volume):
+    """Refuses a whole-image `tta` that the export could not serve as asked."""
+    check_choice(tta, "tta", TTAS)
+    if tta is None:
+        return
+    if tiling is not None:
+        raise InputError(
+            "A tiled export takes its test-time augmentation in `tiling` "
+            f"(tiling={{..., 'tta': {tta!r}}}). Received: tta with tiling"
+        )
+    if volume is not None:
+        raise InputError(
+            "Volumes are served by sliding window: give `tiling` with its "
+            f"'tta'. Received: tta={tta!r} without tiling"
+        )
+    if tuple(formats) != (edge.SAVEDMODEL,):
+        raise InputError(
+            "Test-time augmentation is served by the SavedModel only; the "
+            "TFLite and ONNX files hold one pass of the network. Received: "
+            f"tta={tta!r}, formats={list(formats)}"
+        )
 
 
 def _check_threshold(threshold):

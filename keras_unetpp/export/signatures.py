@@ -180,6 +180,7 @@ def make_serving_fn(
     tiled=None,
     intensity=None,
     ct_window=None,
+    tta=None,
 ):
     """The function exported as `serving_default` for one pruned model.
 
@@ -208,6 +209,9 @@ def make_serving_fn(
             each request tile by tile as `predict_tiled` does (native size
             policy only, no XLA), or `None` for the whole image at once.
             Defaults to `None`.
+        tta: `None`, `"flips"` or `"flips+rot90"`: whole-image test-time
+            augmentation (`SizePolicy.probabilities`); a tiled function
+            takes it from `tiled`. Defaults to `None`.
 
     Returns:
         A Python function `serve(image)` returning
@@ -235,6 +239,11 @@ def make_serving_fn(
         window = volume_intensity.DEFAULT_CT_WINDOW if ct_window is None else ct_window
         volume_intensity.normalize_volumes(tf.zeros((1, 1, 1, 1, 1)), intensity, window)
 
+    if tiled is not None and tta is not None:
+        raise InputError(
+            "A tiled serving function takes its test-time augmentation from "
+            f"`tiled` (its `tta`). Received: tta={tta!r} with tiled"
+        )
     if tiled is not None:
         if policy.mode != "native" or jit_compile:
             raise InputError(
@@ -262,7 +271,7 @@ def make_serving_fn(
                 tf.cast(image, tf.float32), intensity, window
             )
         if tiled is None:
-            outputs = policy.probabilities(network, x, stride, output_activation)
+            outputs = policy.probabilities(network, x, stride, output_activation, tta)
         else:
             outputs = tiled_serving.tiled_probabilities(
                 network, x, tiled, stride, output_activation

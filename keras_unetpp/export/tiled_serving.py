@@ -19,7 +19,7 @@ import tensorflow as tf
 
 from keras_unetpp import tiling
 from keras_unetpp.errors import InputError
-from keras_unetpp.size_policy import pad_indices
+from keras_unetpp.size_policy import pad_indices, transform_batch, untransform_batch
 from keras_unetpp.validation import check_choice, check_int, check_number, is_int
 
 
@@ -152,31 +152,6 @@ def _positions(padded, tile, overlap, stride):
     return tf.where(last > 0, units_at, tf.zeros_like(units_at)) * stride
 
 
-def _rotation(rank):
-    """The axis order that swaps the last two spatial axes of a batch."""
-    order = list(range(rank + 2))
-    order[rank - 1], order[rank] = rank, rank - 1
-    return order
-
-
-def _apply(batch, transform, rank):
-    flip, rotate = transform
-    if flip:
-        batch = tf.reverse(batch, axis=list(flip))
-    if rotate:  # np.rot90(batch, 1, axes=(rank - 1, rank)): flip, then swap.
-        batch = tf.transpose(tf.reverse(batch, axis=[rank]), _rotation(rank))
-    return batch
-
-
-def _invert(batch, transform, rank):
-    flip, rotate = transform
-    if rotate:  # np.rot90(batch, -1, axes=(rank - 1, rank)): swap, then flip.
-        batch = tf.reverse(tf.transpose(batch, _rotation(rank)), axis=[rank])
-    if flip:
-        batch = tf.reverse(batch, axis=list(flip))
-    return batch
-
-
 def _to_probabilities(outputs, output_activation):
     """Probabilities from the network's outputs (`None`: they are logits)."""
     outputs = tf.cast(outputs, tf.float32)
@@ -270,8 +245,8 @@ def tiled_probabilities(network, images, settings, stride, output_activation):
         tiles = tf.ensure_shape(tiles, (None, *tile, channels))
         total = None
         for transform in transforms:
-            output = network(_apply(tiles, transform, rank), training=False)
-            output = _invert(
+            output = network(transform_batch(tiles, transform, rank), training=False)
+            output = untransform_batch(
                 _to_probabilities(output, output_activation), transform, rank
             )
             total = output if total is None else total + output

@@ -232,4 +232,9 @@ def test_export_command_refuses_tiles_for_a_resize_run(
         ["export", str(crop_run), "--tta", "flips", "--format", "savedmodel,onnx"],
     )
     assert "served by the SavedModel only" in line
+    line = error_line(
+        capsys,
+        ["export", str(crop_run), "--tile-size", "16", "--format", "savedmodel,onnx"],
+    )
+    assert "Tiled serving is in the SavedModel only" in line
     assert not (crop_run / "export").exists()

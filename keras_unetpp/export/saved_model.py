@@ -593,8 +593,20 @@ def _check_tiling(tiling, size_policy, jit_compile, info, levels, accurate):
 
 
 def _check_tta(tta, tiling, formats, volume):
-    """Refuses a whole-image `tta` that the export could not serve as asked."""
+    """Refuses `tta` (or `tiling`) that the export could not serve as asked.
+
+    The TFLite and ONNX files of a version hold one pass of the network on
+    the whole image: next to a tiled or augmented SavedModel they would
+    return other masks from the same version folder.
+    """
     check_choice(tta, "tta", TTAS)
+    if tiling is not None and volume is None and tuple(formats) != (edge.SAVEDMODEL,):
+        raise InputError(
+            "Tiled serving is in the SavedModel only; the TFLite and ONNX "
+            "files hold one pass of the network on the whole image. Export "
+            "them in a version without tiling. Received: tiling with "
+            f"formats={list(formats)}"
+        )
     if tta is None:
         return
     if tiling is not None:

@@ -1011,6 +1011,30 @@ def test_served_masks_equal_predict_on_real_images(
     assert 0.05 < np.mean(foreground) < 0.95, report
 
 
+def _served_equals_predicted(served, image, out, name, key):
+    """Checks a SavedModel's answer on `image` against `predict`'s files.
+
+    `out` is a `predict_run` folder written with `probabilities="npy"`;
+    probabilities must agree to 1e-6 and masks exactly. Returns the mask.
+    """
+    import cv2
+
+    outputs = served(image=tf.constant(image[None]))
+    probabilities = np.load(out / "probabilities" / f"{name}.npy")
+    np.testing.assert_allclose(
+        outputs["probabilities"].numpy()[0, ..., 0],
+        probabilities,
+        rtol=0,
+        atol=1e-6,
+        err_msg=f"{key}/{name}",
+    )
+    mask = cv2.imread(str(out / "masks" / f"{name}.png"), cv2.IMREAD_UNCHANGED) > 0
+    np.testing.assert_array_equal(
+        outputs["mask"].numpy()[0, ..., 0] > 0, mask, err_msg=f"{key}/{name}"
+    )
+    return mask
+
+
 @pytest.mark.parametrize("precision", ["float32", "mixed_bfloat16"])
 def test_predict_computes_the_served_graph_in_every_precision(
     synthetic_source, tmp_path, precision
@@ -1062,23 +1086,8 @@ def test_predict_computes_the_served_graph_in_every_precision(
         )
         served = tf.saved_model.load(str(path)).signatures["serving_default"]
         for name, image in images.items():
-            outputs = served(image=tf.constant(image[None]))
-            probabilities = np.load(out / "probabilities" / f"{name}.npy")
             # float32 rounding (1e-7) only; the eager bfloat16 path was 1e-3 off.
-            np.testing.assert_allclose(
-                outputs["probabilities"].numpy()[0, ..., 0],
-                probabilities,
-                rtol=0,
-                atol=1e-6,
-                err_msg=f"{key}/{name}",
-            )
-            mask = cv2.imread(str(out / "masks" / f"{name}.png"), cv2.IMREAD_UNCHANGED)
-            np.testing.assert_array_equal(
-                outputs["mask"].numpy()[0, ..., 0] > 0,
-                mask > 0,
-                err_msg=f"{key}/{name}",
-            )
-            masks.append(mask > 0)
+            masks.append(_served_equals_predicted(served, image, out, name, key))
     # Not trivially equal: the masks hold both classes.
     assert 0.05 < np.mean([m.mean() for m in masks]) < 0.95
 
@@ -1222,17 +1231,8 @@ def test_tta_is_served_as_predict_and_evaluate_compute_it(
         )
         served = tf.saved_model.load(str(path)).signatures["serving_default"]
         for name, image in images.items():
-            outputs = served(image=tf.constant(image[None]))
+            mask = _served_equals_predicted(served, image, out, name, key)
             probabilities = np.load(out / "probabilities" / f"{name}.npy")
-            np.testing.assert_allclose(
-                outputs["probabilities"].numpy()[0, ..., 0],
-                probabilities,
-                rtol=0,
-                atol=1e-6,
-                err_msg=f"{key}/{name}",
-            )
-            mask = cv2.imread(str(out / "masks" / f"{name}.png"), 0) > 0
-            np.testing.assert_array_equal(outputs["mask"].numpy()[0, ..., 0] > 0, mask)
             iou = np.sum(mask & truths[name]) / np.sum(mask | truths[name])
             level = "accurate" if key == "accurate" else f"L{key}"
             assert scored[(f"{name}.png", level)] == pytest.approx(iou, abs=1e-9)

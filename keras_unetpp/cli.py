@@ -598,6 +598,12 @@ def _add_folder_source(group, command):
     group.add_argument("--images", metavar="DIR", help="images folder (with --masks)")
     group.add_argument("--masks", metavar="DIR", help="masks folder, same file stems")
     group.add_argument(
+        "--mask-suffix",
+        metavar="TEXT",
+        help="masks named <image stem>TEXT, e.g. _mask for abc.png / "
+        "abc_mask.png (default: the image's stem)",
+    )
+    group.add_argument(
         "--manifest",
         metavar="CSV",
         help="manifest CSV (stem column and a split column) for "
@@ -1039,6 +1045,7 @@ def _run_train(args):
         tfds_image_key=args.tfds_image_key,
         tfds_mask_key=args.tfds_mask_key,
         tfds_data_dir=args.tfds_data_dir,
+        mask_suffix=args.mask_suffix,
         **_mask_rule_arguments(args),
         val_fraction=args.val_fraction,
         seed=args.seed,
@@ -1119,12 +1126,18 @@ def _run_evaluate(args):
             split_column=args.split_column,
             split_map=args.split_map,
             required_splits=() if split == "all" else (split,),
+            mask_suffix=args.mask_suffix,
             **rules,
         )
     elif args.split_column is not None or args.split_map is not None:
         raise UsageError(
             "--split-column/--split-map go with --data or --images/--masks; "
             "the run's own split is the one recorded in its run.json"
+        )
+    elif args.mask_suffix is not None:
+        raise UsageError(
+            "--mask-suffix goes with --data or --images/--masks; the run's own "
+            "masks are found as recorded in its run.json"
         )
     elif rules:
         raise UsageError(
@@ -1389,10 +1402,11 @@ def _run_train_volumes(args):
                 f"--{flag.replace('_', '-')} is for 2D images; the pretrained "
                 "encoders are 2D keras.applications trunks"
             )
-    if _mask_rule_arguments(args):
+    if _mask_rule_arguments(args) or args.mask_suffix is not None:
         raise UsageError(
-            "--mask-threshold/--invert-mask/--mask-map are for 2D masks; "
-            "volume labels are class indices (--num-classes)"
+            "--mask-threshold/--invert-mask/--mask-map/--mask-suffix are for "
+            "2D masks; volume labels are class indices (--num-classes) in "
+            "files named as their images"
         )
     source = volume_runs.volume_source(
         data_dir=args.data,

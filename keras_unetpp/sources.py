@@ -188,7 +188,7 @@ def count_text(counts):
     return ", ".join(f"{split}: {n}" for split, n in sorted(counts.items()))
 
 
-def _folder_val_source(val_data_dir, val_images_dir, val_masks_dir):
+def _folder_val_source(val_data_dir, val_images_dir, val_masks_dir, mask_suffix):
     if val_data_dir is not None and val_images_dir is not None:
         raise InputError(
             "Give the validation images as one folder (val_data_dir, "
@@ -212,6 +212,7 @@ def _folder_val_source(val_data_dir, val_images_dir, val_masks_dir):
         "images": _existing_dir(val_images_dir, "val_images_dir"),
         "masks": _existing_dir(val_masks_dir, "val_masks_dir"),
         "split": {"method": "unsplit"},
+        **({"mask_suffix": mask_suffix} if mask_suffix else {}),
     }
 
 
@@ -240,6 +241,7 @@ def data_source(
     mask_threshold=None,
     invert_mask=False,
     mask_map=None,
+    mask_suffix=None,
 ):
     """Describes where the images and masks are and how they are split.
 
@@ -302,6 +304,10 @@ def data_source(
             above-threshold) value. Defaults to `False`.
         mask_map: dict from raw mask values to classes (or to 0/1 for a
             binary mask), or `None`. Defaults to `None`.
+        mask_suffix: str, text after the image's stem in the names of the
+            masks of a folder source (and of its validation folder), e.g.
+            `"_mask"` for `abc.png` / `abc_mask.png`. Defaults to `None`
+            (the same stem).
 
     The three mask rules are kept in the source, so that training,
     `evaluate` and `predict --split` of a run read its masks alike
@@ -345,7 +351,20 @@ def data_source(
         )
     split_map = parse_split_map(split_map)
     rules = _mask_rule_entries(mask_threshold, invert_mask, mask_map, tfds_mask_map)
-    val_source = _folder_val_source(val_data_dir, val_images_dir, val_masks_dir)
+    if mask_suffix is not None and not isinstance(mask_suffix, str):
+        raise InputError(
+            f"`mask_suffix` must be a str. Received: mask_suffix={mask_suffix!r}"
+        )
+    mask_suffix = mask_suffix or None
+    if mask_suffix and (dsb2018_dir is not None or tfds_name is not None):
+        raise InputError(
+            "`mask_suffix` (--mask-suffix) names the masks of an images/masks "
+            "folder; a DSB 2018 or TFDS source has its own layout. Received: "
+            f"mask_suffix={mask_suffix!r}"
+        )
+    val_source = _folder_val_source(
+        val_data_dir, val_images_dir, val_masks_dir, mask_suffix
+    )
     no_val = bool(no_val)
     if no_val and val_source is not None:
         raise InputError(
@@ -407,6 +426,7 @@ def data_source(
             "kind": "folder",
             "images": _existing_dir(images_dir, "images_dir"),
             "masks": _existing_dir(masks_dir, "masks_dir"),
+            **({"mask_suffix": mask_suffix} if mask_suffix else {}),
         }
     if manifest is not None:
         if not os.path.isfile(manifest):
@@ -599,7 +619,7 @@ def _check_split(split):
 def _all_pairs(source):
     kind = source.get("kind")
     if kind == "folder":
-        return data.folder_pairs(source["images"], source["masks"])
+        return _folder_pairs(source)
     if kind == "dsb2018":
         return data.dsb2018_pairs(source["root"])
     raise InputError(
@@ -611,6 +631,16 @@ def _no_split(source, split, has):
     raise InputError(
         f"{describe_source(source)} has no {split} split ({describe_split(source)}"
         f"; it has {', '.join(has)}). Received: split={split!r}"
+    )
+
+
+def _folder_pairs(source, stems=None):
+    """`data.folder_pairs` of a folder source, with its mask suffix."""
+    return data.folder_pairs(
+        source["images"],
+        source["masks"],
+        stems=stems,
+        mask_suffix=source.get("mask_suffix") or "",
     )
 
 
@@ -637,7 +667,7 @@ def source_pairs(source, split):
         stems = [stem for stem, s in assignment.items() if s == split]
         if not stems:
             _no_split(source, split, sorted(set(assignment.values()) - {"ignore"}))
-        return data.folder_pairs(source["images"], source["masks"], stems=stems)
+        return _folder_pairs(source, stems)
     if method == "random":
         if split == "test":
             _no_split(source, split, ["train", "val"])
@@ -683,7 +713,7 @@ def split_table(source):
         if method == "manifest":
             assignment = manifest_assignment(definition)
             # Every listed stem must have its files.
-            data.folder_pairs(source["images"], source["masks"], stems=list(assignment))
+            _folder_pairs(source, list(assignment))
             labels = {None: "unlisted", "ignore": "ignored"}
             rows = []
             for p in pairs:

@@ -311,3 +311,27 @@ def test_jpeg_masks_train_with_mask_threshold_and_evaluate_reads_them_alike(
         capsys, ["evaluate", str(run), "--mask-threshold", "3"]
     )
     assert "go with --data" in line
+
+
+def test_masks_with_a_suffix_from_the_command_line(tmp_path, capsys):
+    from test_sources import _suffixed_copy
+
+    data = write_synthetic_dataset(
+        tmp_path / "plain", num_images=6, image_size=(32, 32)
+    )
+    root = str(_suffixed_copy(data, tmp_path / "suffixed"))
+    run = tmp_path / "run"
+    argv = ["train", "--data", root, "--output", str(run), "--epochs", "1"]
+    argv += ["--val-fraction", "0.5", *cli_helpers.TINY]
+    line = cli_helpers.error_line(capsys, argv)
+    assert "have no image" in line and "(--mask-suffix _mask)" in line
+    assert not run.exists()
+    cli_helpers.run(argv + ["--mask-suffix", "_mask"])
+    source = json.loads((run / "run.json").read_text())["data"]["source"]
+    assert source["mask_suffix"] == "_mask"
+    out = tmp_path / "evaluation"
+    common = ["--latency-runs", "1", "--dsb-instances", "none", "--output", str(out)]
+    cli_helpers.run(["evaluate", str(run), *common])
+    assert json.loads((out / "scored.json").read_text())["images"] == 3
+    line = cli_helpers.error_line(capsys, ["evaluate", str(run), "--mask-suffix", "_m"])
+    assert "--mask-suffix goes with --data" in line

@@ -408,3 +408,42 @@ def test_mask_rules_are_recorded_and_read_by_every_split(tmp_path):
 def test_bad_mask_rules_are_refused(folder, kwargs, match):
     with pytest.raises(InputError, match=match):
         sources.data_source(data_dir=folder, **kwargs)
+
+
+def _suffixed_copy(folder, root, suffix="_mask"):
+    """A copy of `folder` whose masks are named `<stem><suffix>.png`."""
+    shutil.copytree(folder / "images", root / "images")
+    (root / "masks").mkdir()
+    for path in (folder / "masks").iterdir():
+        shutil.copy(path, root / "masks" / f"{path.stem}{suffix}{path.suffix}")
+    return root
+
+
+def test_masks_named_with_a_suffix(folder, tmp_path):
+    root = _suffixed_copy(folder, tmp_path / "suffixed")
+    # Without the suffix no mask has an image: the error says which flag fits.
+    with pytest.raises(InputError, match=r"'<stem>_mask': pass mask_suffix='_mask' "):
+        sources.source_pairs(sources.data_source(data_dir=root, no_val=True), "all")
+    source = sources.data_source(data_dir=root, val_fraction=0.3, mask_suffix="_mask")
+    source = json.loads(json.dumps(source))  # as run.json keeps it
+    assert source["mask_suffix"] == "_mask"
+    pairs = sources.source_pairs(source, "all")
+    assert len(pairs) == 10
+    for pair in pairs:
+        assert pair.masks[0].endswith(f"{pair.stem}_mask.png")
+        original = cv2.imread(str(folder / "masks" / f"{pair.stem}.png"), 0)
+        np.testing.assert_array_equal(cv2.imread(pair.masks[0], 0), original)
+    train, val = (sources.source_pairs(source, s) for s in ("train", "val"))
+    assert len(train) + len(val) == 10 and val
+    samples, count = sources.source_samples(source, "val")
+    assert count == len(val) and len(list(samples)) == len(val)
+    # A validation folder is named the same way.
+    with_val = sources.data_source(
+        images_dir=root / "images",
+        masks_dir=root / "masks",
+        val_data_dir=root,
+        mask_suffix="_mask",
+    )
+    assert len(sources.source_pairs(with_val, "val")) == 10
+    with pytest.raises(InputError, match="own layout"):
+        sources.data_source(dsb2018_dir=tmp_path, mask_suffix="_mask")

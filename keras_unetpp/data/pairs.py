@@ -35,6 +35,25 @@ def _listing(names):
     return shown
 
 
+def _suffix_hint(image_stems, unmatched_mask_stems, mask_suffix):
+    """Advice when every unmatched mask is an image's stem plus one suffix."""
+    if not unmatched_mask_stems:
+        return ""
+    found = set()
+    for stem in unmatched_mask_stems:
+        prefixes = [s for s in image_stems if stem.startswith(s) and stem != s]
+        if not prefixes:
+            return ""
+        found.add(stem[len(max(prefixes, key=len)) :])
+    if len(found) != 1:
+        return ""
+    suffix = mask_suffix + found.pop()
+    return (
+        f" The masks look named '<stem>{suffix}': pass mask_suffix="
+        f"{suffix!r} (--mask-suffix {suffix})."
+    )
+
+
 def _image_files(directory, role):
     """Maps stem -> path for the image files of a folder, strictly."""
     directory = pathlib.Path(directory)
@@ -146,6 +165,7 @@ def folder_pairs(images_dir, masks_dir, stems=None, mask_suffix=""):
             + "; "
             + "; ".join(problems)
             + "."
+            + _suffix_hint(set(images), no_image, mask_suffix)
         )
     if stems is None:
         chosen = sorted(images)

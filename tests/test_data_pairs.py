@@ -29,6 +29,8 @@ def test_folder_pairs_matches_by_stem_across_formats(tmp_path):
         tmp_path, ["b.png", "a.jpg", "c.TIF"], ["a.png", "c.tiff", "b.png"]
     )
     (images / ".DS_Store").write_bytes(b"\0")
+    (images / "Thumbs.db").write_bytes(b"\0")  # Windows' thumbnail cache
+    (masks / "desktop.ini").write_text("[.ShellClassInfo]")
     (images / "sub").mkdir()
     pairs = data.folder_pairs(images, masks)
     assert [p.stem for p in pairs] == ["a", "b", "c"]

@@ -35,6 +35,10 @@ def _listing(names):
     return shown
 
 
+# Files an operating system writes into picture folders (lower case).
+_SYSTEM_FILES = frozenset({"thumbs.db", "ehthumbs.db", "desktop.ini"})
+
+
 def _suffix_hint(image_stems, unmatched_mask_stems, mask_suffix):
     """Advice when every unmatched mask is an image's stem plus one suffix."""
     if not unmatched_mask_stems:
@@ -66,8 +70,10 @@ def _image_files(directory, role):
     unsupported = []
     has_subfolders = False
     for entry in sorted(directory.iterdir()):
-        if entry.name.startswith("."):
-            continue  # .DS_Store, ._foo.png and editor files are not samples.
+        if entry.name.startswith(".") or entry.name.lower() in _SYSTEM_FILES:
+            # .DS_Store, ._foo.png, editor files and the thumbnail caches
+            # Windows leaves in picture folders are not samples.
+            continue
         if entry.is_dir():
             has_subfolders = True
             continue

@@ -506,10 +506,11 @@ def evaluate_levels_native(
         """
         if image_size is not None:
             return []
-        height, width = image.shape[:2]
 
         def padded(stride):
-            return (-(-height // stride) * stride, -(-width // stride) * stride)
+            return tuple(
+                tiling_lib.padded_size(n, stride, stride) for n in image.shape[:2]
+            )
 
         return [
             (k, level)

@@ -313,7 +313,8 @@ class SizePolicy:
         inputs, size = self.to_model_input(images, stride)
         rank = inputs.shape.rank - 2
         total = None
-        for transform in transforms(rank, tta):
+        chosen = transforms(rank, tta)
+        for transform in chosen:
             moved = transform_batch(inputs, transform, rank)
             outputs = tf.cast(model(moved, training=False), tf.float32)
             if output_activation is None:
@@ -324,7 +325,7 @@ class SizePolicy:
             outputs = untransform_batch(outputs, transform, rank)
             total = outputs if total is None else total + outputs
         if tta is not None:
-            total = total / len(transforms(rank, tta))
+            total = total / len(chosen)
         return self.to_image_size(total, size)
 
 

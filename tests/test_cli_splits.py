@@ -275,6 +275,19 @@ def test_evaluate_scores_another_labelled_folder(retina, tmp_path, capsys):
     assert "go with --data" in line
 
 
+def _refused_then_trained(capsys, data, run, *fix):
+    """`train` on `data` refused without the flags `fix`, then run with them.
+
+    Returns the refusal's line and the source recorded in the run.
+    """
+    argv = ["train", "--data", data, "--output", str(run), "--epochs", "1"]
+    argv += ["--val-fraction", "0.5", *cli_helpers.TINY]
+    line = cli_helpers.error_line(capsys, argv)
+    assert not run.exists()
+    cli_helpers.run(argv + list(fix))
+    return line, json.loads((run / "run.json").read_text())["data"]["source"]
+
+
 def test_jpeg_masks_train_with_mask_threshold_and_evaluate_reads_them_alike(
     tmp_path, capsys
 ):
@@ -282,14 +295,9 @@ def test_jpeg_masks_train_with_mask_threshold_and_evaluate_reads_them_alike(
 
     _jpeg_masks(tmp_path / "jpeg", count=8, size=(32, 32))
     jpeg, run = str(tmp_path / "jpeg"), tmp_path / "run"
-    argv = ["train", "--data", jpeg, "--output", str(run), "--epochs", "1"]
-    argv += ["--val-fraction", "0.5", *cli_helpers.TINY]
     # Without the rule the JPEG noise is refused, with the flag to use.
-    line = cli_helpers.error_line(capsys, argv)
+    line, source = _refused_then_trained(capsys, jpeg, run, "--mask-threshold", "127")
     assert "00.jpg' has values" in line and "--mask-threshold" in line
-    assert not run.exists()
-    cli_helpers.run(argv + ["--mask-threshold", "127"])
-    source = json.loads((run / "run.json").read_text())["data"]["source"]
     assert source["mask_threshold"] == 127.0
 
     def scores(*extra):
@@ -321,13 +329,8 @@ def test_masks_with_a_suffix_from_the_command_line(tmp_path, capsys):
     )
     root = str(_suffixed_copy(data, tmp_path / "suffixed"))
     run = tmp_path / "run"
-    argv = ["train", "--data", root, "--output", str(run), "--epochs", "1"]
-    argv += ["--val-fraction", "0.5", *cli_helpers.TINY]
-    line = cli_helpers.error_line(capsys, argv)
+    line, source = _refused_then_trained(capsys, root, run, "--mask-suffix", "_mask")
     assert "have no image" in line and "(--mask-suffix _mask)" in line
-    assert not run.exists()
-    cli_helpers.run(argv + ["--mask-suffix", "_mask"])
-    source = json.loads((run / "run.json").read_text())["data"]["source"]
     assert source["mask_suffix"] == "_mask"
     out = tmp_path / "evaluation"
     common = ["--latency-runs", "1", "--dsb-instances", "none", "--output", str(out)]

@@ -46,6 +46,7 @@ def build_metadata(
     size_policy=None,
     tiled=None,
     volume=None,
+    tta=None,
 ):
     """The metadata dict of one exported level (or of the accurate mode).
 
@@ -73,6 +74,10 @@ def build_metadata(
             for native. Defaults to `None`.
         tiled: the `TiledServing` of a tiled serving function, or `None`.
             Defaults to `None`.
+        tta: the whole-image test-time augmentation of an untiled serving
+            function (`None`, `"flips"`, `"flips+rot90"`); a tiled one's is
+            `tiled.tta`. Recorded under `"tta"` either way. Defaults to
+            `None`.
         volume: for a 3D model, `{"intensity": ..., "ct_window": ...}`, the
             in-graph volume normalization (see `export_pruned`); `None` for
             2D. Defaults to `None`.
@@ -170,6 +175,7 @@ def build_metadata(
         },
         "size_policy": policy.to_dict(),
         "tiling": None if tiled is None else tiled.to_dict(),
+        "tta": tta if tiled is None else tiled.tta,
         "preprocessing": {
             "scaling": scaling,
             "pixel_scaling": pixel_scaling,

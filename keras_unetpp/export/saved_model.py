@@ -426,8 +426,8 @@ def _write_level(
         size_policy=size_policy,
         tiled=tiled,
         volume=volume or None,
+        tta=tta,
     )
-    metadata["tta"] = tta if tiled is None else tiled.tta
     metadata["formats"] = list(formats)
     if edge_options is not None:
         metadata["edge"] = edge.write_edge_files(
